@@ -1,0 +1,18 @@
+"""Chat messages for one audit query: identical in training, merge probes, eval and serving."""
+
+from __future__ import annotations
+
+
+def chat_messages(system_prompt: str, instruction: str) -> list[dict[str, str]]:
+    """The prompt side of a conversation: system prompt (when set) then the user's instruction."""
+    messages = [{"role": "system", "content": system_prompt}] if system_prompt else []
+    messages.append({"role": "user", "content": instruction})
+    return messages
+
+
+def prompt_completion_row(system_prompt: str, instruction: str, output: str) -> dict[str, list[dict[str, str]]]:
+    """TRL's conversational prompt-completion format: the loss falls on the completion only."""
+    return {
+        "prompt": chat_messages(system_prompt, instruction),
+        "completion": [{"role": "assistant", "content": output}],
+    }

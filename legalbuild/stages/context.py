@@ -1,0 +1,58 @@
+"""What the pipeline hands a stage's `run(ctx)` function.
+
+Contract for every stage module `legalbuild/stages/<name>.py`:
+
+    VERSION = "1"          # bump when the stage's output for the same inputs changes
+    def run(ctx: StageContext) -> dict: ...   # returns metrics recorded in the manifest
+
+`run` writes everything it produces under `ctx.out_dir` (a fresh temporary folder: the pipeline
+renames it into the cache only after `run` returns, so a crash never leaves a complete-looking
+entry). Long work that must survive a crash (training checkpoints) goes in `ctx.work_dir`, which
+is stable for the stage key and removed after the entry is committed. Upstream outputs are read
+from `ctx.inputs[stage_name]` (a committed cache entry's output folder; read-only).
+No heavy import (torch, transformers, peft, trl, datasets, vllm) at module top level.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from legalbuild.recipe import Recipe
+
+
+@dataclass
+class StageContext:
+    name: str
+    key: str
+    recipe: Recipe
+    recipe_path: Path
+    out_dir: Path
+    work_dir: Path
+    inputs: dict[str, Path] = field(default_factory=dict)
+    console: Console | None = None
+    # extra facts the key was computed from (e.g. resolved hub revision), for the manifest
+    facts: dict[str, Any] = field(default_factory=dict)
+    log_fn: Callable[[str], None] | None = None
+
+    @property
+    def recipe_dir(self) -> Path:
+        return self.recipe_path.parent
+
+    def resolve(self, path: str | Path) -> Path:
+        """A path from the recipe, relative to the recipe's folder."""
+        p = Path(path).expanduser()
+        return p if p.is_absolute() else (self.recipe_dir / p).resolve()
+
+    def log(self, message: str) -> None:
+        if self.log_fn is not None:
+            self.log_fn(message)
+        elif self.console is not None:
+            self.console.print(f"[dim]{self.name}:[/] {message}")
+        else:
+            print(f"{self.name}: {message}", flush=True)

