@@ -1,0 +1,351 @@
+"""The `legalbuild` command: a thin layer over legalbuild.pipeline and the stage modules.
+
+Typical session:
+
+    legalbuild init recipe.toml          # a commented starter recipe
+    legalbuild plan recipe.toml          # what would be built, and why
+    legalbuild build recipe.toml         # curate -> normalize -> base -> train -> merge -> eval
+    legalbuild serve recipe.toml         # vLLM OpenAI-compatible endpoint on the merged model
+    legalbuild audit clauses.txt --endpoint http://127.0.0.1:8000/v1
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from legalbuild.errors import LegalbuildError
+
+console = Console(highlight=False, soft_wrap=True)
+err_console = Console(stderr=True, highlight=False, soft_wrap=True)
+
+app = typer.Typer(
+    name="legalbuild",
+    help=(
+        "Turn a base LLM into a Legal Audit Assistant from one TOML recipe, and serve it.\n\n"
+        "Stages (each cached by the content hash of its real inputs): curate -> normalize -> base -> "
+        "train -> merge -> eval. Start with `legalbuild init recipe.toml`, then `legalbuild plan` and "
+        "`legalbuild build`. The cache lives in the user cache dir (override: --cache-dir or "
+        "LEGALBUILD_CACHE); `<recipe>.lock` beside the recipe pins what was built."
+    ),
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode="rich",
+)
+
+RecipeArg = Annotated[Path, typer.Argument(help="Recipe file (TOML).", show_default=False)]
+CacheDir = Annotated[
+    Path | None,
+    typer.Option("--cache-dir", help="Cache root (default: $LEGALBUILD_CACHE or the user cache dir).", show_default=False),
+]
+Until = Annotated[str | None, typer.Option("--until", help="Stop after this stage (e.g. normalize, train, merge).")]
+
+
+def _store(cache_dir: Path | None):
+    from legalbuild.cache import Store
+
+    return Store.open(cache_dir)
+
+
+def _loaded(recipe: Path):
+    from legalbuild.pipeline import Loaded
+
+    return Loaded.from_path(recipe)
+
+
+# ------------------------------------------------------------------------------- recipes
+@app.command()
+def init(
+    path: Annotated[Path, typer.Argument(help="Where to write the recipe.")] = Path("recipe.toml"),
+    force: Annotated[bool, typer.Option("--force", help="Overwrite an existing file.")] = False,
+) -> None:
+    """Write a commented starter recipe (the embedded default: SmolLM2-135M + packaged legal data)."""
+    from legalbuild.starter import starter_recipe
+
+    if path.exists() and not force:
+        raise LegalbuildError(f"{path} exists", hint="pass --force to overwrite it")
+    path.write_text(starter_recipe(path.stem), encoding="utf-8")
+    console.print(f"wrote {path}; next: [bold]legalbuild plan {path}[/]")
+
+
+@app.command()
+def validate(recipe: RecipeArg) -> None:
+    """Check a recipe: TOML syntax, every key and value (errors name file, line and key)."""
+    from legalbuild.graph import stage_names
+    from legalbuild.recipe import load_recipe
+
+    r = load_recipe(recipe)
+    console.print(f"[green]ok[/] {recipe}: project {r.project.name!r}, stages {' -> '.join(stage_names(r))}")
+
+
+@app.command()
+def schema() -> None:
+    """Print the JSON schema of recipes (for editors and documentation)."""
+    from legalbuild.recipe import Recipe
+
+    print(json.dumps(Recipe.model_json_schema(), indent=2))
+
+
+# ------------------------------------------------------------------------------- building
+@app.command()
+def plan(recipe: RecipeArg, until: Until = None, force: Annotated[list[str] | None, typer.Option("--force", help="Pretend these stages are forced.")] = None, cache_dir: CacheDir = None) -> None:
+    """Show each stage as cached or to-build, and WHY (which input changed since the lock)."""
+    from legalbuild import pipeline
+
+    plans = pipeline.plan(_loaded(recipe), _store(cache_dir), until, force or [])
+    table = Table("stage", "action", "key", "why", box=None)
+    for p in plans:
+        action = "[green]cached[/]" if p.cached else "[yellow]build[/]"
+        table.add_row(p.name, action, p.key[:12], escape("\n".join(p.reasons)))
+    console.print(table)
+
+
+@app.command()
+def build(
+    recipe: RecipeArg,
+    until: Until = None,
+    force: Annotated[list[str] | None, typer.Option("--force", help="Rebuild this stage (and what reads it) even if cached. Repeatable.")] = None,
+    locked: Annotated[bool, typer.Option("--locked", help="Refuse to build any stage whose key differs from the lock file.")] = False,
+    cache_dir: CacheDir = None,
+) -> None:
+    """Build the recipe: every stage that is not cached, in order, then print the eval table."""
+    from legalbuild import pipeline
+
+    loaded = _loaded(recipe)
+    store = _store(cache_dir)
+    result = pipeline.build(loaded, store, until=until, force=force or [], locked=locked, log=_log, console=console)
+    _print_build_summary(result)
+
+
+def _log(message: str) -> None:
+    console.print(message, markup=False)
+
+
+def _print_build_summary(result) -> None:
+    built = ", ".join(result.built) or "nothing (all cached)"
+    console.print(f"[bold]built:[/] {built}")
+    if "merge" in result.outputs:
+        console.print(f"merged model: {result.outputs['merge'] / 'model'}")
+    eval_json = result.outputs.get("eval", Path("/nonexistent")) / "eval.json"
+    if eval_json.exists():
+        from legalbuild.stages.eval import format_comparison_table
+
+        console.print(format_comparison_table(json.loads(eval_json.read_text())), markup=False)
+
+
+@app.command()
+def status(recipe: RecipeArg, cache_dir: CacheDir = None) -> None:
+    """Each stage's key, whether it is cached and locked, when it was built, and its headline metrics."""
+    from legalbuild.lock import locked_stage, read_lock
+
+    loaded = _loaded(recipe)
+    store = _store(cache_dir)
+    lock = read_lock(loaded.recipe_path)
+    table = Table("stage", "key", "cached", "locked", "built", "seconds", "metrics", box=None)
+    for name, node in loaded.nodes.items():
+        manifest = store.manifest(name, node.key) or {}
+        in_lock = (locked_stage(lock, name) or {}).get("key") == node.key
+        metrics = manifest.get("metrics", {})
+        brief = ", ".join(f"{k}={_fmt(v)}" for k, v in list(metrics.items())[:4] if not isinstance(v, dict | list))
+        table.add_row(
+            name, node.key[:12], "yes" if manifest else "no", "yes" if in_lock else "no",
+            manifest.get("timings", {}).get("started", ""), str(manifest.get("timings", {}).get("seconds", "")), brief,
+        )
+    console.print(table)
+    console.print(f"cache: {store.root}")
+
+
+def _fmt(v) -> str:
+    return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+
+@app.command()
+def verify(recipe: Annotated[Path | None, typer.Argument(help="Only this recipe's entries (default: the whole cache).")] = None, cache_dir: CacheDir = None) -> None:
+    """Re-hash cached outputs and report any corrupted, missing or extra file."""
+    from legalbuild import pipeline
+    from legalbuild.errors import CacheCorruptError
+
+    store = _store(cache_dir)
+    refs = pipeline.current_refs([recipe]) if recipe else None
+    results = pipeline.verify(store, refs)
+    bad = {ref: probs for ref, probs in results.items() if probs}
+    for (stage, key), probs in results.items():
+        mark = "[red]CORRUPT[/]" if probs else "[green]ok[/]"
+        console.print(f"{mark} {stage} {key[:12]}" + "".join(f"\n    {p}" for p in probs))
+    if bad:
+        raise CacheCorruptError(f"{len(bad)} of {len(results)} entries are corrupted", hint="`legalbuild build --force STAGE` rebuilds one")
+    console.print(f"{len(results)} entries verified")
+
+
+@app.command()
+def clean(recipe: RecipeArg, stage: Annotated[list[str] | None, typer.Option("--stage", help="Only these stages.")] = None, cache_dir: CacheDir = None) -> None:
+    """Remove this recipe's current cache entries (all stages, or --stage ones)."""
+    loaded = _loaded(recipe)
+    store = _store(cache_dir)
+    for name, node in loaded.nodes.items():
+        if stage and name not in stage:
+            continue
+        if store.remove(name, node.key):
+            console.print(f"removed {name} {node.key[:12]}")
+
+
+@app.command()
+def gc(
+    recipes: Annotated[list[Path], typer.Argument(help="Recipes whose current entries are kept.")],
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Only list what would be removed.")] = False,
+    cache_dir: CacheDir = None,
+) -> None:
+    """Remove every cache entry that is not current for one of the given recipes."""
+    from legalbuild import pipeline
+
+    removed = pipeline.gc(_store(cache_dir), pipeline.current_refs(recipes), dry_run=dry_run)
+    for stage, key, size in removed:
+        console.print(f"{'would remove' if dry_run else 'removed'} {stage} {key[:12]} ({size / 1e6:.1f} MB)")
+    console.print(f"{len(removed)} entries, {sum(s for *_, s in removed) / 1e6:.1f} MB")
+
+
+# ------------------------------------------------------------------------------- data
+@app.command()
+def curate(recipe: RecipeArg, preview: Annotated[int, typer.Option("--preview", help="Print N sample pairs without building.")] = 5) -> None:
+    """Preview pairs the [curate] section would produce (nothing is built or cached)."""
+    from legalbuild.stages.curate import preview_pairs
+
+    loaded = _loaded(recipe)
+    if loaded.recipe.curate is None:
+        raise LegalbuildError(f"{recipe} has no [curate] section", hint="add one; see `legalbuild init`")
+    for i, pair in enumerate(preview_pairs(loaded.recipe, loaded.recipe_path, preview), 1):
+        meta = ", ".join(f"{k}={pair[k]}" for k in ("task", "rule_id", "severity", "clause_type", "source") if pair.get(k))
+        console.rule(f"pair {i}  {meta}")
+        console.print("[bold]instruction[/]", markup=True)
+        console.print(pair["instruction"], markup=False)
+        console.print("[bold]output[/]", markup=True)
+        console.print(pair["output"], markup=False)
+
+
+# ------------------------------------------------------------------------------- serving
+@app.command()
+def serve(
+    recipe: RecipeArg,
+    build_first: Annotated[bool, typer.Option("--build", help="Build the recipe (up to merge) first if needed.")] = False,
+    host: Annotated[str | None, typer.Option(help="Bind address (default from [serve]).")] = None,
+    port: Annotated[int | None, typer.Option(help="Port (default from [serve]).")] = None,
+    cache_dir: CacheDir = None,
+) -> None:
+    """Serve the merged model through vLLM's OpenAI-compatible API (Ctrl-C stops it)."""
+    import os
+
+    from legalbuild import pipeline
+    from legalbuild.serve import serve_model
+
+    loaded = _loaded(recipe)
+    store = _store(cache_dir)
+    if build_first:
+        pipeline.build(loaded, store, until="merge", log=_log, console=console)
+    merged = pipeline.locate_output(loaded, store, "merge") / "model"
+    settings = loaded.recipe.serve
+    serve_model(merged, settings, loaded.recipe.served_model_name, host=host, port=port, api_key=os.environ.get(settings.api_key_env), console=console)
+
+
+@app.command()
+def audit(
+    source: Annotated[str, typer.Argument(help="File of clauses (blank-line separated), or - for stdin.")],
+    endpoint: Annotated[str, typer.Option(help="OpenAI-compatible base URL.")] = "http://127.0.0.1:8000/v1",
+    recipe: Annotated[Path | None, typer.Option(help="Recipe: gives the system prompt, model name and API key variable.")] = None,
+    model: Annotated[str | None, typer.Option(help="Served model name (default: from the recipe).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object per clause.")] = False,
+    max_tokens: Annotated[int, typer.Option(help="Answer length cap.")] = 400,
+) -> None:
+    """Send each clause to a served model and print its findings."""
+    import os
+
+    from legalbuild.audit import audit_clauses, read_clauses
+    from legalbuild.recipe import DEFAULT_SYSTEM_PROMPT, load_recipe
+
+    text = sys.stdin.read() if source == "-" else Path(source).read_text(encoding="utf-8")
+    clauses = read_clauses(text)
+    system_prompt, model_name, key_env = DEFAULT_SYSTEM_PROMPT, model, "LEGALBUILD_API_KEY"
+    if recipe:
+        r = load_recipe(recipe)
+        system_prompt, model_name, key_env = r.data.system_prompt, model or r.served_model_name, r.serve.api_key_env
+    results = audit_clauses(clauses, endpoint, model_name, system_prompt, os.environ.get(key_env), max_tokens=max_tokens)
+    for res in results:
+        if as_json:
+            print(json.dumps(res, default=lambda o: getattr(o, "__dict__", str(o))))
+        else:
+            console.rule(res["clause"][:70].replace("\n", " "))
+            console.print(res["answer"], markup=False)
+
+
+@app.command()
+def export(recipe: RecipeArg, dest: Annotated[Path, typer.Argument(help="Destination folder.")], force: Annotated[bool, typer.Option("--force", help="Overwrite a non-empty destination.")] = False, cache_dir: CacheDir = None) -> None:
+    """Copy the merged model out of the cache with a manifest (recipe, keys, digests, licences)."""
+    from legalbuild.export import export_artifact
+    from legalbuild.provenance import build_manifest
+
+    loaded = _loaded(recipe)
+    store = _store(cache_dir)
+    from legalbuild import pipeline
+
+    merged = pipeline.locate_output(loaded, store, "merge") / "model"
+    out = export_artifact(merged, dest, build_manifest(loaded, store), force=force)
+    console.print(f"exported to {out}")
+
+
+@app.command()
+def report(
+    recipe: RecipeArg,
+    out: Annotated[Path | None, typer.Option(help="Folder for report.html and report.md (default: beside the recipe, <name>-report/).")] = None,
+    open_browser: Annotated[bool, typer.Option("--open", help="Open the HTML report in a browser.")] = False,
+    cache_dir: CacheDir = None,
+) -> None:
+    """Write a self-contained HTML report (and Markdown summary) of the last build."""
+    from legalbuild.lock import read_lock
+    from legalbuild.report import write_report
+
+    loaded = _loaded(recipe)
+    store = _store(cache_dir)
+    stage_dirs = {n: store.out_dir(n, node.key) for n, node in loaded.nodes.items() if store.has(n, node.key)}
+    dest = out or loaded.recipe_path.with_name(f"{loaded.recipe_path.stem}-report")
+    html, md = write_report(loaded.recipe_path, loaded.recipe_path.read_text(encoding="utf-8"), read_lock(loaded.recipe_path), stage_dirs, dest)
+    console.print(f"wrote {html}\nwrote {md}")
+    if open_browser:
+        import webbrowser
+
+        webbrowser.open(html.resolve().as_uri())
+
+
+def main() -> None:
+    """Entry point: user errors print a message and exit with their code (no traceback)."""
+    try:
+        app(standalone_mode=False)
+    except LegalbuildError as exc:
+        err_console.print(f"[bold red]error:[/] {escape(exc.message)}")
+        if exc.hint:
+            err_console.print(f"[dim]hint:[/] {escape(exc.hint)}")
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        err_console.print("interrupted: nothing partial was committed to the cache")
+        sys.exit(130)
+    except SystemExit:
+        raise
+    except Exception as exc:  # click's usage errors come through here in non-standalone mode
+        import click
+
+        if isinstance(exc, click.exceptions.ClickException):
+            exc.show()
+            sys.exit(exc.exit_code)
+        if isinstance(exc, click.exceptions.Abort):
+            sys.exit(130)
+        raise
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,265 @@
+"""Plan and build a recipe: walk the stage graph, reuse cached entries, build the rest atomically.
+
+The CLI is a thin layer over the functions here (`plan`, `build`, `locate_output`, `verify`, ...).
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import platform
+import shutil
+import sys
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from legalbuild import __version__
+from legalbuild.cache import Store
+from legalbuild.errors import LegalbuildError, LockMismatchError, NotBuiltError, StageFailedError
+from legalbuild.graph import StageNode, build_graph, downstream_of
+from legalbuild.lock import diff_inputs, flatten, locked_stage, prune_lock, read_lock, update_lock
+from legalbuild.recipe import Recipe, load_recipe
+from legalbuild.stages.context import StageContext
+
+
+@dataclass
+class StagePlan:
+    name: str
+    key: str
+    cached: bool
+    locked_key: str | None
+    reasons: list[str] = field(default_factory=list)
+
+    @property
+    def action(self) -> str:
+        return "cached" if self.cached else "build"
+
+
+@dataclass
+class Loaded:
+    """A recipe with its graph: what every command starts from."""
+
+    recipe: Recipe
+    recipe_path: Path
+    nodes: dict[str, StageNode]
+
+    @classmethod
+    def from_path(cls, recipe_path: str | Path) -> Loaded:
+        path = Path(recipe_path).resolve()
+        recipe = load_recipe(path)
+        return cls(recipe, path, build_graph(recipe, path))
+
+    def select(self, until: str | None) -> list[str]:
+        names = list(self.nodes)
+        if until is None:
+            return names
+        if until not in self.nodes:
+            raise LegalbuildError(f"unknown stage {until!r}", hint=f"this recipe's stages: {', '.join(names)}")
+        return names[: names.index(until) + 1]
+
+
+# ------------------------------------------------------------------------------------ plan
+def plan(loaded: Loaded, store: Store, until: str | None = None, force: Iterable[str] = ()) -> list[StagePlan]:
+    """Each stage as cached or to-build, and why (compared with the lock file)."""
+    lock = read_lock(loaded.recipe_path)
+    forced = _forced(loaded, force)
+    plans = []
+    for name in loaded.select(until):
+        node = loaded.nodes[name]
+        locked = locked_stage(lock, name)
+        cached = store.has(name, node.key) and name not in forced
+        plans.append(StagePlan(name, node.key, cached, locked and locked["key"], _reasons(node, locked, cached, name in forced, store)))
+    return plans
+
+
+def _forced(loaded: Loaded, force: Iterable[str]) -> set[str]:
+    out: set[str] = set()
+    for stage in force:
+        if stage not in loaded.nodes:
+            raise LegalbuildError(f"--force {stage!r}: no such stage", hint=f"stages: {', '.join(loaded.nodes)}")
+        out.update(downstream_of(loaded.nodes, stage))
+    return out
+
+
+def _reasons(node: StageNode, locked: dict | None, cached: bool, forced: bool, store: Store) -> list[str]:
+    if forced:
+        return ["forced"]
+    if locked is None:
+        return [] if cached else ["never built for this recipe (not in the lock file)"]
+    if locked["key"] == node.key:
+        return [] if cached else ["same key as the lock, but not in this cache (new machine or cleaned cache)"]
+    changed = diff_inputs(locked.get("inputs", {}), flatten(node.inputs))
+    upstream = [r for r in changed if r.startswith("upstream.")]
+    own = [r for r in changed if not r.startswith("upstream.")]
+    reasons = own + ([f"upstream stage changed: {', '.join(r.split(':')[0][9:] for r in upstream)}"] if upstream else [])
+    return reasons or ["key differs from the lock"]
+
+
+# ----------------------------------------------------------------------------------- build
+@dataclass
+class BuildResult:
+    stages: list[StagePlan]
+    built: list[str]
+    outputs: dict[str, Path]
+    seconds: dict[str, float]
+
+
+def build(
+    loaded: Loaded,
+    store: Store,
+    *,
+    until: str | None = None,
+    force: Iterable[str] = (),
+    locked: bool = False,
+    log: Callable[[str], None] = print,
+    console: Any = None,
+) -> BuildResult:
+    """Build every stage up to `until` that is not cached. `locked`: refuse keys the lock does not have."""
+    plans = plan(loaded, store, until, force)
+    if locked:
+        _check_locked(loaded, plans)
+    built, seconds, outputs = [], {}, {}
+    for p in plans:
+        node = loaded.nodes[p.name]
+        if p.cached:
+            log(f"{p.name:<10} cached    {p.key[:12]}")
+        else:
+            log(f"{p.name:<10} building  {p.key[:12]}  ({'; '.join(p.reasons) or 'not cached'})")
+            seconds[p.name] = _build_stage(loaded, store, node, force=p.name in _forced(loaded, force), log=log, console=console)
+            built.append(p.name)
+            log(f"{p.name:<10} done      {p.key[:12]}  in {seconds[p.name]:.1f} s")
+        outputs[p.name] = store.out_dir(p.name, node.key)
+        if not locked:
+            manifest = store.manifest(p.name, node.key) or {}
+            update_lock(loaded.recipe_path, p.name, node.key, node.inputs, manifest.get("outputs", {}))
+    if not locked and until is None:
+        prune_lock(loaded.recipe_path, list(loaded.nodes))
+    return BuildResult(plans, built, outputs, seconds)
+
+
+def _check_locked(loaded: Loaded, plans: list[StagePlan]) -> None:
+    lock = read_lock(loaded.recipe_path)
+    if not lock:
+        raise LockMismatchError(f"--locked: no lock file beside {loaded.recipe_path.name}", hint="run `legalbuild build` once without --locked and commit the lock")
+    bad = [p for p in plans if p.locked_key != p.key]
+    if bad:
+        lines = [f"  {p.name}: lock {str(p.locked_key)[:12]} != recipe {p.key[:12]} ({'; '.join(p.reasons)})" for p in bad]
+        raise LockMismatchError(
+            "--locked: the recipe no longer matches its lock file:\n" + "\n".join(lines),
+            hint="build without --locked to update the lock, or restore the recipe/data the lock was made from",
+        )
+
+
+def _build_stage(loaded: Loaded, store: Store, node: StageNode, *, force: bool, log: Callable[[str], None], console: Any) -> float:
+    """Run one stage into a temp folder and commit it; one builder per key at a time."""
+    with store.lock(node.name, node.key):
+        if store.has(node.name, node.key) and not force:
+            log(f"{node.name:<10} built meanwhile by another process: cache hit")
+            return 0.0
+        store.clean_tmp(older_than_s=3600)
+        tmp = store.new_tmp(node.name, node.key)
+        work = store.work_dir(node.name, node.key)
+        work.mkdir(parents=True, exist_ok=True)
+        ctx = StageContext(
+            name=node.name,
+            key=node.key,
+            recipe=loaded.recipe,
+            recipe_path=loaded.recipe_path,
+            out_dir=tmp / "out",
+            work_dir=work,
+            inputs={d: store.out_dir(d, loaded.nodes[d].key) for d in node.deps},
+            console=console,
+            log_fn=lambda m: log(f"{node.name:<10} {m}"),
+        )
+        started = time.time()
+        try:
+            metrics = importlib.import_module(node.module).run(ctx) or {}
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)  # work_dir stays: the next try resumes from it
+            raise
+        elapsed = time.time() - started
+        store.commit(tmp, node.name, node.key, _manifest(node, ctx, metrics, started, elapsed))
+        return elapsed
+
+
+def _manifest(node: StageNode, ctx: StageContext, metrics: dict, started: float, elapsed: float) -> dict[str, Any]:
+    return {
+        "stage": node.name,
+        "key": node.key,
+        "inputs": node.inputs,
+        "metrics": metrics,
+        "facts": ctx.facts,
+        "versions": {"legalbuild": __version__, "python": platform.python_version(), **node.inputs.get("libraries", {})},
+        "timings": {"started": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(started)), "seconds": round(elapsed, 3)},
+        "host": {"platform": platform.platform(), "cpus": os.cpu_count()},
+    }
+
+
+# ------------------------------------------------------------------------- other commands
+def locate_output(loaded: Loaded, store: Store, stage: str) -> Path:
+    """The cached output folder of a stage, or NotBuiltError saying how to build it."""
+    if stage not in loaded.nodes:
+        raise NotBuiltError(f"this recipe has no {stage!r} stage")
+    key = loaded.nodes[stage].key
+    if not store.has(stage, key):
+        raise NotBuiltError(
+            f"the {stage} stage of {loaded.recipe_path.name} is not built (key {key[:12]})",
+            hint=f"run `legalbuild build {loaded.recipe_path.name} --until {stage}` first",
+        )
+    return store.out_dir(stage, key)
+
+
+def verify(store: Store, refs: Iterable[tuple[str, str]] | None = None) -> dict[tuple[str, str], list[str]]:
+    """Re-hash cached outputs: {(stage, key): problems} for every entry checked."""
+    refs = list(refs) if refs is not None else [(e.stage, e.key) for e in store.entries()]
+    return {(s, k): store.verify(s, k) for s, k in refs if store.has(s, k)}
+
+
+def current_refs(recipe_paths: Iterable[str | Path]) -> set[tuple[str, str]]:
+    refs = set()
+    for path in recipe_paths:
+        loaded = Loaded.from_path(path)
+        refs |= {(n.name, n.key) for n in loaded.nodes.values()}
+    return refs
+
+
+def gc(store: Store, keep: set[tuple[str, str]], dry_run: bool = False) -> list[tuple[str, str, int]]:
+    """Remove every entry not in `keep`; returns (stage, key, bytes) of what was (or would be) removed."""
+    removed = []
+    for e in list(store.entries()):
+        if (e.stage, e.key) in keep:
+            continue
+        size = store.size_bytes(e.stage, e.key)
+        if not dry_run:
+            store.remove(e.stage, e.key)
+        removed.append((e.stage, e.key, size))
+    if not dry_run:
+        store.clean_tmp()
+        for w in (store.root / "work").glob("*") if (store.root / "work").is_dir() else []:
+            stage, _, key = w.name.partition("-")
+            if (stage, key) not in keep:
+                shutil.rmtree(w, ignore_errors=True)
+    return removed
+
+
+def heavy_modules_loaded() -> list[str]:
+    """Which heavy libraries this process has imported (used by tests and --debug)."""
+    heavy = ("torch", "transformers", "peft", "trl", "datasets", "vllm", "bitsandbytes")
+    return [m for m in heavy if m in sys.modules]
+
+
+__all__ = [
+    "BuildResult",
+    "Loaded",
+    "StageFailedError",
+    "StagePlan",
+    "build",
+    "current_refs",
+    "gc",
+    "locate_output",
+    "plan",
+    "verify",
+]
