@@ -1,0 +1,52 @@
+"""Where a built artifact came from: recipe, stage keys, output digests, versions and licences."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from legalbuild import __version__
+from legalbuild.lock import read_lock
+
+if TYPE_CHECKING:
+    from legalbuild.cache import Store
+    from legalbuild.pipeline import Loaded
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def licences(loaded: Loaded, store: Store) -> dict[str, Any]:
+    """Licences of the base model and of every data source that went into the build."""
+    out: dict[str, Any] = {"base_model": loaded.recipe.model.licence or "unknown", "data": []}
+    nodes = loaded.nodes
+    if "base" in nodes and store.has("base", nodes["base"].key):
+        base = _read_json(store.out_dir("base", nodes["base"].key) / "base.json")
+        out["base_model"] = base.get("licence") or out["base_model"]
+    if "curate" in nodes and store.has("curate", nodes["curate"].key):
+        card = _read_json(store.out_dir("curate", nodes["curate"].key) / "card.json")
+        out["data"] += card.get("sources", []) + card.get("rulebooks", [])
+    out["data"] += [{"name": s.name, "path": s.path, "licence": "as declared by the data owner"} for s in loaded.recipe.data.sources]
+    return out
+
+
+def build_manifest(loaded: Loaded, store: Store) -> dict[str, Any]:
+    lock = read_lock(loaded.recipe_path)
+    return {
+        "legalbuild": __version__,
+        "recipe_file": loaded.recipe_path.name,
+        "recipe": loaded.recipe_path.read_text(encoding="utf-8"),
+        "stages": {
+            name: {"key": node.key, "outputs": (store.manifest(name, node.key) or {}).get("outputs", {})}
+            for name, node in loaded.nodes.items()
+        },
+        "lock": lock,
+        "licences": licences(loaded, store),
+        "served_model_name": loaded.recipe.served_model_name,
+        "system_prompt": loaded.recipe.data.system_prompt,
+    }
