@@ -1,0 +1,105 @@
+"""Copy the merged model out of the cache into one deployable folder with a provenance manifest.
+
+The folder is a plain Hugging Face model (safetensors, config, tokenizer, chat template,
+generation_config) that vLLM, transformers or TGI load as is, plus `legalbuild-manifest.json`:
+what the caller passes (recipe text, stage keys, digests, licences of the base model and the data)
+and, under "artifact", the sha256 and size of every exported file so a deployer can verify the copy.
+The copy is made in a sibling temporary folder and renamed into place, so an interrupted export
+never leaves a half-written artifact behind under the destination name.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+from legalbuild.errors import LegalbuildError, NotBuiltError
+
+MANIFEST_NAME = "legalbuild-manifest.json"
+MANIFEST_FORMAT = "legalbuild-export/1"
+
+
+def export_artifact(
+    merged_dir: Path, dest: Path, manifest: dict[str, Any], *, force: bool = False
+) -> Path:
+    """Copy `merged_dir` to `dest` and write the manifest there. Returns `dest`.
+
+    Refuses a non-empty `dest` unless `force` (then it is replaced once the new copy is complete)."""
+    merged_dir, dest = Path(merged_dir).resolve(), Path(dest).resolve()
+    check_merged_folder(merged_dir)
+    check_destination(merged_dir, dest, force)
+
+    staging = dest.with_name(f".{dest.name}.partial-{os.getpid()}")
+    shutil.rmtree(staging, ignore_errors=True)
+    try:
+        copy_tree(merged_dir, staging)
+        document = {
+            **manifest,
+            "format": MANIFEST_FORMAT,
+            "artifact": describe_files(staging),
+        }
+        (staging / MANIFEST_NAME).write_text(
+            json.dumps(document, indent=2, sort_keys=True) + "\n", encoding="utf-8"
+        )
+        if dest.exists():
+            shutil.rmtree(dest) if dest.is_dir() else dest.unlink()
+        os.replace(staging, dest)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return dest
+
+
+def check_merged_folder(merged_dir: Path) -> None:
+    if not (merged_dir / "config.json").is_file() or not any(merged_dir.glob("*.safetensors")):
+        raise NotBuiltError(
+            f"{merged_dir} is not a merged model folder (config.json or *.safetensors missing)",
+            hint="run `legalbuild build` so the merge stage produces the model",
+        )
+
+
+def check_destination(merged_dir: Path, dest: Path, force: bool) -> None:
+    if dest == merged_dir or merged_dir in dest.parents or dest in merged_dir.parents:
+        raise LegalbuildError(
+            f"export destination {dest} overlaps the merged model folder {merged_dir}",
+            hint="export to a folder outside the build cache",
+        )
+    if dest.is_file():
+        raise LegalbuildError(f"export destination {dest} is a file", hint="name a folder")
+    if dest.is_dir() and any(dest.iterdir()) and not force:
+        raise LegalbuildError(
+            f"export destination {dest} is not empty",
+            hint="choose an empty or new folder, or pass --force to replace it",
+        )
+
+
+def copy_tree(source: Path, target: Path) -> None:
+    """Copy file contents only: cache entries are read-only, the export should be writable."""
+    for path in sorted(source.rglob("*")):
+        out = target / path.relative_to(source)
+        if path.is_dir():
+            out.mkdir(parents=True, exist_ok=True)
+        else:
+            out.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(path, out)
+    target.mkdir(parents=True, exist_ok=True)
+
+
+def describe_files(folder: Path) -> dict[str, Any]:
+    files = {
+        str(p.relative_to(folder)): {"sha256": sha256_file(p), "bytes": p.stat().st_size}
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
+    return {"files": files, "total_bytes": sum(f["bytes"] for f in files.values())}
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
