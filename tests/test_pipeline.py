@@ -1,0 +1,168 @@
+"""The pipeline: chained keys, cache hits, the lock file, --locked, plan's WHY, concurrent builders,
+and no heavy import on light commands. Runs the real normalize stage on small JSONL data."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from legalbuild import pipeline
+from legalbuild.cache import Store
+from legalbuild.errors import LockMismatchError
+from legalbuild.lock import lock_path, read_lock
+
+HEAVY = ("torch", "transformers", "peft", "trl", "datasets", "vllm", "bitsandbytes")
+
+
+def _rows(n: int, offset: int = 0) -> str:
+    return "".join(
+        json.dumps({"instruction": f"Audit clause number {i}: the supplier may terminate at any time.", "output": f"Risk: high (case {i})"}) + "\n"
+        for i in range(offset, offset + n)
+    )
+
+
+@pytest.fixture
+def project(tmp_path, tiny_model_dir):
+    (tmp_path / "data.jsonl").write_text(_rows(40))
+    recipe = tmp_path / "recipe.toml"
+    recipe.write_text(
+        f"""
+[project]
+name = "t"
+[[data.sources]]
+name = "d"
+path = "data.jsonl"
+[data]
+target_min_pairs = 1
+[model]
+base = "{tiny_model_dir}"
+[train]
+max_steps = 1
+report_to = ["none"]
+"""
+    )
+    return recipe
+
+
+def _keys(recipe: Path) -> dict[str, str]:
+    return {n: node.key for n, node in pipeline.Loaded.from_path(recipe).nodes.items()}
+
+
+def _build(recipe, store, **kw):
+    logs: list[str] = []
+    result = pipeline.build(pipeline.Loaded.from_path(recipe), store, log=logs.append, **kw)
+    return result, logs
+
+
+def test_build_then_cache_hit_and_lock(project, tmp_path):
+    store = Store(tmp_path / "store")
+    result, _ = _build(project, store, until="normalize")
+    assert result.built == ["normalize"]
+    assert (result.outputs["normalize"] / "train.jsonl").exists()
+    lock = read_lock(project)
+    assert lock_path(project).name == "legalbuild.lock"
+    assert lock["stages"]["normalize"]["key"] == _keys(project)["normalize"]
+    assert "train.jsonl" in lock["stages"]["normalize"]["outputs"]
+    again, logs = _build(project, store, until="normalize")
+    assert again.built == [] and any("cached" in line for line in logs)
+
+
+def test_one_data_byte_invalidates_normalize_and_everything_downstream(project):
+    before = _keys(project)
+    data = project.parent / "data.jsonl"
+    data.write_text(data.read_text().replace("case 3", "case 4"))
+    after = _keys(project)
+    assert before["base"] == after["base"]
+    for stage in ("normalize", "train", "merge", "eval"):
+        assert before[stage] != after[stage], stage
+
+
+def test_tracking_and_serving_edits_invalidate_nothing(project):
+    before = _keys(project)
+    text = project.read_text().replace('report_to = ["none"]', 'report_to = ["tensorboard", "wandb"]\nlogging_steps = 3')
+    project.write_text(text + "\n[serve]\nport = 9001\nhost = \"127.0.0.1\"\n")
+    assert _keys(project) == before
+
+
+def test_lora_rank_rebuilds_train_but_not_normalize(project):
+    before = _keys(project)
+    project.write_text(project.read_text() + "\n[lora]\nr = 16\n")
+    after = _keys(project)
+    assert before["normalize"] == after["normalize"] and before["base"] == after["base"]
+    assert before["train"] != after["train"] and before["merge"] != after["merge"]
+
+
+def test_plan_says_why_and_locked_refuses_changes(project, tmp_path):
+    store = Store(tmp_path / "store")
+    _build(project, store, until="normalize")
+    data = project.parent / "data.jsonl"
+    data.write_text(data.read_text() + _rows(1, offset=100))
+    plans = {p.name: p for p in pipeline.plan(pipeline.Loaded.from_path(project), store)}
+    assert not plans["normalize"].cached
+    assert any(r.startswith("sources[0].digest") for r in plans["normalize"].reasons), plans["normalize"].reasons
+    with pytest.raises(LockMismatchError, match="normalize"):
+        _build(project, store, until="normalize", locked=True)
+
+
+def test_locked_build_reproduces_from_the_lock_on_a_fresh_cache(project, tmp_path):
+    _build(project, Store(tmp_path / "store1"), until="normalize")
+    digests = read_lock(project)["stages"]["normalize"]["outputs"]
+    result, _ = _build(project, Store(tmp_path / "store2"), until="normalize", locked=True)
+    assert result.built == ["normalize"]
+    assert Store(tmp_path / "store2").manifest("normalize", _keys(project)["normalize"])["outputs"] == digests
+
+
+def test_force_rebuilds_a_cached_stage(project, tmp_path):
+    store = Store(tmp_path / "store")
+    _build(project, store, until="normalize")
+    result, _ = _build(project, store, until="normalize", force=["normalize"])
+    assert result.built == ["normalize"]
+
+
+def _cli(*args: str, env_cache: Path) -> subprocess.CompletedProcess:
+    """Run the CLI in a fresh interpreter and report which heavy modules it imported."""
+    code = (
+        "import sys, json\n"
+        "from legalbuild.cli import main\n"
+        f"sys.argv = ['legalbuild', *{list(args)!r}]\n"
+        "try:\n    main()\nexcept SystemExit as e:\n    code = e.code\nelse:\n    code = 0\n"
+        f"print('HEAVY=' + json.dumps([m for m in {HEAVY!r} if m in sys.modules]))\n"
+        "sys.exit(code or 0)\n"
+    )
+    import os
+
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env={**os.environ, "LEGALBUILD_CACHE": str(env_cache)})
+
+
+def _heavy(proc) -> list[str]:
+    line = [ln for ln in proc.stdout.splitlines() if ln.startswith("HEAVY=")][-1]
+    return json.loads(line[6:])
+
+
+def test_light_commands_never_import_heavy_libraries(project, tmp_path):
+    cache = tmp_path / "store"
+    for args in (["--help"], ["validate", str(project)], ["plan", str(project)], ["status", str(project)], ["schema"]):
+        proc = _cli(*args, env_cache=cache)
+        assert proc.returncode == 0, (args, proc.stderr[-2000:])
+        assert _heavy(proc) == [], (args, _heavy(proc))
+    build = _cli("build", str(project), "--until", "normalize", env_cache=cache)
+    assert build.returncode == 0, build.stderr[-2000:]
+    cached = _cli("build", str(project), "--until", "normalize", env_cache=cache)
+    assert "cached" in cached.stdout and _heavy(cached) == []
+
+
+def test_two_builders_at_once_build_once(project, tmp_path):
+    import os
+
+    env = {**os.environ, "LEGALBUILD_CACHE": str(tmp_path / "store")}
+    cmd = [sys.executable, "-m", "legalbuild", "build", str(project), "--until", "normalize"]
+    procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env) for _ in range(2)]
+    outs = [p.communicate(timeout=120) for p in procs]
+    assert all(p.returncode == 0 for p in procs), outs
+    built = sum("normalize  done" in out for out, _ in outs)
+    waited = sum(("built meanwhile" in out) or ("normalize  cached" in out) for out, _ in outs)
+    assert (built, waited) == (1, 1), outs
