@@ -1,0 +1,301 @@
+"""The eval stage on real tiny models: a random one and one trained here to answer 'clean'."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from legalbuild.answer_format import Audit, Finding, render_audit
+from legalbuild.errors import DataError, StageFailedError
+from legalbuild.recipe import Recipe
+from legalbuild.stages import eval as eval_stage
+from legalbuild.stages.context import StageContext
+
+PLAYBOOK = """\
+name: test-book
+description: Test rules.
+rules:
+  - id: liability-unlimited
+    title: Unlimited liability
+    severity: high
+    description: The limitation of liability clause leaves liability unlimited.
+    why: Unlimited liability exposes the customer to losses beyond the contract value.
+    suggestion: Cap liability at the fees paid in the prior twelve months.
+    check:
+      kind: forbids_any
+      patterns: ['liability\\s+(is|shall\\s+be)\\s+unlimited']
+"""
+RULE = "test-book.liability-unlimited"
+CLEAN = render_audit(Audit(risk="none", note="The clause is balanced."))
+FLAGGED = render_audit(
+    Audit(
+        risk="high",
+        findings=[
+            Finding(
+                "Unlimited liability",
+                RULE,
+                "high",
+                why="Unlimited liability exposes the customer to losses.",
+            )
+        ],
+    )
+)
+
+
+def val_row(i: int, clause: str, output: str, task: str, severity: str) -> dict:
+    meta = {"rule_id": RULE if output == FLAGGED else None, "severity": severity, "task": task}
+    meta |= {"clause_type": "limitation_of_liability", "verified_by": "regex"}
+    return {
+        "id": f"r{i}",
+        "instruction": f"Audit this contract clause:\n\n{clause}",
+        "output": output,
+        "source": "curated",
+        "group": f"doc{i}",
+        "meta": meta,
+    }
+
+
+VAL_ROWS = [
+    val_row(0, "The Supplier's liability is unlimited for any damages.", FLAGGED, "audit", "high"),
+    val_row(1, "Each party's liability shall not exceed the fees paid.", CLEAN, "audit", "none"),
+    val_row(
+        2, "The Customer's liability shall be unlimited in all cases.", FLAGGED, "defect", "high"
+    ),
+    val_row(
+        3, "Liability for damages is capped at the fees paid in 12 months.", CLEAN, "defect", "none"
+    ),
+]
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+def make_ctx(tmp_path: Path, base_dir: Path, merged_dir: Path, **eval_settings) -> StageContext:
+    (tmp_path / "rules.yaml").write_text(PLAYBOOK)
+    normalize = tmp_path / "normalize"
+    normalize.mkdir(exist_ok=True)
+    write_jsonl(normalize / "val.jsonl", VAL_ROWS)
+    recipe = Recipe.model_validate(
+        {
+            "project": {"name": "t"},
+            "curate": {"corpora": [{"kind": "folder", "path": "c"}], "rulebooks": ["rules.yaml"]},
+            "eval": {"batch_size": 3, "max_new_tokens": 24, **eval_settings},
+        }
+    )
+    out = tmp_path / "out"
+    out.mkdir(exist_ok=True)
+    return StageContext(
+        name="eval",
+        key="k",
+        recipe=recipe,
+        recipe_path=tmp_path / "recipe.toml",
+        out_dir=out,
+        work_dir=tmp_path / "work",
+        inputs={"normalize": normalize, "base": base_dir.parent, "merge": merged_dir.parent},
+        log_fn=lambda msg: None,
+    )
+
+
+def model_entry(tmp_path: Path, name: str, source: Path) -> Path:
+    """An upstream entry folder holding `model/` (the layout of the base and merge stages)."""
+    dest = tmp_path / name / "model"
+    shutil.copytree(source, dest)
+    return dest
+
+
+@pytest.fixture(scope="module")
+def clean_answer_model(tiny_model_dir, tmp_path_factory) -> Path:
+    """The tiny model trained (a few seconds) to answer every prompt with the clean verdict."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    system = Recipe.model_validate(
+        {"project": {"name": "t"}, "curate": {"corpora": [{"kind": "nda_review"}]}}
+    )
+    system_prompt = system.data.system_prompt
+    rows = [
+        eval_stage.load_val_rows(write_jsonl(tmp_path_factory.mktemp("v") / "v.jsonl", VAL_ROWS))
+    ][0]
+    examples = []
+    for row in rows:
+        prompt = eval_stage.prompt_text(tokenizer, system_prompt, row.instruction)
+        answer = eval_stage.templated_answer(
+            tokenizer, system_prompt, row.instruction, prompt, CLEAN
+        )
+        p_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        a_ids = tokenizer(answer, add_special_tokens=False)["input_ids"]
+        examples.append(
+            (torch.tensor([p_ids + a_ids]), torch.tensor([[-100] * len(p_ids) + a_ids]))
+        )
+    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
+    torch.manual_seed(0)
+    for step in range(60):
+        ids, labels = examples[step % len(examples)]
+        loss = model(input_ids=ids, labels=labels).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    dest = tmp_path_factory.mktemp("clean") / "model"
+    model.save_pretrained(dest)
+    tokenizer.save_pretrained(dest)
+    return dest
+
+
+# ------------------------------------------------------------------------------------ rows
+def test_extra_set_accepts_both_shapes(tmp_path):
+    path = write_jsonl(
+        tmp_path / "extra.jsonl",
+        [
+            {
+                "clause": "Liability is unlimited.",
+                "expected": [RULE],
+                "severity": "high",
+                "clause_type": "x",
+            },
+            {"clause": "A fair clause.", "expected": []},
+            {"instruction": "Audit: foo", "output": CLEAN, "meta": {"task": "audit"}},
+        ],
+    )
+    rows = eval_stage.load_extra_set(path)
+    assert [r.set for r in rows] == ["extra:extra"] * 3
+    assert rows[0].reference.rule_ids == [RULE] and rows[0].reference.risk == "high"
+    assert rows[0].reference_text is None and rows[0].clause == "Liability is unlimited."
+    assert (
+        rows[0].instruction.endswith("Liability is unlimited.")
+        and rows[0].meta["clause_type"] == "x"
+    )
+    assert rows[1].reference.risk == "none" and not rows[1].reference.findings
+    assert rows[2].reference_text == CLEAN and rows[2].category("task") == "audit"
+
+
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        ("{not json", "not valid JSON"),
+        ('{"clause": "x", "expected": "r1", "severity": "high"}', "'expected' must be a list"),
+        ('{"clause": "x", "expected": ["r1"]}', "'severity' must be one of"),
+        ('{"clause": "x", "expected": [], "severity": "high"}', "contradicts"),
+        ('{"instruction": "x", "output": ""}', "'output' must be a non-empty string"),
+        ('{"text": "x"}', "either 'clause'"),
+    ],
+)
+def test_extra_set_errors_name_file_and_line(tmp_path, line, message):
+    path = tmp_path / "bad.jsonl"
+    path.write_text('{"clause": "ok", "expected": []}\n\n' + line + "\n")
+    with pytest.raises(DataError) as err:
+        eval_stage.load_extra_set(path)
+    assert f"{path}:3:" in str(err.value) and message in str(err.value)
+    with pytest.raises(DataError, match="not found"):
+        eval_stage.load_extra_set(tmp_path / "missing.jsonl")
+
+
+def test_select_rows_is_balanced_and_deterministic(tmp_path):
+    rows = eval_stage.load_val_rows(
+        write_jsonl(
+            tmp_path / "v.jsonl",
+            [val_row(i, f"clause {i}", CLEAN, "audit", "none") for i in range(10)],
+        )
+    )
+    rows += eval_stage.load_val_rows(
+        write_jsonl(
+            tmp_path / "w.jsonl", [val_row(10 + i, f"c{i}", CLEAN, "fix", "none") for i in range(2)]
+        )
+    )
+    picked = eval_stage.select_rows(rows, 6)
+    assert [r.category("task") for r in picked].count("fix") == 2  # the small stratum is kept whole
+    assert [r.id for r in picked] == [r.id for r in eval_stage.select_rows(rows, 6)]
+    assert len(eval_stage.select_rows(rows, 100)) == 12
+
+
+def test_clause_from_instruction():
+    assert eval_stage.clause_from_instruction("Audit this clause:\n\nThe clause.") == "The clause."
+    assert eval_stage.clause_from_instruction("No lead-in here.") == "No lead-in here."
+
+
+def test_regex_baseline_uses_the_curation_rulebook(tmp_path):
+    (tmp_path / "rules.yaml").write_text(PLAYBOOK)
+    from legalbuild.curation.rulebook import load_rulebooks
+
+    baseline = eval_stage.make_regex_baseline(load_rulebooks(["rules.yaml"], tmp_path).rules)
+    flagged = baseline("The Supplier's liability is unlimited.", "limitation_of_liability")
+    assert (
+        flagged.startswith("Risk: high")
+        and f"[{RULE}]" in flagged
+        and "Why: Unlimited liability" in flagged
+    )
+    assert baseline("Liability is capped at the fees paid.", "limitation_of_liability").startswith(
+        "Risk: none"
+    )
+    assert baseline("The Supplier's liability is unlimited.", "payment").startswith(
+        "Risk: none"
+    )  # other type
+    assert f"[{RULE}]" in baseline(
+        "The liability is unlimited for damages.", None
+    )  # typed by classifier
+
+
+# ------------------------------------------------------------------------------- the stage
+def test_eval_stage_compares_models_and_traces_rows(tmp_path, tiny_model_dir, clean_answer_model):
+    base = model_entry(tmp_path, "base", tiny_model_dir)
+    merged = model_entry(tmp_path, "merge", clean_answer_model)
+    extra = write_jsonl(
+        tmp_path / "extra.jsonl",
+        [
+            {
+                "clause": "The Supplier's liability is unlimited under this Agreement.",
+                "expected": [RULE],
+                "severity": "high",
+            }
+        ],
+    )
+    ctx = make_ctx(tmp_path, base, merged, extra_sets=[str(extra)])
+    headline = eval_stage.run(ctx)
+
+    result = json.loads((ctx.out_dir / "eval.json").read_text())
+    assert result["models"] == ["base", "merged", "regex"] and result["rows"] == 5
+    assert result["sets"] == {"extra:extra": 1, "val": 4}
+    merged_m, base_m, regex_m = (result["metrics"][m] for m in ("merged", "base", "regex"))
+    # the trained model says "clean" everywhere: right on the 2 clean rows out of 5 labelled rows
+    assert merged_m["label_accuracy"] == pytest.approx(2 / 5) and merged_m["false_alarms"] == 0
+    assert merged_m["unparseable"] == 0 and merged_m["severity_accuracy"] == pytest.approx(2 / 5)
+    assert base_m["unparseable"] == 5 and base_m["label_accuracy"] == 0  # random weights: gibberish
+    assert regex_m["label_accuracy"] == 1.0 and regex_m["val_loss"] is None
+    # teacher-forced loss on the 4 val references (the extra row has no reference text)
+    assert merged_m["val_loss"] < base_m["val_loss"] and merged_m["perplexity"] > 1
+    assert merged_m["loss_tokens"] > 0 and base_m["loss_tokens"] == merged_m["loss_tokens"]
+    assert 0 <= merged_m["rouge_l"] <= 1 and merged_m["mean_latency_s"] > 0
+    assert set(result["by_category"]) == {"task", "clause_type", "severity", "set"}
+    assert result["by_category"]["task"]["defect"]["merged"]["rows"] == 2
+    assert result["regression"] is None and headline["merged_label_accuracy"] == pytest.approx(
+        2 / 5
+    )
+
+    answers = [
+        json.loads(line) for line in (ctx.out_dir / "answers.jsonl").read_text().splitlines()
+    ]
+    assert len(answers) == 5 and set(answers[0]["answers"]) == {"base", "merged", "regex"}
+    assert all(a["answers"]["merged"]["text"].startswith("Risk: none") for a in answers)
+    extra_row = next(a for a in answers if a["set"] == "extra:extra")
+    assert (
+        extra_row["reference_labels"] == [RULE] and extra_row["answers"]["merged"]["loss"] is None
+    )
+
+    table = eval_stage.format_comparison_table(result)
+    assert "finding-label accuracy" in table and "40.0%" in table and "+40.0 pt better" in table
+
+
+def test_fail_if_worse_raises_when_merged_regresses(tmp_path, tiny_model_dir, clean_answer_model):
+    base = model_entry(tmp_path, "base", clean_answer_model)
+    merged = model_entry(tmp_path, "merge", tiny_model_dir)
+    ctx = make_ctx(tmp_path, base, merged, fail_if_worse=True, max_new_tokens=16)
+    with pytest.raises(StageFailedError, match="REGRESSION"):
+        eval_stage.run(ctx)
+    result = json.loads((ctx.out_dir / "eval.json").read_text())
+    assert result["regression"] and result["warnings"][0].startswith("REGRESSION")
