@@ -166,3 +166,22 @@ def test_two_builders_at_once_build_once(project, tmp_path):
     built = sum("normalize  done" in out for out, _ in outs)
     waited = sum(("built meanwhile" in out) or ("normalize  cached" in out) for out, _ in outs)
     assert (built, waited) == (1, 1), outs
+
+
+def test_verify_gc_and_clean_through_the_cli(project, tmp_path):
+    cache = tmp_path / "store"
+    assert _cli("build", str(project), "--until", "normalize", env_cache=cache).returncode == 0
+    store = Store(cache)
+    key = _keys(project)["normalize"]
+    assert _cli("verify", str(project), env_cache=cache).returncode == 0
+    (store.out_dir("normalize", key) / "train.jsonl").write_text("tampered\n")
+    bad = _cli("verify", str(project), env_cache=cache)
+    assert bad.returncode == 8 and "changed: train.jsonl" in bad.stdout
+    # a new data version leaves the old entry stale: gc keeps only the current one
+    (project.parent / "data.jsonl").write_text(_rows(41))
+    assert _cli("build", str(project), "--until", "normalize", env_cache=cache).returncode == 0
+    assert len(list(store.entries())) == 2
+    assert _cli("gc", str(project), env_cache=cache).returncode == 0
+    assert [e.key for e in store.entries()] == [_keys(project)["normalize"]]
+    assert _cli("clean", str(project), env_cache=cache).returncode == 0
+    assert list(store.entries()) == []
