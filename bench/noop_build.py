@@ -34,14 +34,26 @@ def _write_project(root: Path, rows: int) -> Path:
     with open(root / "pairs.jsonl", "w") as f:
         for i in range(rows):
             clause = f"Clause {i}: The Supplier may terminate this Agreement at any time for convenience with {i % 90} days notice."
-            f.write(json.dumps({"instruction": f"Audit this clause.\n\n{clause}", "output": f"Risk: medium\nFinding 1: One-sided termination [term.one_sided.{i % 40}] (severity: medium)\nWhy: case {i}."}) + "\n")
+            f.write(
+                json.dumps(
+                    {
+                        "instruction": f"Audit this clause.\n\n{clause}",
+                        "output": f"Risk: medium\nFinding 1: One-sided termination [term.one_sided.{i % 40}] (severity: medium)\nWhy: case {i}.",
+                    }
+                )
+                + "\n"
+            )
     recipe = root / "recipe.toml"
-    recipe.write_text('[project]\nname = "bench"\n[[data.sources]]\nname = "pairs"\npath = "pairs.jsonl"\n[eval]\nenabled = false\n')
+    recipe.write_text(
+        '[project]\nname = "bench"\n[[data.sources]]\nname = "pairs"\npath = "pairs.jsonl"\n[eval]\nenabled = false\n'
+    )
     return recipe
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--rows", type=int, default=5000)
     ap.add_argument("--repeat", type=int, default=5)
     args = ap.parse_args()

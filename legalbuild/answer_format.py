@@ -77,7 +77,8 @@ def _one_line(text: str) -> str:
 _RISK = re.compile(r"^\s*risk\s*:\s*(high|medium|low|none)\b", re.I)
 _NONE = re.compile(r"^\s*findings\s*:\s*none\.?\s*(.*)$", re.I)
 _FINDING = re.compile(
-    r"^\s*finding\s+\d+\s*:\s*(.+?)\s*\[([^\]]+)\]\s*\(\s*severity\s*:\s*(high|medium|low)\s*\)\s*$", re.I
+    r"^\s*finding\s+\d+\s*:\s*(.+?)\s*\[([^\]]+)\]\s*\(\s*severity\s*:\s*(high|medium|low)\s*\)\s*$",
+    re.I,
 )
 _FIELD = re.compile(r"^\s*(why|fix|suggested clause)\s*:\s*(.*)$", re.I)
 
@@ -94,7 +95,9 @@ def parse_audit(text: str) -> Audit | None:
             audit.note = m.group(1).strip()
             return audit if audit.risk == "none" else None
         if m := _FINDING.match(line):
-            current = Finding(title=m.group(1).strip(), rule_id=m.group(2).strip(), severity=m.group(3).lower())
+            current = Finding(
+                title=m.group(1).strip(), rule_id=m.group(2).strip(), severity=m.group(3).lower()
+            )
             audit.findings.append(current)
             continue
         if (m := _FIELD.match(line)) and current is not None:

@@ -91,7 +91,9 @@ class Store:
     def commit(self, tmp: Path, stage: str, key: str, manifest: dict[str, Any]) -> Path:
         """Record output digests, write the manifest, and rename the temp folder into place."""
         manifest = {**manifest, "outputs": tree_manifest(tmp / "out")}
-        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True, default=str))
+        (tmp / "manifest.json").write_text(
+            json.dumps(manifest, indent=2, sort_keys=True, default=str)
+        )
         final = self.entry_dir(stage, key)
         final.parent.mkdir(parents=True, exist_ok=True)
         if final.exists():  # --force: move the old entry aside first, then drop it
@@ -130,9 +132,14 @@ class Store:
         if manifest is None:
             return ["manifest.json is missing or unreadable"]
         expected: dict[str, str] = manifest.get("outputs", {})
-        actual = tree_manifest(self.out_dir(stage, key)) if self.out_dir(stage, key).exists() else {}
+        actual = (
+            tree_manifest(self.out_dir(stage, key)) if self.out_dir(stage, key).exists() else {}
+        )
         problems = [f"missing: {p}" for p in sorted(expected.keys() - actual.keys())]
-        problems += [f"changed: {p}" for p in sorted(p for p in expected.keys() & actual.keys() if expected[p] != actual[p])]
+        problems += [
+            f"changed: {p}"
+            for p in sorted(p for p in expected.keys() & actual.keys() if expected[p] != actual[p])
+        ]
         problems += [f"unexpected: {p}" for p in sorted(actual.keys() - expected.keys())]
         return problems
 

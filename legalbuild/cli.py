@@ -44,9 +44,16 @@ app = typer.Typer(
 RecipeArg = Annotated[Path, typer.Argument(help="Recipe file (TOML).", show_default=False)]
 CacheDir = Annotated[
     Path | None,
-    typer.Option("--cache-dir", help="Cache root (default: $LEGALBUILD_CACHE or the user cache dir).", show_default=False),
+    typer.Option(
+        "--cache-dir",
+        help="Cache root (default: $LEGALBUILD_CACHE or the user cache dir).",
+        show_default=False,
+    ),
 ]
-Until = Annotated[str | None, typer.Option("--until", help="Stop after this stage (e.g. normalize, train, merge).")]
+Until = Annotated[
+    str | None,
+    typer.Option("--until", help="Stop after this stage (e.g. normalize, train, merge)."),
+]
 
 
 def _store(cache_dir: Path | None):
@@ -83,7 +90,9 @@ def validate(recipe: RecipeArg) -> None:
     from legalbuild.recipe import load_recipe
 
     r = load_recipe(recipe)
-    console.print(f"[green]ok[/] {recipe}: project {r.project.name!r}, stages {' -> '.join(stage_names(r))}")
+    console.print(
+        f"[green]ok[/] {recipe}: project {r.project.name!r}, stages {' -> '.join(stage_names(r))}"
+    )
 
 
 @app.command()
@@ -96,7 +105,14 @@ def schema() -> None:
 
 # ------------------------------------------------------------------------------- building
 @app.command()
-def plan(recipe: RecipeArg, until: Until = None, force: Annotated[list[str] | None, typer.Option("--force", help="Pretend these stages are forced.")] = None, cache_dir: CacheDir = None) -> None:
+def plan(
+    recipe: RecipeArg,
+    until: Until = None,
+    force: Annotated[
+        list[str] | None, typer.Option("--force", help="Pretend these stages are forced.")
+    ] = None,
+    cache_dir: CacheDir = None,
+) -> None:
     """Show each stage as cached or to-build, and WHY (which input changed since the lock)."""
     from legalbuild import pipeline
 
@@ -112,8 +128,18 @@ def plan(recipe: RecipeArg, until: Until = None, force: Annotated[list[str] | No
 def build(
     recipe: RecipeArg,
     until: Until = None,
-    force: Annotated[list[str] | None, typer.Option("--force", help="Rebuild this stage (and what reads it) even if cached. Repeatable.")] = None,
-    locked: Annotated[bool, typer.Option("--locked", help="Refuse to build any stage whose key differs from the lock file.")] = False,
+    force: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--force", help="Rebuild this stage (and what reads it) even if cached. Repeatable."
+        ),
+    ] = None,
+    locked: Annotated[
+        bool,
+        typer.Option(
+            "--locked", help="Refuse to build any stage whose key differs from the lock file."
+        ),
+    ] = False,
     cache_dir: CacheDir = None,
 ) -> None:
     """Build the recipe: every stage that is not cached, in order, then print the eval table."""
@@ -121,7 +147,9 @@ def build(
 
     loaded = _loaded(recipe)
     store = _store(cache_dir)
-    result = pipeline.build(loaded, store, until=until, force=force or [], locked=locked, log=_log, console=console)
+    result = pipeline.build(
+        loaded, store, until=until, force=force or [], locked=locked, log=_log, console=console
+    )
     _print_build_summary(result)
 
 
@@ -154,10 +182,17 @@ def status(recipe: RecipeArg, cache_dir: CacheDir = None) -> None:
         manifest = store.manifest(name, node.key) or {}
         in_lock = (locked_stage(lock, name) or {}).get("key") == node.key
         metrics = manifest.get("metrics", {})
-        brief = ", ".join(f"{k}={_fmt(v)}" for k, v in list(metrics.items())[:4] if not isinstance(v, dict | list))
+        brief = ", ".join(
+            f"{k}={_fmt(v)}" for k, v in list(metrics.items())[:4] if not isinstance(v, dict | list)
+        )
         table.add_row(
-            name, node.key[:12], "yes" if manifest else "no", "yes" if in_lock else "no",
-            manifest.get("timings", {}).get("started", ""), str(manifest.get("timings", {}).get("seconds", "")), brief,
+            name,
+            node.key[:12],
+            "yes" if manifest else "no",
+            "yes" if in_lock else "no",
+            manifest.get("timings", {}).get("started", ""),
+            str(manifest.get("timings", {}).get("seconds", "")),
+            brief,
         )
     console.print(table)
     console.print(f"cache: {store.root}")
@@ -168,7 +203,12 @@ def _fmt(v) -> str:
 
 
 @app.command()
-def verify(recipe: Annotated[Path | None, typer.Argument(help="Only this recipe's entries (default: the whole cache).")] = None, cache_dir: CacheDir = None) -> None:
+def verify(
+    recipe: Annotated[
+        Path | None, typer.Argument(help="Only this recipe's entries (default: the whole cache).")
+    ] = None,
+    cache_dir: CacheDir = None,
+) -> None:
     """Re-hash cached outputs and report any corrupted, missing or extra file."""
     from legalbuild import pipeline
     from legalbuild.errors import CacheCorruptError
@@ -181,12 +221,19 @@ def verify(recipe: Annotated[Path | None, typer.Argument(help="Only this recipe'
         mark = "[red]CORRUPT[/]" if probs else "[green]ok[/]"
         console.print(f"{mark} {stage} {key[:12]}" + "".join(f"\n    {p}" for p in probs))
     if bad:
-        raise CacheCorruptError(f"{len(bad)} of {len(results)} entries are corrupted", hint="`legalbuild build --force STAGE` rebuilds one")
+        raise CacheCorruptError(
+            f"{len(bad)} of {len(results)} entries are corrupted",
+            hint="`legalbuild build --force STAGE` rebuilds one",
+        )
     console.print(f"{len(results)} entries verified")
 
 
 @app.command()
-def clean(recipe: RecipeArg, stage: Annotated[list[str] | None, typer.Option("--stage", help="Only these stages.")] = None, cache_dir: CacheDir = None) -> None:
+def clean(
+    recipe: RecipeArg,
+    stage: Annotated[list[str] | None, typer.Option("--stage", help="Only these stages.")] = None,
+    cache_dir: CacheDir = None,
+) -> None:
     """Remove this recipe's current cache entries (all stages, or --stage ones)."""
     loaded = _loaded(recipe)
     store = _store(cache_dir)
@@ -200,7 +247,9 @@ def clean(recipe: RecipeArg, stage: Annotated[list[str] | None, typer.Option("--
 @app.command()
 def gc(
     recipes: Annotated[list[Path], typer.Argument(help="Recipes whose current entries are kept.")],
-    dry_run: Annotated[bool, typer.Option("--dry-run", help="Only list what would be removed.")] = False,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Only list what would be removed.")
+    ] = False,
     cache_dir: CacheDir = None,
 ) -> None:
     """Remove every cache entry that is not current for one of the given recipes."""
@@ -208,21 +257,34 @@ def gc(
 
     removed = pipeline.gc(_store(cache_dir), pipeline.current_refs(recipes), dry_run=dry_run)
     for stage, key, size in removed:
-        console.print(f"{'would remove' if dry_run else 'removed'} {stage} {key[:12]} ({size / 1e6:.1f} MB)")
+        console.print(
+            f"{'would remove' if dry_run else 'removed'} {stage} {key[:12]} ({size / 1e6:.1f} MB)"
+        )
     console.print(f"{len(removed)} entries, {sum(s for *_, s in removed) / 1e6:.1f} MB")
 
 
 # ------------------------------------------------------------------------------- data
 @app.command()
-def curate(recipe: RecipeArg, preview: Annotated[int, typer.Option("--preview", help="Print N sample pairs without building.")] = 5) -> None:
+def curate(
+    recipe: RecipeArg,
+    preview: Annotated[
+        int, typer.Option("--preview", help="Print N sample pairs without building.")
+    ] = 5,
+) -> None:
     """Preview pairs the [curate] section would produce (nothing is built or cached)."""
     from legalbuild.stages.curate import preview_pairs
 
     loaded = _loaded(recipe)
     if loaded.recipe.curate is None:
-        raise LegalbuildError(f"{recipe} has no [curate] section", hint="add one; see `legalbuild init`")
+        raise LegalbuildError(
+            f"{recipe} has no [curate] section", hint="add one; see `legalbuild init`"
+        )
     for i, pair in enumerate(preview_pairs(loaded.recipe, loaded.recipe_path, preview), 1):
-        meta = ", ".join(f"{k}={pair[k]}" for k in ("task", "rule_id", "severity", "clause_type", "source") if pair.get(k))
+        meta = ", ".join(
+            f"{k}={pair[k]}"
+            for k in ("task", "rule_id", "severity", "clause_type", "source")
+            if pair.get(k)
+        )
         console.rule(f"pair {i}  {meta}")
         console.print("[bold]instruction[/]", markup=True)
         console.print(pair["instruction"], markup=False)
@@ -234,7 +296,9 @@ def curate(recipe: RecipeArg, preview: Annotated[int, typer.Option("--preview", 
 @app.command()
 def serve(
     recipe: RecipeArg,
-    build_first: Annotated[bool, typer.Option("--build", help="Build the recipe (up to merge) first if needed.")] = False,
+    build_first: Annotated[
+        bool, typer.Option("--build", help="Build the recipe (up to merge) first if needed.")
+    ] = False,
     host: Annotated[str | None, typer.Option(help="Bind address (default from [serve]).")] = None,
     port: Annotated[int | None, typer.Option(help="Port (default from [serve]).")] = None,
     cache_dir: CacheDir = None,
@@ -251,16 +315,35 @@ def serve(
         pipeline.build(loaded, store, until="merge", log=_log, console=console)
     merged = pipeline.locate_output(loaded, store, "merge") / "model"
     settings = loaded.recipe.serve
-    serve_model(merged, settings, loaded.recipe.served_model_name, host=host, port=port, api_key=os.environ.get(settings.api_key_env), console=console)
+    serve_model(
+        merged,
+        settings,
+        loaded.recipe.served_model_name,
+        host=host,
+        port=port,
+        api_key=os.environ.get(settings.api_key_env),
+        console=console,
+    )
 
 
 @app.command()
 def audit(
-    source: Annotated[str, typer.Argument(help="File of clauses (blank-line separated), or - for stdin.")],
-    endpoint: Annotated[str, typer.Option(help="OpenAI-compatible base URL.")] = "http://127.0.0.1:8000/v1",
-    recipe: Annotated[Path | None, typer.Option(help="Recipe: gives the system prompt, model name and API key variable.")] = None,
-    model: Annotated[str | None, typer.Option(help="Served model name (default: from the recipe).")] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object per clause.")] = False,
+    source: Annotated[
+        str, typer.Argument(help="File of clauses (blank-line separated), or - for stdin.")
+    ],
+    endpoint: Annotated[
+        str, typer.Option(help="OpenAI-compatible base URL.")
+    ] = "http://127.0.0.1:8000/v1",
+    recipe: Annotated[
+        Path | None,
+        typer.Option(help="Recipe: gives the system prompt, model name and API key variable."),
+    ] = None,
+    model: Annotated[
+        str | None, typer.Option(help="Served model name (default: from the recipe).")
+    ] = None,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print one JSON object per clause.")
+    ] = False,
     max_tokens: Annotated[int, typer.Option(help="Answer length cap.")] = 400,
 ) -> None:
     """Send each clause to a served model and print its findings."""
@@ -274,8 +357,14 @@ def audit(
     system_prompt, model_name, key_env = DEFAULT_SYSTEM_PROMPT, model, "LEGALBUILD_API_KEY"
     if recipe:
         r = load_recipe(recipe)
-        system_prompt, model_name, key_env = r.data.system_prompt, model or r.served_model_name, r.serve.api_key_env
-    results = audit_clauses(clauses, endpoint, model_name, system_prompt, os.environ.get(key_env), max_tokens=max_tokens)
+        system_prompt, model_name, key_env = (
+            r.data.system_prompt,
+            model or r.served_model_name,
+            r.serve.api_key_env,
+        )
+    results = audit_clauses(
+        clauses, endpoint, model_name, system_prompt, os.environ.get(key_env), max_tokens=max_tokens
+    )
     for res in results:
         if as_json:
             print(json.dumps(res, default=lambda o: getattr(o, "__dict__", str(o))))
@@ -285,7 +374,14 @@ def audit(
 
 
 @app.command()
-def export(recipe: RecipeArg, dest: Annotated[Path, typer.Argument(help="Destination folder.")], force: Annotated[bool, typer.Option("--force", help="Overwrite a non-empty destination.")] = False, cache_dir: CacheDir = None) -> None:
+def export(
+    recipe: RecipeArg,
+    dest: Annotated[Path, typer.Argument(help="Destination folder.")],
+    force: Annotated[
+        bool, typer.Option("--force", help="Overwrite a non-empty destination.")
+    ] = False,
+    cache_dir: CacheDir = None,
+) -> None:
     """Copy the merged model out of the cache with a manifest (recipe, keys, digests, licences)."""
     from legalbuild.export import export_artifact
     from legalbuild.provenance import build_manifest
@@ -302,8 +398,15 @@ def export(recipe: RecipeArg, dest: Annotated[Path, typer.Argument(help="Destina
 @app.command()
 def report(
     recipe: RecipeArg,
-    out: Annotated[Path | None, typer.Option(help="Folder for report.html and report.md (default: beside the recipe, <name>-report/).")] = None,
-    open_browser: Annotated[bool, typer.Option("--open", help="Open the HTML report in a browser.")] = False,
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            help="Folder for report.html and report.md (default: beside the recipe, <name>-report/)."
+        ),
+    ] = None,
+    open_browser: Annotated[
+        bool, typer.Option("--open", help="Open the HTML report in a browser.")
+    ] = False,
     cache_dir: CacheDir = None,
 ) -> None:
     """Write a self-contained HTML report (and Markdown summary) of the last build."""
@@ -312,9 +415,17 @@ def report(
 
     loaded = _loaded(recipe)
     store = _store(cache_dir)
-    stage_dirs = {n: store.out_dir(n, node.key) for n, node in loaded.nodes.items() if store.has(n, node.key)}
+    stage_dirs = {
+        n: store.out_dir(n, node.key) for n, node in loaded.nodes.items() if store.has(n, node.key)
+    }
     dest = out or loaded.recipe_path.with_name(f"{loaded.recipe_path.stem}-report")
-    html, md = write_report(loaded.recipe_path, loaded.recipe_path.read_text(encoding="utf-8"), read_lock(loaded.recipe_path), stage_dirs, dest)
+    html, md = write_report(
+        loaded.recipe_path,
+        loaded.recipe_path.read_text(encoding="utf-8"),
+        read_lock(loaded.recipe_path),
+        stage_dirs,
+        dest,
+    )
     console.print(f"wrote {html}\nwrote {md}")
     if open_browser:
         import webbrowser

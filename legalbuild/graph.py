@@ -90,7 +90,6 @@ def downstream_of(nodes: dict[str, StageNode], stage: str) -> list[str]:
 
 # ------------------------------------------------------------------- what each key covers
 def _curate_inputs(recipe: Recipe, recipe_path: Path) -> dict[str, Any]:
-    recipe_dir = recipe_path.parent
     from legalbuild.stages.curate import curate_input_files
 
     settings = key_settings(recipe.curate)
@@ -134,10 +133,13 @@ def _base_inputs(recipe: Recipe, recipe_path: Path) -> dict[str, Any]:
 
 
 def _train_inputs(recipe: Recipe, recipe_path: Path) -> dict[str, Any]:
-    recipe_dir = recipe_path.parent
     model = recipe.model
     return {
-        "model": {"dtype": model.dtype, "quantization": model.quantization, "double_quant": model.double_quant},
+        "model": {
+            "dtype": model.dtype,
+            "quantization": model.quantization,
+            "double_quant": model.double_quant,
+        },
         "lora": key_settings(recipe.lora),
         "train": key_settings(recipe.train),
         "system_prompt": recipe.data.system_prompt,
@@ -146,7 +148,6 @@ def _train_inputs(recipe: Recipe, recipe_path: Path) -> dict[str, Any]:
 
 
 def _merge_inputs(recipe: Recipe, recipe_path: Path) -> dict[str, Any]:
-    recipe_dir = recipe_path.parent
     return {
         "merge": key_settings(recipe.merge),
         "quantization": recipe.model.quantization,

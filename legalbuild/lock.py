@@ -34,7 +34,9 @@ def read_lock(recipe_path: Path) -> dict[str, Any]:
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except tomllib.TOMLDecodeError as exc:
-        raise RecipeError(f"{path}: unreadable lock file: {exc}", hint="delete it and rebuild to write a new one") from None
+        raise RecipeError(
+            f"{path}: unreadable lock file: {exc}", hint="delete it and rebuild to write a new one"
+        ) from None
     if data.get("version") != LOCK_VERSION:
         raise RecipeError(f"{path}: lock version {data.get('version')!r}, expected {LOCK_VERSION}")
     return data
@@ -44,12 +46,18 @@ def locked_stage(lock: dict[str, Any], stage: str) -> dict[str, Any] | None:
     return lock.get("stages", {}).get(stage)
 
 
-def update_lock(recipe_path: Path, stage: str, key: str, inputs: dict[str, Any], outputs: dict[str, str]) -> None:
+def update_lock(
+    recipe_path: Path, stage: str, key: str, inputs: dict[str, Any], outputs: dict[str, str]
+) -> None:
     """Record one stage; stages no longer in the recipe are kept until `prune_lock`."""
     lock = read_lock(recipe_path) or {"version": LOCK_VERSION}
     lock["version"] = LOCK_VERSION
     lock["legalbuild"] = __version__
-    lock.setdefault("stages", {})[stage] = {"key": key, "inputs": flatten(inputs), "outputs": outputs}
+    lock.setdefault("stages", {})[stage] = {
+        "key": key,
+        "inputs": flatten(inputs),
+        "outputs": outputs,
+    }
     write_lock(recipe_path, lock)
 
 
@@ -64,7 +72,9 @@ def write_lock(recipe_path: Path, lock: dict[str, Any]) -> None:
     path = lock_path(recipe_path)
     order = ["curate", "normalize", "base", "train", "merge", "eval"]
     stages = lock.get("stages", {})
-    lock["stages"] = {k: stages[k] for k in sorted(stages, key=lambda s: order.index(s) if s in order else 99)}
+    lock["stages"] = {
+        k: stages[k] for k in sorted(stages, key=lambda s: order.index(s) if s in order else 99)
+    }
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     tmp.write_text(HEADER + tomli_w.dumps(lock), encoding="utf-8")
     os.replace(tmp, path)

@@ -57,12 +57,16 @@ class Loaded:
         if until is None:
             return names
         if until not in self.nodes:
-            raise LegalbuildError(f"unknown stage {until!r}", hint=f"this recipe's stages: {', '.join(names)}")
+            raise LegalbuildError(
+                f"unknown stage {until!r}", hint=f"this recipe's stages: {', '.join(names)}"
+            )
         return names[: names.index(until) + 1]
 
 
 # ------------------------------------------------------------------------------------ plan
-def plan(loaded: Loaded, store: Store, until: str | None = None, force: Iterable[str] = ()) -> list[StagePlan]:
+def plan(
+    loaded: Loaded, store: Store, until: str | None = None, force: Iterable[str] = ()
+) -> list[StagePlan]:
     """Each stage as cached or to-build, and why (compared with the lock file)."""
     lock = read_lock(loaded.recipe_path)
     forced = _forced(loaded, force)
@@ -71,7 +75,15 @@ def plan(loaded: Loaded, store: Store, until: str | None = None, force: Iterable
         node = loaded.nodes[name]
         locked = locked_stage(lock, name)
         cached = store.has(name, node.key) and name not in forced
-        plans.append(StagePlan(name, node.key, cached, locked and locked["key"], _reasons(node, locked, cached, name in forced, store)))
+        plans.append(
+            StagePlan(
+                name,
+                node.key,
+                cached,
+                locked and locked["key"],
+                _reasons(node, locked, cached, name in forced, store),
+            )
+        )
     return plans
 
 
@@ -79,22 +91,34 @@ def _forced(loaded: Loaded, force: Iterable[str]) -> set[str]:
     out: set[str] = set()
     for stage in force:
         if stage not in loaded.nodes:
-            raise LegalbuildError(f"--force {stage!r}: no such stage", hint=f"stages: {', '.join(loaded.nodes)}")
+            raise LegalbuildError(
+                f"--force {stage!r}: no such stage", hint=f"stages: {', '.join(loaded.nodes)}"
+            )
         out.update(downstream_of(loaded.nodes, stage))
     return out
 
 
-def _reasons(node: StageNode, locked: dict | None, cached: bool, forced: bool, store: Store) -> list[str]:
+def _reasons(
+    node: StageNode, locked: dict | None, cached: bool, forced: bool, store: Store
+) -> list[str]:
     if forced:
         return ["forced"]
     if locked is None:
         return [] if cached else ["never built for this recipe (not in the lock file)"]
     if locked["key"] == node.key:
-        return [] if cached else ["same key as the lock, but not in this cache (new machine or cleaned cache)"]
+        return (
+            []
+            if cached
+            else ["same key as the lock, but not in this cache (new machine or cleaned cache)"]
+        )
     changed = diff_inputs(locked.get("inputs", {}), flatten(node.inputs))
     upstream = [r for r in changed if r.startswith("upstream.")]
     own = [r for r in changed if not r.startswith("upstream.")]
-    reasons = own + ([f"upstream stage changed: {', '.join(r.split(':')[0][9:] for r in upstream)}"] if upstream else [])
+    reasons = own + (
+        [f"upstream stage changed: {', '.join(r.split(':')[0][9:] for r in upstream)}"]
+        if upstream
+        else []
+    )
     return reasons or ["key differs from the lock"]
 
 
@@ -128,13 +152,22 @@ def build(
             log(f"{p.name:<10} cached    {p.key[:12]}")
         else:
             log(f"{p.name:<10} building  {p.key[:12]}  ({'; '.join(p.reasons) or 'not cached'})")
-            seconds[p.name] = _build_stage(loaded, store, node, force=p.name in _forced(loaded, force), log=log, console=console)
+            seconds[p.name] = _build_stage(
+                loaded,
+                store,
+                node,
+                force=p.name in _forced(loaded, force),
+                log=log,
+                console=console,
+            )
             built.append(p.name)
             log(f"{p.name:<10} done      {p.key[:12]}  in {seconds[p.name]:.1f} s")
         outputs[p.name] = store.out_dir(p.name, node.key)
         if not locked:
             manifest = store.manifest(p.name, node.key) or {}
-            update_lock(loaded.recipe_path, p.name, node.key, node.inputs, manifest.get("outputs", {}))
+            update_lock(
+                loaded.recipe_path, p.name, node.key, node.inputs, manifest.get("outputs", {})
+            )
     if not locked and until is None:
         prune_lock(loaded.recipe_path, list(loaded.nodes))
     return BuildResult(plans, built, outputs, seconds)
@@ -143,17 +176,31 @@ def build(
 def _check_locked(loaded: Loaded, plans: list[StagePlan]) -> None:
     lock = read_lock(loaded.recipe_path)
     if not lock:
-        raise LockMismatchError(f"--locked: no lock file beside {loaded.recipe_path.name}", hint="run `legalbuild build` once without --locked and commit the lock")
+        raise LockMismatchError(
+            f"--locked: no lock file beside {loaded.recipe_path.name}",
+            hint="run `legalbuild build` once without --locked and commit the lock",
+        )
     bad = [p for p in plans if p.locked_key != p.key]
     if bad:
-        lines = [f"  {p.name}: lock {str(p.locked_key)[:12]} != recipe {p.key[:12]} ({'; '.join(p.reasons)})" for p in bad]
+        lines = [
+            f"  {p.name}: lock {str(p.locked_key)[:12]} != recipe {p.key[:12]} ({'; '.join(p.reasons)})"
+            for p in bad
+        ]
         raise LockMismatchError(
             "--locked: the recipe no longer matches its lock file:\n" + "\n".join(lines),
             hint="build without --locked to update the lock, or restore the recipe/data the lock was made from",
         )
 
 
-def _build_stage(loaded: Loaded, store: Store, node: StageNode, *, force: bool, log: Callable[[str], None], console: Any) -> float:
+def _build_stage(
+    loaded: Loaded,
+    store: Store,
+    node: StageNode,
+    *,
+    force: bool,
+    log: Callable[[str], None],
+    console: Any,
+) -> float:
     """Run one stage into a temp folder and commit it; one builder per key at a time."""
     with store.lock(node.name, node.key):
         if store.has(node.name, node.key) and not force:
@@ -185,15 +232,24 @@ def _build_stage(loaded: Loaded, store: Store, node: StageNode, *, force: bool, 
         return elapsed
 
 
-def _manifest(node: StageNode, ctx: StageContext, metrics: dict, started: float, elapsed: float) -> dict[str, Any]:
+def _manifest(
+    node: StageNode, ctx: StageContext, metrics: dict, started: float, elapsed: float
+) -> dict[str, Any]:
     return {
         "stage": node.name,
         "key": node.key,
         "inputs": node.inputs,
         "metrics": metrics,
         "facts": ctx.facts,
-        "versions": {"legalbuild": __version__, "python": platform.python_version(), **node.inputs.get("libraries", {})},
-        "timings": {"started": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(started)), "seconds": round(elapsed, 3)},
+        "versions": {
+            "legalbuild": __version__,
+            "python": platform.python_version(),
+            **node.inputs.get("libraries", {}),
+        },
+        "timings": {
+            "started": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(started)),
+            "seconds": round(elapsed, 3),
+        },
         "host": {"platform": platform.platform(), "cpus": os.cpu_count()},
     }
 
@@ -212,7 +268,9 @@ def locate_output(loaded: Loaded, store: Store, stage: str) -> Path:
     return store.out_dir(stage, key)
 
 
-def verify(store: Store, refs: Iterable[tuple[str, str]] | None = None) -> dict[tuple[str, str], list[str]]:
+def verify(
+    store: Store, refs: Iterable[tuple[str, str]] | None = None
+) -> dict[tuple[str, str], list[str]]:
     """Re-hash cached outputs: {(stage, key): problems} for every entry checked."""
     refs = list(refs) if refs is not None else [(e.stage, e.key) for e in store.entries()]
     return {(s, k): store.verify(s, k) for s, k in refs if store.has(s, k)}
@@ -226,7 +284,9 @@ def current_refs(recipe_paths: Iterable[str | Path]) -> set[tuple[str, str]]:
     return refs
 
 
-def gc(store: Store, keep: set[tuple[str, str]], dry_run: bool = False) -> list[tuple[str, str, int]]:
+def gc(
+    store: Store, keep: set[tuple[str, str]], dry_run: bool = False
+) -> list[tuple[str, str, int]]:
     """Remove every entry not in `keep`; returns (stage, key, bytes) of what was (or would be) removed."""
     removed = []
     for e in list(store.entries()):

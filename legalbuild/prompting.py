@@ -10,7 +10,9 @@ def chat_messages(system_prompt: str, instruction: str) -> list[dict[str, str]]:
     return messages
 
 
-def prompt_completion_row(system_prompt: str, instruction: str, output: str) -> dict[str, list[dict[str, str]]]:
+def prompt_completion_row(
+    system_prompt: str, instruction: str, output: str
+) -> dict[str, list[dict[str, str]]]:
     """TRL's conversational prompt-completion format: the loss falls on the completion only."""
     return {
         "prompt": chat_messages(system_prompt, instruction),

@@ -31,7 +31,10 @@ def licences(loaded: Loaded, store: Store) -> dict[str, Any]:
     if "curate" in nodes and store.has("curate", nodes["curate"].key):
         card = _read_json(store.out_dir("curate", nodes["curate"].key) / "card.json")
         out["data"] += card.get("sources", []) + card.get("rulebooks", [])
-    out["data"] += [{"name": s.name, "path": s.path, "licence": "as declared by the data owner"} for s in loaded.recipe.data.sources]
+    out["data"] += [
+        {"name": s.name, "path": s.path, "licence": "as declared by the data owner"}
+        for s in loaded.recipe.data.sources
+    ]
     return out
 
 
@@ -42,7 +45,10 @@ def build_manifest(loaded: Loaded, store: Store) -> dict[str, Any]:
         "recipe_file": loaded.recipe_path.name,
         "recipe": loaded.recipe_path.read_text(encoding="utf-8"),
         "stages": {
-            name: {"key": node.key, "outputs": (store.manifest(name, node.key) or {}).get("outputs", {})}
+            name: {
+                "key": node.key,
+                "outputs": (store.manifest(name, node.key) or {}).get("outputs", {}),
+            }
             for name, node in loaded.nodes.items()
         },
         "lock": lock,

@@ -35,12 +35,16 @@ class ProjectSection(Strict):
         description="Short identifier of the build (letters, digits, '-', '_'); names the served model by default.",
         pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$",
     )
-    description: str = Field("", description="Free text, shown in reports.", json_schema_extra=NO_KEY)
+    description: str = Field(
+        "", description="Free text, shown in reports.", json_schema_extra=NO_KEY
+    )
 
 
 # ------------------------------------------------------------------------------------------- data
 class DataSource(Strict):
-    name: str = Field(description="Name kept on every row from this source (for stats and balance).")
+    name: str = Field(
+        description="Name kept on every row from this source (for stats and balance)."
+    )
     path: str = Field(
         description="File or folder, relative to the recipe: .jsonl, .json (array), .csv, .parquet, "
         "or a `datasets` save_to_disk folder."
@@ -52,31 +56,43 @@ class DataSource(Strict):
     input_field: str | None = Field(
         "input",
         description="Optional Alpaca-style context column, folded into the instruction after a blank "
-        "line when present and non-empty. Set to \"\" to ignore.",
+        'line when present and non-empty. Set to "" to ignore.',
     )
     output_field: str = Field("output", description="Column mapped onto `output`.")
     group_field: str | None = Field(
-        None, description="Column naming the group (e.g. source document) a row belongs to, for split.by = \"group\"."
+        None,
+        description='Column naming the group (e.g. source document) a row belongs to, for split.by = "group".',
     )
     meta_fields: list[str] = Field(
-        default_factory=list, description="Extra columns copied into each row's `meta` (e.g. rule_id, severity)."
+        default_factory=list,
+        description="Extra columns copied into each row's `meta` (e.g. rule_id, severity).",
     )
-    limit: int | None = Field(None, ge=1, description="Read at most this many rows (after mapping).")
+    limit: int | None = Field(
+        None, ge=1, description="Read at most this many rows (after mapping)."
+    )
 
 
 class SplitSettings(Strict):
-    val_fraction: float = Field(0.1, gt=0, lt=0.5, description="Share of rows (or groups) held out for validation.")
+    val_fraction: float = Field(
+        0.1, gt=0, lt=0.5, description="Share of rows (or groups) held out for validation."
+    )
     by: Literal["row", "group"] = Field(
         "row",
         description="`row`: each row goes to a side by a hash of its instruction (stable when data grows); "
         "`group`: whole groups (documents) go to one side by a hash of the group value.",
     )
-    salt: str = Field("legalbuild", description="Mixed into the split hash; change it to draw a different split.")
+    salt: str = Field(
+        "legalbuild", description="Mixed into the split hash; change it to draw a different split."
+    )
 
 
 class FilterSettings(Strict):
-    min_instruction_chars: int = Field(8, ge=0, description="Rows with a shorter instruction are dropped.")
-    max_instruction_chars: int = Field(8000, ge=1, description="Rows with a longer instruction are dropped.")
+    min_instruction_chars: int = Field(
+        8, ge=0, description="Rows with a shorter instruction are dropped."
+    )
+    max_instruction_chars: int = Field(
+        8000, ge=1, description="Rows with a longer instruction are dropped."
+    )
     min_output_chars: int = Field(8, ge=0, description="Rows with a shorter output are dropped.")
     max_output_chars: int = Field(8000, ge=1, description="Rows with a longer output are dropped.")
 
@@ -87,7 +103,9 @@ class DataSection(Strict):
         description="Instruction/response files to normalize. The curated pairs of [curate], when that "
         "section is present, are added as a source named `curated`.",
     )
-    split: SplitSettings = Field(default_factory=SplitSettings, description="Train/validation split.")
+    split: SplitSettings = Field(
+        default_factory=SplitSettings, description="Train/validation split."
+    )
     filters: FilterSettings = Field(default_factory=FilterSettings, description="Length filters.")
     dedup: Literal["none", "exact", "normalized"] = Field(
         "normalized",
@@ -102,7 +120,9 @@ class DataSection(Strict):
         DEFAULT_SYSTEM_PROMPT,
         description="System message used identically in training, evaluation and serving.",
     )
-    target_min_pairs: int = Field(2000, ge=1, description="Warn when fewer training pairs come out.")
+    target_min_pairs: int = Field(
+        2000, ge=1, description="Warn when fewer training pairs come out."
+    )
     target_max_pairs: int = Field(5000, ge=1, description="Warn when more training pairs come out.")
 
     @field_validator("sources")
@@ -121,10 +141,18 @@ class ContractCorpus(Strict):
         description="`folder`: .txt/.md contracts under `path`; `licensedcode`: the EULA/SLA/licence texts "
         "of the licensedcode-data package; `nda_review`: the Common Paper NDA of nda-review-cli."
     )
-    path: str | None = Field(None, description="Folder of contracts (kind = \"folder\" only), relative to the recipe.")
-    name: str | None = Field(None, description="Source name recorded on each pair (defaults to the kind).")
-    licence: str | None = Field(None, description="Licence of a user folder, recorded in the dataset card.")
-    max_documents: int | None = Field(None, ge=1, description="Use at most this many documents (deterministic pick).")
+    path: str | None = Field(
+        None, description='Folder of contracts (kind = "folder" only), relative to the recipe.'
+    )
+    name: str | None = Field(
+        None, description="Source name recorded on each pair (defaults to the kind)."
+    )
+    licence: str | None = Field(
+        None, description="Licence of a user folder, recorded in the dataset card."
+    )
+    max_documents: int | None = Field(
+        None, ge=1, description="Use at most this many documents (deterministic pick)."
+    )
 
 
 class CurateSection(Strict):
@@ -137,14 +165,28 @@ class CurateSection(Strict):
         "for the packaged 431-rule default.",
     )
     target_pairs: int = Field(3000, ge=10, description="How many pairs to produce.")
-    seed: int = Field(13, description="Seed for every random choice; the same seed gives the same pairs.")
+    seed: int = Field(
+        13, description="Seed for every random choice; the same seed gives the same pairs."
+    )
     task_mix: dict[str, float] = Field(
-        default_factory=lambda: {"audit": 0.35, "defect": 0.30, "fix": 0.15, "explain": 0.10, "missing": 0.10},
+        default_factory=lambda: {
+            "audit": 0.35,
+            "defect": 0.30,
+            "fix": 0.15,
+            "explain": 0.10,
+            "missing": 0.10,
+        },
         description="Relative share of each task kind: audit, defect, fix, explain, missing.",
     )
-    clean_share: float = Field(0.2, ge=0, le=0.9, description="Share of audit pairs on clauses with no red flag.")
-    max_rule_share: float = Field(0.05, gt=0, le=1, description="Cap on the share of pairs citing any one rule.")
-    max_source_share: float = Field(0.8, gt=0, le=1, description="Cap on the share of pairs from any one corpus.")
+    clean_share: float = Field(
+        0.2, ge=0, le=0.9, description="Share of audit pairs on clauses with no red flag."
+    )
+    max_rule_share: float = Field(
+        0.05, gt=0, le=1, description="Cap on the share of pairs citing any one rule."
+    )
+    max_source_share: float = Field(
+        0.8, gt=0, le=1, description="Cap on the share of pairs from any one corpus."
+    )
     min_clause_chars: int = Field(120, ge=20, description="Shorter clauses are not used.")
     max_clause_chars: int = Field(1500, ge=100, description="Longer clauses are not used.")
 
@@ -157,19 +199,27 @@ class ModelSection(Strict):
         "a `.gguf` file, or `package:<module>/<file>` for a file inside an installed Python package.",
     )
     revision: str | None = Field(
-        None, description="Hub revision (commit sha or tag) to pin; recorded in the lock as resolved."
+        None,
+        description="Hub revision (commit sha or tag) to pin; recorded in the lock as resolved.",
     )
     tokenizer: str | None = Field(None, description="Tokenizer source when it differs from `base`.")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
-        "auto", description="Weights dtype for training (`auto`: bfloat16 on GPUs that have it, else float32)."
+        "auto",
+        description="Weights dtype for training (`auto`: bfloat16 on GPUs that have it, else float32).",
     )
     quantization: Literal["none", "4bit-nf4", "8bit"] = Field(
-        "none", description="`4bit-nf4` = QLoRA through bitsandbytes; `8bit` = LLM.int8 base weights."
+        "none",
+        description="`4bit-nf4` = QLoRA through bitsandbytes; `8bit` = LLM.int8 base weights.",
     )
-    double_quant: bool = Field(True, description="bitsandbytes nested quantization of the 4-bit constants.")
-    trust_remote_code: bool = Field(False, description="Allow model code from the hub (off: safer).")
+    double_quant: bool = Field(
+        True, description="bitsandbytes nested quantization of the 4-bit constants."
+    )
+    trust_remote_code: bool = Field(
+        False, description="Allow model code from the hub (off: safer)."
+    )
     licence: str | None = Field(
-        None, description="Licence of the base model, recorded in exports and reports (SPDX id).",
+        None,
+        description="Licence of the base model, recorded in exports and reports (SPDX id).",
         json_schema_extra=NO_KEY,
     )
 
@@ -181,7 +231,7 @@ class LoraSection(Strict):
     dropout: float = Field(0.05, ge=0, lt=1, description="Dropout on the LoRA input.")
     target_modules: list[str] | Literal["all-linear"] = Field(
         default_factory=lambda: ["q_proj", "v_proj"],
-        description="Module names to adapt, or \"all-linear\".",
+        description='Module names to adapt, or "all-linear".',
     )
     bias: Literal["none", "all", "lora_only"] = Field("none", description="Which biases train.")
 
@@ -189,48 +239,75 @@ class LoraSection(Strict):
     @classmethod
     def _nonempty(cls, v):
         if isinstance(v, list) and not v:
-            raise ValueError("target_modules must name at least one module, or be \"all-linear\"")
+            raise ValueError('target_modules must name at least one module, or be "all-linear"')
         return v
 
 
 # ----------------------------------------------------------------------------------------- train
 class SampleSettings(Strict):
-    count: int = Field(3, ge=0, description="Held-out rows to generate answers for at each evaluation.")
-    clauses: list[str] = Field(default_factory=list, description="Extra unseen clauses to sample on.")
+    count: int = Field(
+        3, ge=0, description="Held-out rows to generate answers for at each evaluation."
+    )
+    clauses: list[str] = Field(
+        default_factory=list, description="Extra unseen clauses to sample on."
+    )
     max_new_tokens: int = Field(160, ge=1, description="Length cap of each sample answer.")
 
 
 class TrainSection(Strict):
-    epochs: float = Field(1.0, gt=0, le=20, description="Passes over the training split (ignored with max_steps).")
+    epochs: float = Field(
+        1.0, gt=0, le=20, description="Passes over the training split (ignored with max_steps)."
+    )
     max_steps: int | None = Field(None, ge=1, description="Stop after this many optimizer steps.")
     batch_size: int = Field(4, ge=1, description="Micro-batch per device.")
-    gradient_accumulation_steps: int = Field(4, ge=1, description="Micro-batches per optimizer step.")
+    gradient_accumulation_steps: int = Field(
+        4, ge=1, description="Micro-batches per optimizer step."
+    )
     learning_rate: float = Field(2e-4, gt=0, lt=1, description="Peak learning rate.")
     lr_scheduler: Literal["linear", "cosine", "constant", "constant_with_warmup"] = Field(
         "cosine", description="Learning-rate schedule."
     )
     warmup_ratio: float = Field(0.03, ge=0, lt=1, description="Share of steps spent warming up.")
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
-    max_length: int = Field(512, ge=16, description="Token cap of one prompt+answer row (longer rows are truncated and counted).")
+    max_length: int = Field(
+        512,
+        ge=16,
+        description="Token cap of one prompt+answer row (longer rows are truncated and counted).",
+    )
     packing: bool = Field(False, description="Pack several rows into one sequence.")
     precision: Literal["auto", "bf16", "fp16", "fp32"] = Field(
         "auto", description="`auto`: bf16 where the hardware has it, else fp16 on GPU, fp32 on CPU."
     )
     gradient_checkpointing: bool = Field(False, description="Trade compute for memory.")
     seed: int = Field(42, description="Seed for initialisation, shuffling and dropout.")
-    eval_steps: int = Field(50, ge=1, description="Compute validation loss every N optimizer steps.")
+    eval_steps: int = Field(
+        50, ge=1, description="Compute validation loss every N optimizer steps."
+    )
     early_stopping_patience: int | None = Field(
-        None, ge=1, description="Stop after N evaluations without improvement; the best checkpoint is kept."
+        None,
+        ge=1,
+        description="Stop after N evaluations without improvement; the best checkpoint is kept.",
     )
     overfit_patience: int = Field(
-        3, ge=1, description="Warn when validation loss rises for this many evaluations while training loss falls.",
+        3,
+        ge=1,
+        description="Warn when validation loss rises for this many evaluations while training loss falls.",
         json_schema_extra=NO_KEY,
     )
     samples: SampleSettings = Field(
-        default_factory=SampleSettings, description="Qualitative samples on unseen clauses.", json_schema_extra=NO_KEY
+        default_factory=SampleSettings,
+        description="Qualitative samples on unseen clauses.",
+        json_schema_extra=NO_KEY,
     )
-    logging_steps: int = Field(10, ge=1, description="Log training loss every N steps.", json_schema_extra=NO_KEY)
-    save_steps: int = Field(100, ge=1, description="Checkpoint every N steps (resume after a crash).", json_schema_extra=NO_KEY)
+    logging_steps: int = Field(
+        10, ge=1, description="Log training loss every N steps.", json_schema_extra=NO_KEY
+    )
+    save_steps: int = Field(
+        100,
+        ge=1,
+        description="Checkpoint every N steps (resume after a crash).",
+        json_schema_extra=NO_KEY,
+    )
     report_to: list[Literal["none", "tensorboard", "wandb", "trackio"]] = Field(
         default_factory=lambda: ["tensorboard"],
         description="Experiment trackers. W&B runs offline into the stage output without an API key.",
@@ -241,7 +318,8 @@ class TrainSection(Strict):
 # ----------------------------------------------------------------------------------------- merge
 class MergeSection(Strict):
     dtype: Literal["float32", "bfloat16", "float16"] = Field(
-        "float32", description="dtype of the merged weights (the base is reloaded in it, never in 4-bit)."
+        "float32",
+        description="dtype of the merged weights (the base is reloaded in it, never in 4-bit).",
     )
     max_shard_size: str = Field("5GB", description="Shard size of the safetensors files.")
     probe_prompts: list[str] = Field(
@@ -256,9 +334,12 @@ class MergeSection(Strict):
 # ------------------------------------------------------------------------------------------ eval
 class EvalSection(Strict):
     enabled: bool = Field(True, description="Run the eval stage after merge.")
-    max_rows: int = Field(60, ge=1, description="Evaluate at most this many held-out rows (bounded on CPU).")
+    max_rows: int = Field(
+        60, ge=1, description="Evaluate at most this many held-out rows (bounded on CPU)."
+    )
     extra_sets: list[str] = Field(
-        default_factory=list, description="JSONL files of clauses with expected findings, relative to the recipe."
+        default_factory=list,
+        description="JSONL files of clauses with expected findings, relative to the recipe.",
     )
     batch_size: int = Field(8, ge=1, description="Generation batch size.")
     max_new_tokens: int = Field(200, ge=1, description="Answer length cap.")
@@ -267,24 +348,43 @@ class EvalSection(Strict):
         "auto", description="`auto`: vLLM's offline engine on GPU hosts, transformers on CPU."
     )
     fail_if_worse: bool = Field(
-        False, description="Fail the build when the merged model's label accuracy is below the base's."
+        False,
+        description="Fail the build when the merged model's label accuracy is below the base's.",
     )
 
 
 # ----------------------------------------------------------------------------------------- serve
 class ServeSection(Strict):
-    served_model_name: str | None = Field(None, description="Model name clients ask for (default: project name).")
-    host: str = Field("127.0.0.1", description="Bind address. A non-loopback address needs an API key.")
+    served_model_name: str | None = Field(
+        None, description="Model name clients ask for (default: project name)."
+    )
+    host: str = Field(
+        "127.0.0.1", description="Bind address. A non-loopback address needs an API key."
+    )
     port: int = Field(8000, ge=1, le=65535, description="Port of the OpenAI-compatible endpoint.")
-    api_key_env: str = Field("LEGALBUILD_API_KEY", description="Environment variable holding the API key.")
+    api_key_env: str = Field(
+        "LEGALBUILD_API_KEY", description="Environment variable holding the API key."
+    )
     max_model_len: int = Field(2048, ge=64, description="Context length the server allows.")
-    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field("auto", description="Serving dtype.")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto", description="Serving dtype."
+    )
     tensor_parallel_size: int = Field(1, ge=1, description="GPUs to shard the model over.")
-    gpu_memory_utilization: float = Field(0.9, gt=0, le=1, description="Share of GPU memory vLLM may take.")
-    cpu_kvcache_space_gib: int = Field(1, ge=1, description="KV cache size on CPU hosts (VLLM_CPU_KVCACHE_SPACE).")
-    enforce_eager: bool | None = Field(None, description="Skip graph compilation (default: on for CPU, off for GPU).")
-    startup_timeout_s: int = Field(600, ge=10, description="How long to wait for the server to be ready.")
-    extra_args: list[str] = Field(default_factory=list, description="Passed verbatim to the vLLM server.")
+    gpu_memory_utilization: float = Field(
+        0.9, gt=0, le=1, description="Share of GPU memory vLLM may take."
+    )
+    cpu_kvcache_space_gib: int = Field(
+        1, ge=1, description="KV cache size on CPU hosts (VLLM_CPU_KVCACHE_SPACE)."
+    )
+    enforce_eager: bool | None = Field(
+        None, description="Skip graph compilation (default: on for CPU, off for GPU)."
+    )
+    startup_timeout_s: int = Field(
+        600, ge=10, description="How long to wait for the server to be ready."
+    )
+    extra_args: list[str] = Field(
+        default_factory=list, description="Passed verbatim to the vLLM server."
+    )
 
 
 # ---------------------------------------------------------------------------------------- recipe
@@ -292,13 +392,21 @@ class Recipe(Strict):
     """A legalbuild recipe. See `legalbuild schema` for the JSON schema."""
 
     project: ProjectSection = Field(description="Identity of the build.")
-    data: DataSection = Field(default_factory=DataSection, description="Instruction/response data and cleaning.")
-    curate: CurateSection | None = Field(None, description="Build pairs from contracts and rulebooks (optional).")
+    data: DataSection = Field(
+        default_factory=DataSection, description="Instruction/response data and cleaning."
+    )
+    curate: CurateSection | None = Field(
+        None, description="Build pairs from contracts and rulebooks (optional)."
+    )
     model: ModelSection = Field(default_factory=ModelSection, description="Base model.")
     lora: LoraSection = Field(default_factory=LoraSection, description="LoRA adapter shape.")
     train: TrainSection = Field(default_factory=TrainSection, description="Training arguments.")
-    merge: MergeSection = Field(default_factory=MergeSection, description="Folding the adapter into the base.")
-    eval: EvalSection = Field(default_factory=EvalSection, description="Evaluation of base vs merged model.")
+    merge: MergeSection = Field(
+        default_factory=MergeSection, description="Folding the adapter into the base."
+    )
+    eval: EvalSection = Field(
+        default_factory=EvalSection, description="Evaluation of base vs merged model."
+    )
     serve: ServeSection = Field(default_factory=ServeSection, description="vLLM serving options.")
 
     @model_validator(mode="after")
@@ -317,7 +425,10 @@ def load_recipe(path: str | Path) -> Recipe:
     """Read and validate a recipe; any problem becomes a RecipeError naming file, line and key."""
     path = Path(path)
     if not path.is_file():
-        raise RecipeError(f"{path}: no such recipe file", hint="`legalbuild init recipe.toml` writes a starter recipe")
+        raise RecipeError(
+            f"{path}: no such recipe file",
+            hint="`legalbuild init recipe.toml` writes a starter recipe",
+        )
     text = path.read_text(encoding="utf-8")
     try:
         raw = tomllib.loads(text)
@@ -387,10 +498,16 @@ def find_key_line(text: str, loc: list[Any]) -> int | None:
     # find the deepest table header that is a prefix of the path
     for depth in range(len(names), 0, -1):
         table = ".".join(names[:depth])
-        hits = [i for i, ln in enumerate(lines) if (m := _HEADER.match(ln)) and m.group(2).replace('"', "") == table]
+        hits = [
+            i
+            for i, ln in enumerate(lines)
+            if (m := _HEADER.match(ln)) and m.group(2).replace('"', "") == table
+        ]
         if not hits:
             continue
-        start = hits[index] if (index is not None and len(hits) > 1 and index < len(hits)) else hits[0]
+        start = (
+            hits[index] if (index is not None and len(hits) > 1 and index < len(hits)) else hits[0]
+        )
         best = start + 1
         rest = names[depth:]
         if rest:
@@ -423,4 +540,3 @@ def key_settings(model: BaseModel) -> dict[str, Any]:
             value = [key_settings(v) for v in value]
         out[name] = value
     return out
-

@@ -8,5 +8,7 @@ from importlib import resources
 
 def starter_recipe(name: str) -> str:
     slug = re.sub(r"[^A-Za-z0-9_.-]+", "-", name).strip("-.") or "legal-audit"
-    text = resources.files("legalbuild").joinpath("templates/recipe.toml").read_text(encoding="utf-8")
+    text = (
+        resources.files("legalbuild").joinpath("templates/recipe.toml").read_text(encoding="utf-8")
+    )
     return text.replace("{name}", slug)

@@ -16,7 +16,9 @@ from pathlib import Path
 import pytest
 
 TINY_VERSION = "1"
-TEST_CACHE = Path(os.environ.get("LEGALBUILD_TEST_CACHE", Path.home() / ".cache" / "legalbuild-tests"))
+TEST_CACHE = Path(
+    os.environ.get("LEGALBUILD_TEST_CACHE", Path.home() / ".cache" / "legalbuild-tests")
+)
 REPO = Path(__file__).resolve().parents[1]
 
 

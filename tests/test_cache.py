@@ -69,7 +69,14 @@ def test_force_replaces_an_entry(tmp_path):
 
 
 def test_lock_inputs_flatten_and_diff_readably():
-    old = flatten({"lora": {"r": 8, "target_modules": ["q_proj", "v_proj"]}, "upstream": {"base": "0" * 64}})
-    new = flatten({"lora": {"r": 16, "target_modules": ["q_proj", "v_proj"]}, "upstream": {"base": "1" * 64}})
+    old = flatten(
+        {"lora": {"r": 8, "target_modules": ["q_proj", "v_proj"]}, "upstream": {"base": "0" * 64}}
+    )
+    new = flatten(
+        {"lora": {"r": 16, "target_modules": ["q_proj", "v_proj"]}, "upstream": {"base": "1" * 64}}
+    )
     assert old["lora.target_modules"] == "q_proj,v_proj"
-    assert diff_inputs(old, new) == ["lora.r: 8 -> 16", "upstream.base: 000000000000 -> 111111111111"]
+    assert diff_inputs(old, new) == [
+        "lora.r: 8 -> 16",
+        "upstream.base: 000000000000 -> 111111111111",
+    ]

@@ -20,7 +20,13 @@ HEAVY = ("torch", "transformers", "peft", "trl", "datasets", "vllm", "bitsandbyt
 
 def _rows(n: int, offset: int = 0) -> str:
     return "".join(
-        json.dumps({"instruction": f"Audit clause number {i}: the supplier may terminate at any time.", "output": f"Risk: high (case {i})"}) + "\n"
+        json.dumps(
+            {
+                "instruction": f"Audit clause number {i}: the supplier may terminate at any time.",
+                "output": f"Risk: high (case {i})",
+            }
+        )
+        + "\n"
         for i in range(offset, offset + n)
     )
 
@@ -83,8 +89,10 @@ def test_one_data_byte_invalidates_normalize_and_everything_downstream(project):
 
 def test_tracking_and_serving_edits_invalidate_nothing(project):
     before = _keys(project)
-    text = project.read_text().replace('report_to = ["none"]', 'report_to = ["tensorboard", "wandb"]\nlogging_steps = 3')
-    project.write_text(text + "\n[serve]\nport = 9001\nhost = \"127.0.0.1\"\n")
+    text = project.read_text().replace(
+        'report_to = ["none"]', 'report_to = ["tensorboard", "wandb"]\nlogging_steps = 3'
+    )
+    project.write_text(text + '\n[serve]\nport = 9001\nhost = "127.0.0.1"\n')
     assert _keys(project) == before
 
 
@@ -103,7 +111,9 @@ def test_plan_says_why_and_locked_refuses_changes(project, tmp_path):
     data.write_text(data.read_text() + _rows(1, offset=100))
     plans = {p.name: p for p in pipeline.plan(pipeline.Loaded.from_path(project), store)}
     assert not plans["normalize"].cached
-    assert any(r.startswith("sources[0].digest") for r in plans["normalize"].reasons), plans["normalize"].reasons
+    assert any(r.startswith("sources[0].digest") for r in plans["normalize"].reasons), plans[
+        "normalize"
+    ].reasons
     with pytest.raises(LockMismatchError, match="normalize"):
         _build(project, store, until="normalize", locked=True)
 
@@ -113,7 +123,10 @@ def test_locked_build_reproduces_from_the_lock_on_a_fresh_cache(project, tmp_pat
     digests = read_lock(project)["stages"]["normalize"]["outputs"]
     result, _ = _build(project, Store(tmp_path / "store2"), until="normalize", locked=True)
     assert result.built == ["normalize"]
-    assert Store(tmp_path / "store2").manifest("normalize", _keys(project)["normalize"])["outputs"] == digests
+    assert (
+        Store(tmp_path / "store2").manifest("normalize", _keys(project)["normalize"])["outputs"]
+        == digests
+    )
 
 
 def test_force_rebuilds_a_cached_stage(project, tmp_path):
@@ -135,7 +148,12 @@ def _cli(*args: str, env_cache: Path) -> subprocess.CompletedProcess:
     )
     import os
 
-    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env={**os.environ, "LEGALBUILD_CACHE": str(env_cache)})
+    return subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "LEGALBUILD_CACHE": str(env_cache)},
+    )
 
 
 def _heavy(proc) -> list[str]:
@@ -145,7 +163,13 @@ def _heavy(proc) -> list[str]:
 
 def test_light_commands_never_import_heavy_libraries(project, tmp_path):
     cache = tmp_path / "store"
-    for args in (["--help"], ["validate", str(project)], ["plan", str(project)], ["status", str(project)], ["schema"]):
+    for args in (
+        ["--help"],
+        ["validate", str(project)],
+        ["plan", str(project)],
+        ["status", str(project)],
+        ["schema"],
+    ):
         proc = _cli(*args, env_cache=cache)
         assert proc.returncode == 0, (args, proc.stderr[-2000:])
         assert _heavy(proc) == [], (args, _heavy(proc))
@@ -160,7 +184,10 @@ def test_two_builders_at_once_build_once(project, tmp_path):
 
     env = {**os.environ, "LEGALBUILD_CACHE": str(tmp_path / "store")}
     cmd = [sys.executable, "-m", "legalbuild", "build", str(project), "--until", "normalize"]
-    procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env) for _ in range(2)]
+    procs = [
+        subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+        for _ in range(2)
+    ]
     outs = [p.communicate(timeout=120) for p in procs]
     assert all(p.returncode == 0 for p in procs), outs
     built = sum("normalize  done" in out for out, _ in outs)

@@ -40,7 +40,10 @@ def _write(tmp_path, text: str) -> Path:
 
 
 def test_bad_value_names_file_line_key_and_value(tmp_path):
-    p = _write(tmp_path, '[project]\nname = "x"\n\n[[data.sources]]\nname = "a"\npath = "a.jsonl"\n\n[train]\nlearning_rate = "fast"\n')
+    p = _write(
+        tmp_path,
+        '[project]\nname = "x"\n\n[[data.sources]]\nname = "a"\npath = "a.jsonl"\n\n[train]\nlearning_rate = "fast"\n',
+    )
     with pytest.raises(RecipeError) as exc:
         load_recipe(p)
     msg = str(exc.value)
@@ -73,8 +76,13 @@ def test_a_recipe_needs_data(tmp_path):
 
 
 def test_cli_reports_user_errors_without_traceback(tmp_path):
-    p = _write(tmp_path, '[project]\nname = "x"\n[[data.sources]]\nname = "a"\npath = "a.jsonl"\n[lora]\nr = 0\n')
-    proc = subprocess.run([sys.executable, "-m", "legalbuild", "validate", str(p)], capture_output=True, text=True)
+    p = _write(
+        tmp_path,
+        '[project]\nname = "x"\n[[data.sources]]\nname = "a"\npath = "a.jsonl"\n[lora]\nr = 0\n',
+    )
+    proc = subprocess.run(
+        [sys.executable, "-m", "legalbuild", "validate", str(p)], capture_output=True, text=True
+    )
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr
     assert f"{p}:7: [lora.r]" in proc.stderr and "greater than or equal to 1" in proc.stderr
@@ -92,7 +100,9 @@ def test_every_field_is_documented():
 
 
 def test_tracking_and_serving_fields_never_enter_keys():
-    r = Recipe.model_validate({"project": {"name": "x"}, "data": {"sources": [{"name": "a", "path": "a.jsonl"}]}})
+    r = Recipe.model_validate(
+        {"project": {"name": "x"}, "data": {"sources": [{"name": "a", "path": "a.jsonl"}]}}
+    )
     train = key_settings(r.train)
     assert "report_to" not in train and "logging_steps" not in train and "samples" not in train
     assert "learning_rate" in train and "seed" in train
