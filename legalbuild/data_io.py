@@ -1,0 +1,344 @@
+"""Readers for instruction/response data files, with the position of every record.
+
+One function, `open_source(path, fmt)`, reads any supported format and returns a `SourceReader`:
+the column names (for tabular formats, checked before any row is read) and an iterator of
+`Record`s. Each record says where it came from (`where`: "file.jsonl:12", "file.json[3] (line 9)",
+"file.parquet row 5", "folder[train] row 5") so a bad row can be named precisely.
+
+Two kinds of problems, two channels:
+- problems with the whole source (missing file, not a parquet file, JSON that is not an array,
+  a format that cannot be guessed) raise `DataError` at once: there is no row to skip;
+- problems with one row (invalid JSON on a line, an element that is not an object, a CSV line
+  the csv module rejects) come back as a `Record` with `error` set, and the caller decides
+  (fail or skip).
+Text is decoded as UTF-8 with `surrogateescape`, so undecodable bytes survive as lone surrogates;
+the caller flags the fields that contain them (`has_bad_unicode`) instead of losing the file.
+pyarrow and datasets are imported inside the functions that need them.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from legalbuild.errors import DataError
+from legalbuild.hashing import tree_files
+
+FORMAT_BY_SUFFIX = {
+    ".jsonl": "jsonl",
+    ".ndjson": "jsonl",
+    ".json": "json",
+    ".csv": "csv",
+    ".tsv": "csv",
+    ".parquet": "parquet",
+    ".pq": "parquet",
+}
+FORMAT_HINT = 'set `format` on the source to one of "jsonl", "json", "csv", "parquet", "hf_disk"'
+
+
+@dataclass
+class Record:
+    """One row as read from a source, before any mapping."""
+
+    where: str  # human location: "path:line", "path[index] (line n)", "path row n"
+    index: int  # 0-based position of the row in its source
+    line: int | None  # 1-based line where the row starts (JSONL, CSV, JSON array), else None
+    fields: dict[str, Any] | None  # the row's columns; None when the row could not be read
+    raw: Any  # what to show in rejects.jsonl (the line's text, or the row's object)
+    error: str | None = None  # reason code when the row could not be read
+    detail: str = ""  # human explanation of `error`
+
+
+@dataclass
+class SourceReader:
+    path: Path
+    format: str
+    columns: list[str] | None  # known up front for csv, parquet and hf_disk; None for JSON formats
+    records: Iterator[Record]
+
+
+def display_path(path: Path) -> str:
+    """The path as a user would type it: relative to the working directory when inside it."""
+    try:
+        rel = os.path.relpath(path)
+    except ValueError:  # another drive on Windows
+        return str(path)
+    return str(path) if rel.startswith("..") else rel
+
+
+def detect_format(path: Path, fmt: str = "auto") -> str:
+    """The concrete format of a source: the declared one, or a guess from the extension/contents."""
+    if fmt != "auto":
+        return fmt
+    if path.is_dir():
+        return "hf_disk"
+    found = FORMAT_BY_SUFFIX.get(path.suffix.lower())
+    if found is None:
+        raise DataError(
+            f"{display_path(path)}: cannot tell the format from the extension {path.suffix!r}",
+            hint=FORMAT_HINT,
+        )
+    if found == "json" and _first_non_space_byte(path) == b"{":
+        found = (
+            "jsonl"  # JSON Lines saved under a .json name (a common export): one object per line
+        )
+    return found
+
+
+def source_files(path: Path, fmt: str = "auto") -> list[Path]:
+    """Every file whose bytes a source's rows depend on (a folder: all its files); [] if missing."""
+    if not path.exists():
+        return []
+    return tree_files(path) if path.is_dir() else [path]
+
+
+def open_source(path: Path, fmt: str = "auto") -> SourceReader:
+    """Open a source for reading; raises DataError when the source as a whole is unusable."""
+    if not path.exists():
+        raise DataError(
+            f"{display_path(path)}: no such file or folder",
+            hint="data source paths are relative to the recipe's folder",
+        )
+    fmt = detect_format(path, fmt)
+    if fmt == "hf_disk":
+        if not path.is_dir():
+            raise DataError(
+                f'{display_path(path)}: format "hf_disk" needs a folder written by `Dataset.save_to_disk`',
+                hint=FORMAT_HINT,
+            )
+        return _open_hf_disk(path)
+    if path.is_dir():
+        raise DataError(
+            f"{display_path(path)}: is a folder, but format is {fmt!r}",
+            hint='a `datasets` save_to_disk folder needs format "auto" or "hf_disk"',
+        )
+    opener = {
+        "jsonl": _open_jsonl,
+        "json": _open_json_array,
+        "csv": _open_csv,
+        "parquet": _open_parquet,
+    }
+    return opener[fmt](path)
+
+
+def has_bad_unicode(text: str) -> bool:
+    """True when text holds lone surrogates: undecodable bytes (surrogateescape) or bad \\u escapes."""
+    return not text.isascii() and _SURROGATE.search(text) is not None
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+# ------------------------------------------------------------------------------------ JSON Lines
+def _open_jsonl(path: Path) -> SourceReader:
+    return SourceReader(path, "jsonl", None, _read_jsonl(path))
+
+
+def _read_jsonl(path: Path) -> Iterator[Record]:
+    shown = display_path(path)
+    index = 0
+    with open(path, "rb") as f:
+        for line_no, data in enumerate(f, 1):
+            if line_no == 1 and data.startswith(b"\xef\xbb\xbf"):
+                data = data[3:]  # a UTF-8 byte-order mark, as some editors write
+            text = data.decode("utf-8", "surrogateescape").strip()
+            if not text:
+                continue  # blank lines (a trailing newline, spacing) are not rows
+            where = f"{shown}:{line_no}"
+            try:
+                obj = json.loads(text)
+            except ValueError as exc:
+                detail = f"invalid JSON: {getattr(exc, 'msg', exc)} (column {getattr(exc, 'colno', '?')})"
+                yield Record(where, index, line_no, None, text, "invalid_json", detail)
+            else:
+                yield _object_record(where, index, line_no, obj, text)
+            index += 1
+
+
+def _object_record(where: str, index: int, line: int | None, obj: Any, raw: Any) -> Record:
+    if isinstance(obj, dict):
+        return Record(where, index, line, obj, raw)
+    detail = f"expected a JSON object with named fields, got {_json_type(obj)}"
+    return Record(where, index, line, None, raw, "not_an_object", detail)
+
+
+def _json_type(value: Any) -> str:
+    names = {
+        list: "an array",
+        str: "a string",
+        bool: "a boolean",
+        int: "a number",
+        float: "a number",
+    }
+    return "null" if value is None else names.get(type(value), type(value).__name__)
+
+
+# ------------------------------------------------------------------------------------ JSON array
+def _open_json_array(path: Path) -> SourceReader:
+    text = _read_text(path)
+    return SourceReader(path, "json", None, _read_json_array(path, text))
+
+
+def _read_json_array(path: Path, text: str) -> Iterator[Record]:
+    """Walks the array element by element (raw_decode) so each element keeps its line number."""
+    shown = display_path(path)
+    decoder = json.JSONDecoder()
+    pos = _skip_space(text, 0)
+    if pos == len(text):
+        return  # an empty file: no rows (the caller reports empty sources)
+    if text[pos] != "[":
+        raise DataError(
+            f"{shown}:{_line_at(text, pos)}: a .json source must be one JSON array of objects",
+            hint='for one object per line, name the file .jsonl or set format = "jsonl"',
+        )
+    pos = _skip_space(text, pos + 1)
+    index = 0
+    line, line_pos = 1, 0  # running line count, so the walk stays linear in the file size
+    while pos < len(text) and text[pos] != "]":
+        line += text.count("\n", line_pos, pos)
+        line_pos = pos
+        try:
+            obj, end = decoder.raw_decode(text, pos)
+        except ValueError as exc:
+            raise DataError(
+                f"{shown}:{_line_at(text, getattr(exc, 'pos', pos))}: invalid JSON in element [{index}]: "
+                f"{getattr(exc, 'msg', exc)}",
+                hint="a broken JSON array cannot be read past the error; fix the file (JSON Lines can skip bad lines)",
+            ) from None
+        yield _object_record(f"{shown}[{index}] (line {line})", index, line, obj, obj)
+        index += 1
+        pos = _skip_space(text, end)
+        if pos < len(text) and text[pos] == ",":
+            pos = _skip_space(text, pos + 1)
+        elif pos < len(text) and text[pos] != "]":
+            raise DataError(
+                f"{shown}:{_line_at(text, pos)}: expected ',' or ']' after element [{index - 1}]"
+            )
+    if pos >= len(text):
+        raise DataError(
+            f"{shown}: the JSON array is not closed (missing ']')", hint="the file may be truncated"
+        )
+
+
+def _skip_space(text: str, pos: int) -> int:
+    while pos < len(text) and text[pos] in " \t\r\n":
+        pos += 1
+    return pos
+
+
+def _line_at(text: str, pos: int) -> int:
+    return text.count("\n", 0, pos) + 1
+
+
+def _read_text(path: Path) -> str:
+    text = path.read_bytes().decode("utf-8", "surrogateescape")
+    return text[1:] if text.startswith("\ufeff") else text
+
+
+def _first_non_space_byte(path: Path) -> bytes:
+    with open(path, "rb") as f:
+        head = f.read(4096).lstrip(b"\xef\xbb\xbf \t\r\n")
+    return head[:1]
+
+
+# ------------------------------------------------------------------------------------------- CSV
+def _open_csv(path: Path) -> SourceReader:
+    shown = display_path(path)
+    text = _read_text(path)
+    delimiter = "\t" if path.suffix.lower() == ".tsv" else ","
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
+    try:
+        header = next(reader, None)
+    except csv.Error as exc:
+        raise DataError(f"{shown}:1: unreadable CSV header: {exc}") from None
+    columns = [c.strip() for c in header] if header else []
+    return SourceReader(path, "csv", columns, _read_csv(shown, reader, columns))
+
+
+def _read_csv(shown: str, reader: Any, columns: list[str]) -> Iterator[Record]:
+    index = 0
+    while True:
+        start = (
+            reader.line_num + 1
+        )  # a quoted field may span lines: the row starts after the last one
+        try:
+            values = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as exc:
+            yield Record(
+                f"{shown}:{start}",
+                index,
+                start,
+                None,
+                "",
+                "invalid_csv",
+                f"unreadable CSV row: {exc}",
+            )
+            index += 1
+            continue
+        if not any(v.strip() for v in values):
+            continue  # blank lines
+        where = f"{shown}:{start}"
+        if len(values) > len(columns):  # usually an unquoted comma: the text columns are cut wrong
+            detail = f"{len(values)} cells but the header has {len(columns)} (unquoted delimiter in a field?)"
+            yield Record(where, index, start, None, values, "invalid_csv", detail)
+        else:  # a short row lacks its last columns: reported as missing fields by the caller
+            yield Record(where, index, start, dict(zip(columns, values, strict=False)), values)
+        index += 1
+
+
+# --------------------------------------------------------------------------------------- Parquet
+def _open_parquet(path: Path) -> SourceReader:
+    import pyarrow.parquet as pq
+
+    try:
+        pf = pq.ParquetFile(path)
+    except Exception as exc:  # pyarrow raises ArrowInvalid/OSError for truncated or foreign files
+        raise DataError(f"{display_path(path)}: not a readable Parquet file: {exc}") from None
+    return SourceReader(path, "parquet", list(pf.schema_arrow.names), _read_parquet(path, pf))
+
+
+def _read_parquet(path: Path, pf: Any) -> Iterator[Record]:
+    shown = display_path(path)
+    index = 0
+    for batch in pf.iter_batches(batch_size=4096):
+        for row in batch.to_pylist():
+            yield Record(f"{shown} row {index}", index, None, row, row)
+            index += 1
+
+
+# ------------------------------------------------------------------- datasets save_to_disk folder
+def _open_hf_disk(path: Path) -> SourceReader:
+    import datasets
+
+    try:
+        loaded = datasets.load_from_disk(str(path))
+    except Exception as exc:  # FileNotFoundError for a plain folder, others for damaged ones
+        raise DataError(
+            f"{display_path(path)}: not a `datasets` save_to_disk folder: {exc}",
+            hint="write it with Dataset.save_to_disk(folder), or point at a .jsonl/.csv/.parquet file",
+        ) from None
+    # A DatasetDict is read split by split in name order; normalize makes its own train/val split.
+    splits = [(None, loaded)] if isinstance(loaded, datasets.Dataset) else sorted(loaded.items())
+    columns = sorted({c for _, ds in splits for c in ds.column_names})
+    return SourceReader(path, "hf_disk", columns, _read_hf_splits(path, splits))
+
+
+def _read_hf_splits(path: Path, splits: list[tuple[str | None, Any]]) -> Iterator[Record]:
+    shown = display_path(path)
+    index = 0
+    for split_name, ds in splits:
+        label = shown if split_name is None else f"{shown}[{split_name}]"
+        table = ds.with_format("arrow")
+        for start in range(0, len(ds), 4096):
+            for offset, row in enumerate(table[start : start + 4096].to_pylist()):
+                yield Record(f"{label} row {start + offset}", index, None, row, row)
+                index += 1
