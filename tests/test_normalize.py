@@ -233,7 +233,9 @@ def test_clean_text_nfc_whitespace_and_blank_lines():
     assert clean_text("para one\n\n\n\n\npara two") == "para one\n\npara two"
     assert clean_text("para one\n \n \t\npara two") == "para one\n\npara two"
     assert clean_text("zero\u200bwidth\ufeff and\x00 control") == "zerowidth and control"
-    assert clean_text("cafe\u200b\u0301") == "caf\u00e9"  # composed once the zero-width space is gone
+    assert (
+        clean_text("cafe\u200b\u0301") == "caf\u00e9"
+    )  # composed once the zero-width space is gone
     assert clean_text("keep\n\none blank line") == "keep\n\none blank line"
 
 
@@ -417,7 +419,7 @@ def test_curated_pairs_join_as_a_source_split_by_document(tmp_path):
     curated = [
         {
             **pair(d * 10 + k), "doc_id": f"nda-{d}", "source": "nda_review", "rule_id": f"rule.{k}",
-            "severity": "high", "clause_type": "termination", "task": "audit", "verified_by": "checker",
+            "severity": "high", "clause_type": "termination", "task": "audit", "verified_by": "checker", "clause": "the clause",
         }
         for d in range(25) for k in range(4)
     ]  # fmt: skip
@@ -436,7 +438,7 @@ def test_curated_pairs_join_as_a_source_split_by_document(tmp_path):
     assert len(curated_rows) == 100
     assert curated_rows[0]["meta"] == {
         "rule_id": "rule.0", "severity": "high", "clause_type": "termination", "task": "audit",
-        "verified_by": "checker", "source": "nda_review",
+        "verified_by": "checker", "source": "nda_review", "clause": "the clause",
     }  # fmt: skip
     val_docs = {r["group"] for r in build.rows("val.jsonl") if r["source"] == "curated"}
     train_docs = {r["group"] for r in build.rows("train.jsonl") if r["source"] == "curated"}

@@ -1,6 +1,7 @@
 """The normalize stage: every data source becomes one clean, deduplicated train/validation split.
 
-Each row goes, source after source (streamed, first occurrence wins):
+Each row goes, source after source in recipe order, curated pairs last (streamed; the first
+occurrence of a duplicate wins):
 
     read (legalbuild.data_io) → map fields → clean text → length filters → dedup → kept
 
@@ -67,7 +68,16 @@ VERSION = "1"
 
 CURATED_SOURCE = "curated"
 CURATED_GROUP_FIELD = "doc_id"
-CURATED_META_FIELDS = ["rule_id", "severity", "clause_type", "task", "verified_by", "source"]
+# `clause` is the clause text inside the instruction, kept for eval (the curate stage writes it)
+CURATED_META_FIELDS = [
+    "rule_id",
+    "severity",
+    "clause_type",
+    "task",
+    "verified_by",
+    "source",
+    "clause",
+]
 SKIP_HINT = (
     'fix the data, or set data.on_error = "skip" to write bad rows to rejects.jsonl and go on'
 )
@@ -319,11 +329,10 @@ def group_value(fields: dict[str, Any], name: str | None) -> str | None:
     if not name:
         return None
     value = fields.get(name)
-    if value is None or isinstance(value, bool):
-        return None if value is None else str(value)
-    if isinstance(value, int | float | str):
-        text = str(value).strip()
-        return text or None
+    if value is None:
+        return None
+    if isinstance(value, int | float | str):  # numeric document ids are common in exports
+        return str(value).strip() or None
     raise BadRow(
         "not_a_string", name, f"a group value must be text or a number, got {type(value).__name__}"
     )
