@@ -287,6 +287,27 @@ def test_bad_requests_get_4xx_and_the_server_survives(client, request_kwargs):
 
 
 @pytest.mark.slow
+def test_audit_clauses_against_the_server(server):
+    from legalbuild.audit import audit_clauses
+
+    clauses = ["The Supplier's liability is unlimited.", "This Agreement renews automatically."]
+    results = audit_clauses(
+        clauses, server["url"], MODEL_NAME, DEFAULT_SYSTEM_PROMPT, API_KEY, max_tokens=12
+    )
+    assert [r["clause"] for r in results] == clauses
+    for r in results:
+        assert r["answer"] and r["error"] is None and r["latency_s"] > 0
+        assert (
+            r["completion_tokens"] <= 12 and r["prompt_tokens"] > 40
+        )  # system prompt + instruction
+        assert r["findings"] is None  # a random tiny model does not write the audit format
+    with pytest.raises(ServeError, match="does not serve a model named"):
+        audit_clauses(clauses, server["url"], "other-model", DEFAULT_SYSTEM_PROMPT, API_KEY)
+    with pytest.raises(ServeError, match="refused the API key"):
+        audit_clauses(clauses, server["url"], MODEL_NAME, DEFAULT_SYSTEM_PROMPT, "wrong-key")
+
+
+@pytest.mark.slow
 def test_no_vllm_process_remains_after_the_context_manager_exits(server, merged_dir):
     running = server_processes(merged_dir)
     assert len(running) >= 2, "expected the API server and its engine/worker processes"

@@ -1,0 +1,98 @@
+"""The audit client's input handling and result shape; the real-server run is in test_serve.py
+(it shares that module's one vLLM server)."""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+
+from legalbuild.answer_format import Audit, Finding, render_audit
+from legalbuild.audit import (
+    AUDIT_INSTRUCTION,
+    audit_clauses,
+    audit_result,
+    format_results,
+    load_clauses,
+    openai_base_url,
+    read_clauses,
+)
+from legalbuild.errors import DataError, ServeError
+from legalbuild.serve import free_port
+
+CLAUSES_TEXT = """The Supplier's liability under this Agreement is unlimited.
+
+This Agreement renews automatically for successive
+one-year terms unless terminated.
+  \t
+\r
+Either party may terminate for convenience on 30 days' notice.
+"""
+
+
+def test_read_clauses_splits_on_blank_lines_and_keeps_wrapped_lines():
+    assert read_clauses(CLAUSES_TEXT) == [
+        "The Supplier's liability under this Agreement is unlimited.",
+        "This Agreement renews automatically for successive\none-year terms unless terminated.",
+        "Either party may terminate for convenience on 30 days' notice.",
+    ]
+    assert read_clauses("\n\n  \n") == []
+
+
+def test_load_clauses_from_file_and_stdin(tmp_path, monkeypatch):
+    path = tmp_path / "clauses.txt"
+    path.write_text(CLAUSES_TEXT)
+    assert len(load_clauses(path)) == 3
+    monkeypatch.setattr("sys.stdin", io.StringIO("One clause.\n\nAnother clause.\n"))
+    assert load_clauses("-") == ["One clause.", "Another clause."]
+    with pytest.raises(DataError, match="no such file"):
+        load_clauses(tmp_path / "missing.txt")
+    (tmp_path / "empty.txt").write_text("\n\n")
+    with pytest.raises(DataError, match="no clause found"):
+        load_clauses(tmp_path / "empty.txt")
+
+
+def test_endpoint_forms_all_reach_the_v1_root():
+    for endpoint in (
+        "http://127.0.0.1:8000",
+        "http://127.0.0.1:8000/",
+        "http://127.0.0.1:8000/v1/",
+    ):
+        assert openai_base_url(endpoint) == "http://127.0.0.1:8000/v1"
+
+
+def test_same_instruction_wording_as_the_eval_stage():
+    from legalbuild.stages.eval import DEFAULT_AUDIT_INSTRUCTION
+
+    assert AUDIT_INSTRUCTION == DEFAULT_AUDIT_INSTRUCTION
+
+
+def test_unreachable_endpoint_is_a_clear_error():
+    # Nothing listens on a fresh free port: the real openai client gets connection refused.
+    with pytest.raises(ServeError, match="cannot reach"):
+        audit_clauses(["x"], f"http://127.0.0.1:{free_port()}", "m", "system", None, timeout_s=5)
+
+
+def test_result_parses_an_audit_format_answer():
+    answer = render_audit(
+        Audit(
+            risk="high",
+            findings=[
+                Finding(
+                    "Uncapped liability",
+                    "liability.uncapped",
+                    "high",
+                    fix="Cap it at 12 months of fees.",
+                )
+            ],
+        )
+    )
+    result = audit_result("clause", answer, 0.25, finish_reason="stop")
+    assert (
+        result["risk"] == "high"
+        and result["findings"]["findings"][0]["rule_id"] == "liability.uncapped"
+    )
+    assert "liability.uncapped" in format_results([result])
+    garbled = audit_result("clause", "Sure! Here is my opinion.", 0.1)
+    assert garbled["findings"] is None and garbled["answer"].startswith("Sure")
+    assert "not in the audit format" in format_results([garbled])
