@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import json
-import time
 from pathlib import Path
 
 import pytest
@@ -641,20 +640,16 @@ def test_percentiles_nearest_rank():
     assert normalize.percentiles([]) == {"p5": 0, "p50": 0, "p95": 0, "max": 0}
 
 
-def test_throughput_on_5000_rows(tmp_path):
+def test_5000_rows_with_duplicates(tmp_path):
+    # speed is measured by bench/noop_build.py; this checks the counts at that size
     rows = [
         pair(i, input=f"Context paragraph {i} about the parties.\t\tAnd  more.")
         for i in range(5000)
     ]
     rows += rows[:500]  # some duplicates to find
     write_jsonl(tmp_path / "d.jsonl", rows)
-    build = Build(tmp_path, data_section({"name": "s", "path": "d.jsonl"}))
-    started = time.perf_counter()
-    metrics = build.run()
-    rate = 5500 / (time.perf_counter() - started)
-    print(f"normalize throughput: {rate:,.0f} rows/s (stage reports {metrics['rows_per_second']})")
+    metrics = Build(tmp_path, data_section({"name": "s", "path": "d.jsonl"})).run()
     assert metrics["duplicates"] == 500 and metrics["train"] + metrics["val"] == 5000
-    assert rate > 2000  # measured ~25k rows/s on the 2-core dev machine; a 10x slowdown is a bug
 
 
 def test_clean_text_shortcut_agrees_with_the_full_cleaning():
