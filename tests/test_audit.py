@@ -96,3 +96,17 @@ def test_result_parses_an_audit_format_answer():
     garbled = audit_result("clause", "Sure! Here is my opinion.", 0.1)
     assert garbled["findings"] is None and garbled["answer"].startswith("Sure")
     assert "not in the audit format" in format_results([garbled])
+
+
+def test_example_client_sends_what_the_model_was_trained_with():
+    import importlib.util
+    from pathlib import Path
+
+    from legalbuild.recipe import DEFAULT_SYSTEM_PROMPT
+
+    path = Path(__file__).resolve().parents[1] / "serving" / "example_client.py"
+    spec = importlib.util.spec_from_file_location("example_client", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert module.SYSTEM_PROMPT == DEFAULT_SYSTEM_PROMPT
+    assert module.INSTRUCTION == AUDIT_INSTRUCTION

@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
+import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -17,9 +20,12 @@ from legalbuild.errors import ServeError
 from legalbuild.recipe import DEFAULT_SYSTEM_PROMPT, MergeSection, ServeSection
 from legalbuild.serve import (
     SERVER_MARKER_ENV,
+    ServerHandle,
     check_vllm_installed,
     curl_example,
+    forwarded_signals,
     free_port,
+    group_alive,
     host_kind,
     running_server,
     server_command,
@@ -162,6 +168,32 @@ def test_curl_example_is_valid_shell(tmp_path):
     assert "Authorization: Bearer $LEGALBUILD_API_KEY" in words
 
 
+# ------------------------------------------------------------------- process-group handling
+def process_group(script: str) -> ServerHandle:
+    """A real process tree in its own session, as start_server makes for vLLM (bash + children)."""
+    process = subprocess.Popen(["bash", "-c", script], start_new_session=True)
+    time.sleep(0.5)  # let bash start its children
+    return ServerHandle(process, "http://127.0.0.1:1/v1", "m", None, Path(os.devnull))
+
+
+def test_stop_kills_the_whole_group_even_when_sigterm_is_ignored():
+    handle = process_group("trap '' TERM; sleep 300 & sleep 300 & wait")
+    assert group_alive(handle.pid)
+    started = time.monotonic()
+    handle.stop(grace_s=1)
+    assert not group_alive(handle.pid) and time.monotonic() - started < 15
+
+
+def test_ctrl_c_is_forwarded_to_the_server_group():
+    handle = process_group("sleep 300 & wait")
+    with forwarded_signals(handle):
+        os.kill(os.getpid(), signal.SIGINT)  # what a terminal's Ctrl-C sends to us
+        assert handle.process.wait(timeout=10) != 0  # bash died of the forwarded SIGINT
+    handle.stop(grace_s=1)
+    assert not group_alive(handle.pid)
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # our handler is gone
+
+
 # -------------------------------------------------------------------------------- a real server
 @pytest.fixture(scope="module")
 def merged_dir(tiny_model_dir, tmp_path_factory) -> Path:
@@ -267,6 +299,13 @@ def test_wrong_api_key_is_refused(server):
     with pytest.raises(AuthenticationError) as info:
         intruder.models.list()
     assert info.value.status_code == 401
+    # Only the API routes are guarded (serving/README.md says so): /health answers without a key.
+    import urllib.request
+
+    with urllib.request.urlopen(
+        server["url"].removesuffix("/v1") + "/health", timeout=10
+    ) as response:
+        assert response.status == 200
 
 
 @pytest.mark.slow
@@ -305,6 +344,29 @@ def test_audit_clauses_against_the_server(server):
         audit_clauses(clauses, server["url"], "other-model", DEFAULT_SYSTEM_PROMPT, API_KEY)
     with pytest.raises(ServeError, match="refused the API key"):
         audit_clauses(clauses, server["url"], MODEL_NAME, DEFAULT_SYSTEM_PROMPT, "wrong-key")
+
+
+@pytest.mark.slow
+def test_example_client_of_the_serving_folder(server, merged_dir):
+    import sys
+
+    script = Path(__file__).resolve().parents[1] / "serving" / "example_client.py"
+    env = {**os.environ, "LEGALBUILD_API_KEY": API_KEY}
+    command = [
+        sys.executable,
+        str(script),
+        "--endpoint",
+        server["url"],
+        "--model",
+        MODEL_NAME,
+        "--max-tokens",
+        "8",
+    ]
+    done = subprocess.run(
+        command, input="First clause.\n\nSecond clause.\n", env=env, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.count("### ") == 2 and "### Second clause." in done.stdout
 
 
 @pytest.mark.slow
