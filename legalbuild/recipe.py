@@ -185,7 +185,14 @@ class CurateSection(Strict):
         0.05, gt=0, le=1, description="Cap on the share of pairs citing any one rule."
     )
     max_source_share: float = Field(
-        0.8, gt=0, le=1, description="Cap on the share of pairs from any one corpus."
+        0.9,
+        gt=0,
+        le=1,
+        description="Cap on the share of pairs from any one corpus (of the pairs produced: a small "
+        "corpus limits how many pairs a large one may add).",
+    )
+    max_severity_share: float = Field(
+        0.5, gt=0, le=1, description="Cap on the share of pairs of any one severity (high, medium, low)."
     )
     min_clause_chars: int = Field(120, ge=20, description="Shorter clauses are not used.")
     max_clause_chars: int = Field(1500, ge=100, description="Longer clauses are not used.")

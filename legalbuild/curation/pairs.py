@@ -1,0 +1,630 @@
+"""Generate audit pairs from clauses and rules, then pick a balanced, seeded selection.
+
+Task kinds (one `task` value each):
+- `audit`   a real clause, audited with one playbook: the findings its rules raise (each confirmed by
+            the rule's regex) or an explicit "Findings: none" answer (a clean clause);
+- `defect`  a clause that passes a rule, changed by a known edit so that it fails it (defects.py);
+- `fix`     a flagged clause: the audit block, then a revised clause that passes the rules;
+- `explain` why one rule flags one clause, in prose;
+- `missing` a short multi-clause contract from one document: which `requires_any` rules it fails.
+
+Which rules apply to a clause: the presence rules (`forbids_*`, `max_value`) of the playbook always,
+since their patterns are their own scope; the absence rules (`requires_any`) only when they speak
+about the clause's type (a governing-law clause is not expected to hold a liability cap).
+Every random choice comes from a Random seeded by (seed, a stable key), so the output does not
+depend on iteration order or PYTHONHASHSEED.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import random
+from collections import Counter, defaultdict
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+
+from legalbuild.answer_format import Audit, Finding, overall_risk, render_audit
+from legalbuild.curation.clauses import Clause, split_clauses, type_label
+from legalbuild.curation.corpora import Document
+from legalbuild.curation.defects import Defect, inject_defect, sentences
+from legalbuild.curation.rulebook import ANY_DOMAIN, Rule, Rulebook, evidence, normalize_text
+
+TASKS = ("audit", "defect", "fix", "explain", "missing")
+POOL_FACTOR = 4  # stop scanning a large source once it offers this many candidates per pair wanted
+PLAYBOOKS_PER_CLAUSE = 2  # a clause is reviewed with at most this many (seeded) engaged playbooks
+SMALL_SOURCE_CLAUSES = 300  # below this, a source yields every defect and explanation it can
+MAX_CONTRACT_CHARS = 3200
+
+AUDIT_TEMPLATES = (
+    "Review this {type} clause with the {playbook} playbook ({perspective}). Report every red flag "
+    "in the audit format, or say that there is none.\n\nClause:\n{clause}",
+    "Audit the following contract clause against the {playbook} red-flag rules ({perspective}).\n\n"
+    '"""\n{clause}\n"""',
+    "Clause under review ({type}):\n{clause}\n\nPlaybook: {playbook}, {perspective}. List the findings "
+    "with their rule ids and severities.",
+    "Does this clause contain anything the {playbook} playbook would flag? Answer in the structured "
+    "audit format.\n\nClause text:\n{clause}",
+    "Check the clause below for risks under the {playbook} playbook ({perspective}).\n---\n{clause}\n---",
+    "I'm reviewing {perspective}. Run the {playbook} checks on this clause and give me the audit.\n\n{clause}",
+)
+DEFECT_TEMPLATES = (
+    "Here is a clause from a draft we received. Review it with the {playbook} playbook "
+    "({perspective}) and report the red flags in the audit format.\n\n{clause}",
+    "Counterparty draft, {type} clause:\n{clause}\n\nAudit it against the {playbook} rules and list "
+    "any findings with rule id and severity.",
+    "Before we sign: does this {type} clause raise any {playbook} red flags ({perspective})?\n\n"
+    '"""\n{clause}\n"""',
+    "Screen this clause for problems using the {playbook} playbook. Use the audit format.\n\nClause:\n{clause}",
+    "Playbook: {playbook} ({perspective}).\nClause:\n{clause}\n\nWhat is wrong with this clause, if anything?",
+)
+FIX_TEMPLATES = (
+    "Rewrite this clause so that it passes the {playbook} playbook ({perspective}). Start with the "
+    "audit, then give the revised clause.\n\nClause:\n{clause}",
+    "Fix the red flags in the following {type} clause under the {playbook} rules and propose "
+    "replacement language.\n\n{clause}",
+    "Redline this clause for the {playbook} review ({perspective}): list what is wrong, then write "
+    'a corrected version.\n\n"""\n{clause}\n"""',
+    "Propose a revised clause that resolves every {playbook} finding in the clause below.\n---\n{clause}\n---",
+    "Our playbook is {playbook}. Audit this clause and suggest how to reword it.\n\nClause text:\n{clause}",
+)
+EXPLAIN_TEMPLATES = (
+    'Explain why the clause below triggers "{title}" under the {playbook} playbook.\n\n{clause}',
+    'Why is this clause a risk {perspective}? Focus on the rule "{title}" ({rule_id}).\n\nClause:\n{clause}',
+    'The {playbook} review flagged this clause as "{title}". Explain the problem in plain language '
+    'and what to ask for instead.\n\n"""\n{clause}\n"""',
+    "In two or three sentences, why does rule {rule_id} ({title}) fire on this {type} clause?\n\n{clause}",
+    'Clause:\n{clause}\n\nA reviewer marked it "{title}" ({severity} severity). Explain why that '
+    "matters and what a better clause would say.",
+)
+MISSING_TEMPLATES = (
+    "Here is a short contract. Using the {playbook} playbook ({perspective}), list the required "
+    "protections it is missing, in the audit format.\n\n{contract}",
+    "Which clauses that the {playbook} playbook expects are absent from this agreement? Report "
+    "each gap as a finding with rule id and severity.\n\n{contract}",
+    "Check this contract for missing clauses ({perspective}). Only report what is missing, not what "
+    'is badly worded.\n\n"""\n{contract}\n"""',
+    "Contract excerpt:\n{contract}\n\nPlaybook: {playbook}. What required terms does it lack?",
+    "Do a missing-clause review of the agreement below with the {playbook} rules and answer in the "
+    "audit format.\n---\n{contract}\n---",
+)
+
+
+@dataclass
+class Pair:
+    instruction: str
+    output: str
+    doc_id: str
+    source: str
+    rule_id: str | None
+    severity: str
+    clause_type: str
+    task: str
+    verified_by: str
+    clause: str = ""  # the clause (or short contract) inside the instruction, for eval
+    # selection bookkeeping (not written)
+    edit: str | None = None
+    clean: bool = False
+
+    def row(self) -> dict:
+        row = asdict(self)
+        row.pop("edit"), row.pop("clean")
+        return row
+
+
+def rng_for(seed: int, *key: object) -> random.Random:
+    """A Random that depends only on the seed and a stable key."""
+    return random.Random(hashlib.sha256(repr((seed, *key)).encode()).hexdigest())
+
+
+def perspective(rule: Rule) -> str:
+    text = rule.playbook_description or f"the {rule.playbook} playbook"
+    for prefix in ("Red-flag rules for reviewing ", "Red-flag rules for "):
+        if text.startswith(prefix):
+            text = "reviewing " + text[len(prefix) :]
+    return text.rstrip(".").replace("Licensee-side review of", "reviewing, as licensee,")
+
+
+# ------------------------------------------------------------------------------ applicability
+@dataclass
+class Review:
+    """One clause seen through one playbook."""
+
+    clause: Clause
+    playbook: str
+    rules: list[Rule]  # the rules that apply to this clause
+    findings: list[Rule]  # those that fire
+    engaged: bool  # the playbook has something to say (else no audit pair: only defects)
+
+
+# Types that name one specific clause: an absence rule of such a type can judge a single clause of
+# that type (a liability clause without a cap). Absence rules of the broad types (confidentiality in
+# an NDA, data protection, IP, other: escrow, export control...) speak about a whole contract and
+# are used in `missing` tasks only.
+CLAUSE_LEVEL_ABSENCE_TYPES = frozenset(
+    {"limitation_of_liability", "governing_law", "termination", "warranty", "payment", "renewal",
+     "indemnity", "non_compete", "assignment"}
+)  # fmt: skip
+
+
+def applicable_rules(clause: Clause, playbook_rules: list[Rule]) -> list[Rule]:
+    """Presence rules always; absence rules of the clause's own type when that type names one
+    specific clause (CLAUSE_LEVEL_ABSENCE_TYPES)."""
+    return [
+        r
+        for r in playbook_rules
+        if not r.flags_absence
+        or (r.clause_type == clause.clause_type and r.clause_type in CLAUSE_LEVEL_ABSENCE_TYPES)
+    ]
+
+
+def engages(clause: Clause, rules: list[Rule]) -> bool:
+    """A playbook has something to say about the clause: an absence rule of its type, or a
+    presence rule whose pattern appears in it (even if saved by an `unless_any`)."""
+    text = normalize_text(clause.text)
+    return any(r.flags_absence or any(p.search(text) for p in r.check.patterns) for r in rules)
+
+
+def review(clause: Clause, playbook: str, rules: list[Rule]) -> Review | None:
+    applicable = applicable_rules(clause, rules)
+    if not applicable:
+        return None
+    findings = [r for r in applicable if r.violated(clause.text)]
+    return Review(
+        clause,
+        playbook,
+        applicable,
+        findings,
+        engaged=bool(findings) or engages(clause, applicable),
+    )
+
+
+def playbooks_for(doc: Document, by_playbook: dict[str, list[Rule]]) -> list[str]:
+    return [
+        name
+        for name, rules in by_playbook.items()
+        if doc.domain == ANY_DOMAIN or rules[0].domain in (doc.domain, ANY_DOMAIN)
+    ]
+
+
+# ---------------------------------------------------------------------------- answer building
+def finding_of(rule: Rule) -> Finding:
+    return Finding(
+        title=rule.title,
+        rule_id=rule.id,
+        severity=rule.severity,
+        why=rule.why,
+        fix=rule.suggestion or f"Use language such as: {rule.fallback}",
+        suggested_clause=rule.fallback,
+    )
+
+
+def audit_answer(findings: list[Rule], clean_note: str) -> str:
+    ordered = sorted(findings, key=lambda r: (("high", "medium", "low").index(r.severity), r.id))
+    items = [finding_of(r) for r in ordered]
+    return render_audit(
+        Audit(risk=overall_risk(items), findings=items, note=clean_note if not items else "")
+    )
+
+
+def clean_note(clause_type: str, playbook: str, n_rules: int) -> str:
+    return f"The {type_label(clause_type)} clause raises none of the {n_rules} {playbook} checks that apply to it."
+
+
+def explain_answer(rule: Rule, text: str) -> str:
+    found = evidence(rule, text)
+    if rule.check.kind == "requires_any":
+        where = "Nothing in the clause provides it: the language this rule looks for is absent."
+    elif rule.check.kind == "max_value":
+        where = f'The clause sets "{found}", above the limit of {rule.check.max:g}.'
+    else:
+        where = f'The clause says: "{found}".'
+    ask = rule.suggestion or "Replace it with balanced language."
+    lines = [
+        f"{rule.title} (rule {rule.id}, severity {rule.severity}).",
+        f"{rule.description} {where}",
+        f"Why it matters: {rule.why}",
+        f"What to ask for: {ask}",
+    ]
+    if rule.fallback:
+        lines.append(f"Suggested clause: {rule.fallback}")
+    return "\n".join(lines)
+
+
+def revise(text: str, findings: list[Rule], rules: list[Rule]) -> str | None:
+    """A revision that passes every applicable rule: offending sentences out, fallbacks in; None
+    when the rules' regexes do not confirm it."""
+    parts = sentences(text)
+    for rule in findings:
+        if not rule.flags_absence:
+            parts = [s for s in parts if not any(p.search(s) for p in rule.check.patterns)]
+    additions = []
+    for rule in findings:
+        if rule.fallback and rule.violated(" ".join([*parts, *additions])):
+            additions.append(rule.fallback)
+    revised = " ".join([*parts, *additions])
+    if not revised or any(r.violated(revised) for r in rules):
+        return None
+    return revised
+
+
+def fill(template: str, **values: str) -> str:
+    return template.format(**values)
+
+
+def pick(rng: random.Random, templates: tuple[str, ...]) -> str:
+    return templates[rng.randrange(len(templates))]
+
+
+# ---------------------------------------------------------------------------- per-clause pairs
+def clause_pairs(rv: Review, seed: int, generous: bool = False) -> list[Pair]:
+    """The audit, fix, explain and defect pairs of one clause under one playbook. `generous` (a
+    small source) explains every finding and tries a defect for every passing rule."""
+    c = rv.clause
+    rng = rng_for(seed, c.key, rv.playbook)
+    first = rv.rules[0]
+    values = {
+        "type": type_label(c.clause_type),
+        "playbook": rv.playbook,
+        "perspective": perspective(first),
+    }
+    text = normalize_text(c.text)
+    base = {"doc_id": c.doc_id, "source": c.source, "clause_type": c.clause_type, "clause": text}
+    out: list[Pair] = []
+
+    answer = audit_answer(rv.findings, clean_note(c.clause_type, rv.playbook, len(rv.rules)))
+    primary = _primary(rv.findings)
+    if rv.engaged or generous:
+        out.append(
+            Pair(
+                fill(pick(rng, AUDIT_TEMPLATES), clause=text, **values), answer, **base,
+                rule_id=primary.id if primary else None, severity=primary.severity if primary else "none",
+                task="audit", verified_by="regex", clean=not rv.findings,
+            )
+        )  # fmt: skip
+    if rv.findings:
+        revised = revise(text, rv.findings, rv.rules)
+        if revised:
+            out.append(
+                Pair(
+                    fill(pick(rng, FIX_TEMPLATES), clause=text, **values),
+                    f"{answer}\n\nRevised clause:\n{revised}", **base,
+                    rule_id=primary.id, severity=primary.severity, task="fix", verified_by="regex",
+                )
+            )  # fmt: skip
+        explained = rv.findings if generous else [rv.findings[rng.randrange(len(rv.findings))]]
+        out += [_explain(rule, text, values, base, rng, "regex") for rule in explained]
+
+    passing = [r for r in rv.rules if r not in rv.findings]
+    rng.shuffle(passing)
+    for rule in passing if generous else passing[:1]:
+        defect = inject_defect(text, rule, rng_for(seed, c.key, rule.id))
+        if defect is not None:
+            out += _defect_pairs(defect, rv, rule, values, base, rng)
+    return out
+
+
+def _primary(findings: list[Rule]) -> Rule | None:
+    if not findings:
+        return None
+    return min(findings, key=lambda r: (("high", "medium", "low").index(r.severity), r.id))
+
+
+def _explain(
+    rule: Rule, text: str, values: dict, base: dict, rng: random.Random, verified: str
+) -> Pair:
+    instruction = fill(
+        pick(rng, EXPLAIN_TEMPLATES),
+        clause=text,
+        title=rule.title,
+        rule_id=rule.id,
+        severity=rule.severity,
+        **values,
+    )
+    return Pair(
+        instruction,
+        explain_answer(rule, text),
+        **base,
+        rule_id=rule.id,
+        severity=rule.severity,
+        task="explain",
+        verified_by=verified,
+    )
+
+
+def _defect_pairs(
+    defect: Defect, rv: Review, rule: Rule, values: dict, base: dict, rng: random.Random
+) -> list[Pair]:
+    base = {**base, "clause": defect.edited}
+    findings = [r for r in rv.rules if r.violated(defect.edited)]
+    answer = audit_answer(findings, "")
+    pairs = [
+        Pair(
+            fill(pick(rng, DEFECT_TEMPLATES), clause=defect.edited, **values), answer, **base,
+            rule_id=rule.id, severity=overall_risk([finding_of(r) for r in findings]), task="defect",
+            verified_by="construction", edit=defect.edit,
+        )
+    ]  # fmt: skip
+    if not rv.findings:  # the original passes every rule: it is the verified fix of the edit
+        pairs.append(
+            Pair(
+                fill(pick(rng, FIX_TEMPLATES), clause=defect.edited, **values),
+                f"{answer}\n\nRevised clause:\n{defect.original}", **base,
+                rule_id=rule.id, severity=rule.severity, task="fix", verified_by="construction", edit=defect.edit,
+            )
+        )  # fmt: skip
+    pairs.append(_explain(rule, defect.edited, values, base, rng, "construction"))
+    pairs[-1].edit = defect.edit
+    return pairs
+
+
+# --------------------------------------------------------------------------- missing clauses
+def missing_pairs(
+    doc_clauses: list[Clause],
+    playbook: str,
+    rules: list[Rule],
+    seed: int,
+    limit: int = 4,
+    draws: int = 1,
+) -> list[Pair]:
+    """Short contracts from one document, built so that a `requires_any` rule is missing; `draws`
+    different clause subsets per rule (a small source makes more of its few documents)."""
+    required = [r for r in rules if r.flags_absence]
+    if len(doc_clauses) < 3 or not required:
+        return []
+    rng = rng_for(seed, doc_clauses[0].doc_id, playbook, "missing")
+    out = []
+    rng.shuffle(required)
+    for rule in [r for r in required for _ in range(draws)]:
+        holders = [c for c in doc_clauses if not rule.violated(c.text)]
+        others = [c for c in doc_clauses if rule.violated(c.text)]
+        if not holders or len(others) < 3:
+            continue  # no clause of this document provides it, or too little left without it
+        chosen = _contract_clauses(others, rng)
+        contract = "\n\n".join(f"{i}. {normalize_text(c.text)}" for i, c in enumerate(chosen, 1))
+        if not rule.violated(contract):
+            continue
+        findings = [r for r in required if r.violated(contract)]
+        values = {"playbook": playbook, "perspective": perspective(rule)}
+        out.append(
+            Pair(
+                fill(pick(rng, MISSING_TEMPLATES), contract=contract, **values), audit_answer(findings, ""),
+                doc_id=chosen[0].doc_id, source=chosen[0].source, rule_id=rule.id, severity=rule.severity,
+                clause_type="contract", task="missing", verified_by="construction", clause=contract,
+            )
+        )  # fmt: skip
+        if len(out) >= limit * draws:
+            break
+    return out
+
+
+def _contract_clauses(candidates: list[Clause], rng: random.Random) -> list[Clause]:
+    pool = sorted(rng.sample(candidates, min(len(candidates), 8)), key=lambda c: c.position)
+    chosen, size = [], 0
+    for c in pool:
+        if size + len(c.text) > MAX_CONTRACT_CHARS:
+            continue
+        chosen.append(c)
+        size += len(c.text)
+        if len(chosen) == 5:
+            break
+    return chosen if len(chosen) >= 3 else pool[:3]
+
+
+# ------------------------------------------------------------------------------- generation
+def quotas(target: int, mix: dict[str, float]) -> dict[str, int]:
+    total = sum(mix.get(t, 0) for t in TASKS)
+    raw = {t: target * mix.get(t, 0) / total for t in TASKS}
+    out = {t: math.floor(v) for t, v in raw.items()}
+    for t in sorted(TASKS, key=lambda t: raw[t] - out[t], reverse=True)[
+        : target - sum(out.values())
+    ]:
+        out[t] += 1
+    return out
+
+
+def candidate_pairs(
+    documents: list[Document],
+    rulebook: Rulebook,
+    settings,
+    *,
+    log: Callable[[str], None] | None = None,
+) -> tuple[list[Pair], dict]:
+    """Candidates from every source; large sources are scanned in a seeded order and stopped once
+    every task has POOL_FACTOR times its quota from them."""
+    seed = settings.seed
+    by_playbook = rulebook.by_playbook()
+    need = quotas(settings.target_pairs, settings.task_mix)
+    need["clean"] = round(need["audit"] * settings.clean_share)
+    need["audit"] -= need["clean"]
+    by_source: dict[str, list[Document]] = defaultdict(list)
+    for doc in documents:
+        by_source[doc.source].append(doc)
+    pairs: list[Pair] = []
+    stats = {"documents": Counter(), "clauses": Counter(), "clauses_reviewed": Counter()}
+    seen_texts: set[str] = set()  # a clause repeated in several documents is used once
+    for source, docs in sorted(by_source.items()):
+        docs = sorted(docs, key=lambda d: rng_for(seed, d.doc_id).random())
+        split = [(d, _unseen(_clauses_of(d, settings), seen_texts)) for d in docs]
+        generous = sum(len(c) for _, c in split) < SMALL_SOURCE_CLAUSES
+        counts: Counter = Counter()
+        for doc, clauses in split:
+            stats["documents"][source] += 1
+            stats["clauses"][source] += len(clauses)
+            names = playbooks_for(doc, by_playbook)
+            if not _full(counts, need, ("audit", "defect", "fix", "explain")):
+                for clause in clauses:
+                    stats["clauses_reviewed"][source] += 1
+                    for rv in _reviews(clause, names, by_playbook, seed, generous):
+                        for p in clause_pairs(rv, seed, generous):
+                            counts["clean" if p.clean else p.task] += 1
+                            pairs.append(p)
+            if not _full(counts, need, ("missing",)):
+                for name in names:
+                    for p in missing_pairs(
+                        clauses, name, by_playbook[name], seed, draws=3 if generous else 1
+                    ):
+                        counts[p.task] += 1
+                        pairs.append(p)
+            if _full(counts, need, TASKS):
+                break
+        if log:
+            log(
+                f"{source}: {stats['documents'][source]} documents, {stats['clauses_reviewed'][source]} "
+                f"clauses reviewed, {sum(counts.values())} candidate pairs {dict(counts)}"
+            )
+    return pairs, stats
+
+
+def _clauses_of(doc: Document, settings) -> list[Clause]:
+    return split_clauses(
+        doc.text, doc.doc_id, doc.source, settings.min_clause_chars, settings.max_clause_chars
+    )
+
+
+def _unseen(clauses: list[Clause], seen: set[str]) -> list[Clause]:
+    """Clauses whose text no earlier document had: the same boilerplate under two documents
+    would otherwise sit on both sides of the doc_id split."""
+    out = []
+    for clause in clauses:
+        folded = "".join(ch for ch in clause.text.lower() if ch.isalnum())
+        if folded not in seen:
+            seen.add(folded)
+            out.append(clause)
+    return out
+
+
+def _full(counts: Counter, need: dict[str, int], tasks) -> bool:
+    """Enough candidates for these tasks: twice each quota, and POOL_FACTOR times their sum."""
+    enough_each = all(counts[t] >= 2 * need[t] for t in tasks)
+    return enough_each and sum(counts[t] for t in tasks) >= POOL_FACTOR * sum(
+        need[t] for t in tasks
+    )
+
+
+def _reviews(
+    clause: Clause, names: list[str], by_playbook: dict, seed: int, generous: bool
+) -> list[Review]:
+    found = [rv for name in names if (rv := review(clause, name, by_playbook[name])) is not None]
+    if generous or len(found) <= PLAYBOOKS_PER_CLAUSE:
+        return found
+    return rng_for(seed, clause.key, "playbooks").sample(found, PLAYBOOKS_PER_CLAUSE)
+
+
+def select_pairs(candidates: list[Pair], settings) -> list[Pair]:
+    """A seeded, balanced selection: task quotas, clean share of audits, caps per rule, severity
+    and source; unused quota of a task that runs short goes to the other tasks.
+
+    The source cap is a share of the pairs produced, so when the smaller corpora cannot supply
+    their part, the total is lowered (and every task quota with it) rather than the cap broken."""
+    first = _select(candidates, settings, settings.target_pairs)
+    counts = Counter(p.source for p in first)
+    if len(counts) < 2 or settings.max_source_share >= 1:
+        return first
+    others = len(first) - counts.most_common(1)[0][1]
+    reachable = math.floor(others / (1 - settings.max_source_share))
+    if reachable >= len(first):
+        return first
+    return _enforce_source_share(
+        _select(candidates, settings, reachable), settings.max_source_share
+    )
+
+
+def _select(candidates: list[Pair], settings, target: int) -> list[Pair]:
+    need = quotas(target, settings.task_mix)
+    rule_cap = max(1, math.floor(settings.max_rule_share * target))
+    severity_cap = max(1, math.floor(settings.max_severity_share * target))
+    source_cap = max(1, math.floor(settings.max_source_share * target))
+    seen: set[str] = set()
+    counts = {"rule": Counter(), "severity": Counter(), "source": Counter()}
+    chosen: list[Pair] = []
+
+    def admit(p: Pair) -> bool:
+        if p.instruction in seen:
+            return False
+        if p.rule_id and counts["rule"][p.rule_id] >= rule_cap:
+            return False
+        if p.severity != "none" and counts["severity"][p.severity] >= severity_cap:
+            return False
+        if counts["source"][p.source] >= source_cap:
+            return False
+        seen.add(p.instruction)
+        counts["rule"][p.rule_id] += 1
+        counts["severity"][p.severity] += 1
+        counts["source"][p.source] += 1
+        chosen.append(p)
+        return True
+
+    ordered = _balanced_order(candidates, settings.seed)
+    clean_quota = round(need["audit"] * settings.clean_share)
+    groups = {
+        ("audit", True): clean_quota,
+        ("audit", False): need["audit"] - clean_quota,
+        **{(t, False): need[t] for t in TASKS if t != "audit"},
+    }
+    for _ in range(3):  # later rounds hand quota left unused by short tasks to the others
+        for (task, clean), quota in groups.items():
+            taken = sum(1 for p in chosen if p.task == task and p.clean == clean)
+            for p in ordered:
+                if taken >= quota or len(chosen) >= target:
+                    break
+                if p.task == task and p.clean == clean and admit(p):
+                    taken += 1
+        short = target - len(chosen)
+        if short <= 0:
+            break
+        open_groups = [g for g in groups if g != ("audit", True)]
+        for g in open_groups:
+            groups[g] += math.ceil(short / len(open_groups))
+    return sorted(chosen, key=lambda p: rng_for(settings.seed, p.instruction).random())
+
+
+def _balanced_order(candidates: list[Pair], seed: int) -> list[Pair]:
+    """Small sources first (the source cap makes every pair of theirs count), then round-robin over
+    rules, in seeded order."""
+    shuffled = sorted(candidates, key=lambda p: rng_for(seed, p.task, p.instruction).random())
+    rank_in_rule: Counter = Counter()
+    rank_in_source: Counter = Counter()
+    size = Counter(p.source for p in candidates)
+    keyed = []
+    for i, p in enumerate(shuffled):
+        group = p.rule_id or f"clean:{p.clause_type}"
+        keyed.append((size[p.source], rank_in_rule[group], i, p))
+        rank_in_rule[group] += 1
+        rank_in_source[p.source] += 1
+    return [p for *_, p in sorted(keyed, key=lambda k: k[:3])]
+
+
+def _enforce_source_share(chosen: list[Pair], cap: float) -> list[Pair]:
+    """Drop the last-chosen pairs of a source above its share of the final total."""
+    if cap >= 1:
+        return chosen
+    while True:
+        counts = Counter(p.source for p in chosen)
+        source, n = counts.most_common(1)[0]
+        others = len(chosen) - n
+        if n <= cap * len(chosen) or others == 0:
+            return chosen
+        allowed = math.floor(cap * others / (1 - cap))
+        drop = n - allowed
+        keep_rev = []
+        for p in reversed(chosen):
+            if p.source == source and drop > 0:
+                drop -= 1
+                continue
+            keep_rev.append(p)
+        chosen = keep_rev[::-1]
+
+
+def generate_pairs(
+    documents: list[Document], rulebook: Rulebook, settings, *, log=None
+) -> tuple[list[Pair], dict]:
+    candidates, stats = candidate_pairs(documents, rulebook, settings, log=log)
+    stats["candidates"] = Counter(p.task for p in candidates)
+    return select_pairs(candidates, settings), stats
+
+
+def split_side(doc_id: str, val_fraction: float, salt: str = "legalbuild") -> str:
+    """ "train" or "val" for a whole document, by a hash of its id (the way normalize groups rows)."""
+    digest = hashlib.sha256(f"{salt}:{doc_id}".encode()).hexdigest()
+    return "val" if int(digest[:12], 16) / 16**12 < val_fraction else "train"
