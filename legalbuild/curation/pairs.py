@@ -483,15 +483,21 @@ def _clauses_of(doc: Document, settings) -> list[Clause]:
 
 
 def _unseen(clauses: list[Clause], seen: set[str]) -> list[Clause]:
-    """Clauses whose text no earlier document had: the same boilerplate under two documents
-    would otherwise sit on both sides of the doc_id split."""
+    """Clauses that share no long sentence with an earlier document's clauses. Licence texts come
+    in versions (two EULA editions share most paragraphs), and a shared paragraph would sit on both
+    sides of the doc_id split."""
     out = []
     for clause in clauses:
-        folded = "".join(ch for ch in clause.text.lower() if ch.isalnum())
-        if folded not in seen:
-            seen.add(folded)
-            out.append(clause)
+        keys = {_fold(s) for s in sentences(clause.text) if len(s) >= 40}
+        if keys & seen:
+            continue
+        seen.update(keys)
+        out.append(clause)
     return out
+
+
+def _fold(text: str) -> str:
+    return "".join(ch for ch in text.lower() if ch.isalnum())
 
 
 def _full(counts: Counter, need: dict[str, int], tasks) -> bool:
