@@ -192,7 +192,10 @@ class CurateSection(Strict):
         "corpus limits how many pairs a large one may add).",
     )
     max_severity_share: float = Field(
-        0.5, gt=0, le=1, description="Cap on the share of pairs of any one severity (high, medium, low)."
+        0.5,
+        gt=0,
+        le=1,
+        description="Cap on the share of pairs of any one severity (high, medium, low).",
     )
     min_clause_chars: int = Field(120, ge=20, description="Shorter clauses are not used.")
     max_clause_chars: int = Field(1500, ge=100, description="Longer clauses are not used.")
