@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import tempfile
 import time
@@ -48,12 +49,21 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=16)
     parser.add_argument("--new-tokens", type=int, default=64)
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    parser.add_argument(
+        "--torch-threads",
+        type=int,
+        default=max(1, (os.cpu_count() or 2) - 1),
+        help="threads for transformers (default: all cores but one, as vLLM's CPU backend keeps one for "
+        "its front end; on a busy machine more threads than free cores slow torch down ~10x)",
+    )
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="serve-bench-") as tmp:
         model_dir = args.model_dir or build_tiny_merged(Path(tmp))
         messages = [audit_messages(CLAUSES[i % len(CLAUSES)]) for i in range(args.requests)]
-        hf = bench_transformers(model_dir, messages, args.new_tokens, args.dtype)
+        hf = bench_transformers(
+            model_dir, messages, args.new_tokens, args.dtype, args.torch_threads
+        )
         vl = bench_vllm(model_dir, messages, args.new_tokens, args.dtype)
     report(model_dir, args, hf, vl)
 
@@ -90,10 +100,13 @@ def build_tiny_merged(root: Path) -> Path:
     return root / "merged"
 
 
-def bench_transformers(model_dir: Path, messages: list, new_tokens: int, dtype: str) -> dict:
+def bench_transformers(
+    model_dir: Path, messages: list, new_tokens: int, dtype: str, threads: int
+) -> dict:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    torch.set_num_threads(threads)
     tokenizer = AutoTokenizer.from_pretrained(model_dir, padding_side="left")
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=getattr(torch, dtype)).eval()
     texts = [
@@ -156,7 +169,8 @@ def report(model_dir: Path, args: argparse.Namespace, hf: dict, vl: dict) -> Non
     hf_rps, hf_tps = rates(hf)
     vl_rps, vl_tps = rates(vl)
     print(
-        f"model: {model_dir}  requests: {args.requests}  new tokens each: {args.new_tokens}  dtype: {args.dtype}"
+        f"model: {model_dir}  requests: {args.requests}  new tokens each: {args.new_tokens}  "
+        f"dtype: {args.dtype}  torch threads: {args.torch_threads}  load average: {os.getloadavg()[0]:.1f}"
     )
     print(f"{'engine':<28}{'seconds':>9}{'req/s':>9}{'tokens/s':>10}")
     print(
@@ -169,6 +183,8 @@ def report(model_dir: Path, args: argparse.Namespace, hf: dict, vl: dict) -> Non
         "transformers": {**hf, "requests_per_s": hf_rps, "tokens_per_s": hf_tps},
         "vllm": {**vl, "requests_per_s": vl_rps, "tokens_per_s": vl_tps},
         "ratio_tokens_per_s": vl_tps / hf_tps,
+        "torch_threads": args.torch_threads,
+        "load_average": os.getloadavg()[0],
     }
     print(json.dumps(figures))
 
