@@ -146,22 +146,20 @@ def build(
     if locked:
         _check_locked(loaded, plans)
     built, seconds, outputs = [], {}, {}
+    forced = _forced(loaded, force)
     for p in plans:
         node = loaded.nodes[p.name]
         if p.cached:
             log(f"{p.name:<10} cached    {p.key[:12]}")
         else:
             log(f"{p.name:<10} building  {p.key[:12]}  ({'; '.join(p.reasons) or 'not cached'})")
-            seconds[p.name] = _build_stage(
-                loaded,
-                store,
-                node,
-                force=p.name in _forced(loaded, force),
-                log=log,
-                console=console,
+            elapsed = _build_stage(
+                loaded, store, node, force=p.name in forced, log=log, console=console
             )
-            built.append(p.name)
-            log(f"{p.name:<10} done      {p.key[:12]}  in {seconds[p.name]:.1f} s")
+            if elapsed is not None:
+                seconds[p.name] = elapsed
+                built.append(p.name)
+                log(f"{p.name:<10} done      {p.key[:12]}  in {elapsed:.1f} s")
         outputs[p.name] = store.out_dir(p.name, node.key)
         if not locked:
             manifest = store.manifest(p.name, node.key) or {}
@@ -200,12 +198,13 @@ def _build_stage(
     force: bool,
     log: Callable[[str], None],
     console: Any,
-) -> float:
-    """Run one stage into a temp folder and commit it; one builder per key at a time."""
+) -> float | None:
+    """Run one stage into a temp folder and commit it; one builder per key at a time.
+    Returns the seconds it took, or None when another process built it meanwhile."""
     with store.lock(node.name, node.key):
         if store.has(node.name, node.key) and not force:
             log(f"{node.name:<10} built meanwhile by another process: cache hit")
-            return 0.0
+            return None
         store.clean_tmp(older_than_s=3600)
         tmp = store.new_tmp(node.name, node.key)
         work = store.work_dir(node.name, node.key)
