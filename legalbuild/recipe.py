@@ -336,9 +336,19 @@ class MergeSection(Strict):
         default_factory=lambda: ["Audit this clause: The Supplier's liability is unlimited."],
         description="Prompts whose logits must match between base+adapter and the merged model.",
     )
-    max_logit_diff: float = Field(
-        1e-3, gt=0, description="Largest allowed |logit| difference (fp32 gives ~1e-6; bf16 ~0.06)."
+    max_logit_diff: float | None = Field(
+        None,
+        gt=0,
+        description="Largest allowed |logit| difference between base+adapter and the merged model. "
+        "Default by dtype: float32 1e-3 (measured ~1e-6..6e-5), float16 0.5, bfloat16 2.0 (16-bit "
+        "rounding of merged weights moves logits by ~0.06..1.2 on SmolLM2).",
     )
+
+    @property
+    def logit_tolerance(self) -> float:
+        if self.max_logit_diff is not None:
+            return self.max_logit_diff
+        return {"float32": 1e-3, "float16": 0.5, "bfloat16": 2.0}[self.dtype]
 
 
 # ------------------------------------------------------------------------------------------ eval

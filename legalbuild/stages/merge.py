@@ -117,7 +117,7 @@ def merge_adapter(
     max_diff = max(diffs)
 
     checks = [
-        check_logit_parity(max_diff, settings.max_logit_diff, settings.dtype),
+        check_logit_parity(max_diff, settings.logit_tolerance, settings.dtype),
         check_no_adapter_files(dest),
         check_tied_embeddings(reloaded),
         check_no_quantization_config(dest),
@@ -129,7 +129,7 @@ def merge_adapter(
         "checks": checks,
         "max_logit_diff": max_diff,
         "logit_diff_per_prompt": diffs,
-        "max_logit_diff_allowed": settings.max_logit_diff,
+        "max_logit_diff_allowed": settings.logit_tolerance,
         "probe_prompts": settings.probe_prompts,
         "dtype": settings.dtype,
         "device": device,
