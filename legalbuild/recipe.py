@@ -293,6 +293,12 @@ class TrainSection(Strict):
     eval_steps: int = Field(
         50, ge=1, description="Compute validation loss every N optimizer steps."
     )
+    eval_rows: int | None = Field(
+        None,
+        ge=1,
+        description="Compute validation loss on at most this many validation rows (the first N); "
+        "bounds evaluation time on CPU, where a full validation pass can cost as much as training.",
+    )
     early_stopping_patience: int | None = Field(
         None,
         ge=1,
