@@ -20,10 +20,8 @@ from typing import Any
 
 from legalbuild.answer_format import parse_audit
 from legalbuild.errors import DataError, ServeError
-from legalbuild.prompting import chat_messages
+from legalbuild.prompting import AUDIT_INSTRUCTION, chat_messages
 
-# The wording the eval stage asks with (legalbuild.stages.eval.DEFAULT_AUDIT_INSTRUCTION).
-AUDIT_INSTRUCTION = "Audit this contract clause:\n\n{clause}"
 DEFAULT_MAX_TOKENS = 512
 
 _BLANK_LINES = re.compile(r"\n[ \t]*\n")

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+# How a bare clause is put to the model: train samples, eval extra sets and `legalbuild audit`.
+AUDIT_INSTRUCTION = "Audit this contract clause:\n\n{clause}"
+
 
 def chat_messages(system_prompt: str, instruction: str) -> list[dict[str, str]]:
     """The prompt side of a conversation: system prompt (when set) then the user's instruction."""

@@ -43,12 +43,12 @@ from typing import Any
 from legalbuild import metrics
 from legalbuild.answer_format import RISK_LEVELS, Audit, Finding, parse_audit, render_audit
 from legalbuild.errors import DataError, StageFailedError
-from legalbuild.prompting import chat_messages
+from legalbuild.prompting import AUDIT_INSTRUCTION, chat_messages
 from legalbuild.stages.context import StageContext
 
 VERSION = "1"
 
-DEFAULT_AUDIT_INSTRUCTION = "Audit this contract clause:\n\n{clause}"
+DEFAULT_AUDIT_INSTRUCTION = AUDIT_INSTRUCTION
 CATEGORY_FIELDS = ("task", "clause_type", "severity", "set")
 MODEL_ORDER = ("base", "merged", "regex")
 MAX_LOSS_TOKENS = 2048  # prompt + answer cap for the teacher-forced loss (longer rows are cut)

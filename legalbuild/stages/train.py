@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from legalbuild.errors import DataError, RecipeError, StageFailedError
-from legalbuild.prompting import prompt_completion_row
+from legalbuild.prompting import AUDIT_INSTRUCTION, prompt_completion_row
 
 if TYPE_CHECKING:
     from legalbuild.recipe import LoraSection, ModelSection, TrainSection
@@ -36,7 +36,6 @@ VERSION = "1"
 TRAIN_LIBRARIES = ("torch", "transformers", "peft", "trl", "accelerate", "bitsandbytes")
 # The seed's rule: with a 7B-class base, LoRA leaves at least 99.9% of the base weights frozen.
 MIN_BASE_FROZEN_FRACTION = 0.999
-CLAUSE_INSTRUCTION = "Audit this clause: {clause}"
 
 
 def train_library_versions() -> dict[str, str | None]:
@@ -351,7 +350,7 @@ def sample_prompts(val_rows: list[dict[str, Any]], samples: Any) -> list[dict[st
         {
             "kind": "clause",
             "id": f"clause-{i}",
-            "instruction": CLAUSE_INSTRUCTION.format(clause=c),
+            "instruction": AUDIT_INSTRUCTION.format(clause=c),
             "reference": "",
         }
         for i, c in enumerate(samples.clauses, 1)
