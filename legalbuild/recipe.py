@@ -121,9 +121,11 @@ class DataSection(Strict):
         description="System message used identically in training, evaluation and serving.",
     )
     target_min_pairs: int = Field(
-        2000, ge=1, description="Warn when fewer training pairs come out."
+        2000, ge=1, description="Warn when fewer training pairs come out.", json_schema_extra=NO_KEY
     )
-    target_max_pairs: int = Field(5000, ge=1, description="Warn when more training pairs come out.")
+    target_max_pairs: int = Field(
+        5000, ge=1, description="Warn when more training pairs come out.", json_schema_extra=NO_KEY
+    )
 
     @field_validator("sources")
     @classmethod

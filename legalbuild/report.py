@@ -495,12 +495,13 @@ def provenance_section(src: Sources) -> Section:
     base = src.dir("base")
     if base is not None and (base / "base.json").is_file():
         info = _read_json(base / "base.json")
-        where = info.get("path") or info.get("source") or info.get("location") or ""
+        where = src.recipe.get("model", {}).get("base", "")
         rows.append(
             [
                 "base model",
                 f"{info.get('architecture', '?')} {where}".strip(),
-                info.get("licence", "unknown"),
+                # the recipe's licence wins: it is not in the key, so base.json may predate an edit
+                src.recipe.get("model", {}).get("licence") or info.get("licence", "unknown"),
                 _short(info.get("revision") or info.get("sha256") or info.get("digest") or ""),
             ]
         )

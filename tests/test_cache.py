@@ -80,3 +80,12 @@ def test_lock_inputs_flatten_and_diff_readably():
         "lora.r: 8 -> 16",
         "upstream.base: 000000000000 -> 111111111111",
     ]
+
+
+def test_a_failed_build_is_kept_for_inspection_not_committed(tmp_path):
+    store = Store(tmp_path)
+    tmp = store.new_tmp("merge", "d" * 64)
+    (tmp / "out" / "merge.json").write_text('{"ok": false}')
+    kept = store.keep_failed(tmp, "merge", "d" * 64)
+    assert (kept / "merge.json").read_text() == '{"ok": false}'
+    assert not store.has("merge", "d" * 64) and not tmp.exists()

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import random
-import time
 from collections import Counter, defaultdict
 from pathlib import Path
 
@@ -300,9 +299,8 @@ def test_preview_and_input_files(tmp_path):
     from legalbuild.stages.curate import curate_input_files, preview_pairs
 
     recipe = Recipe(project={"name": "t"}, curate=small_settings())
-    started = time.perf_counter()
     rows = preview_pairs(recipe, tmp_path / "recipe.toml", 5)
-    assert len(rows) == 5 and time.perf_counter() - started < 30
+    assert len(rows) == 5
     assert set(rows[0]) >= {
         "instruction",
         "output",
@@ -367,12 +365,8 @@ def test_default_settings_give_2000_to_5000_pairs(tmp_path):
     ctx = StageContext(
         "curate", "k", recipe, tmp_path / "recipe.toml", tmp_path, tmp_path / "w", log_fn=print
     )
-    started = time.perf_counter()
     metrics = run(ctx)
-    seconds = time.perf_counter() - started
-    print(f"default curate: {metrics['pairs']} pairs in {seconds:.1f} s")
     assert 2000 <= metrics["pairs"] <= 5000
-    assert seconds < 240
     card = json.loads((tmp_path / "card.json").read_text())
     assert card["shares"]["max_rule"] <= settings.max_rule_share + 1e-9
     assert card["shares"]["max_source"] <= settings.max_source_share + 1e-9

@@ -202,7 +202,8 @@ def test_precision_resolution_on_cpu():
 
 def test_light_helpers_import_nothing_heavy():
     code = (
-        "import sys; from legalbuild.stages import train; v = train.train_library_versions();"
+        "import sys; from legalbuild.stages import train; from legalbuild.graph import library_versions;"
+        "v = library_versions();"
         "print(sorted(v), sorted(m for m in ('torch', 'transformers', 'peft', 'trl') if m in sys.modules))"
     )
     out = subprocess.run(

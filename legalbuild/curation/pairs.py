@@ -29,6 +29,7 @@ from legalbuild.curation.clauses import Clause, split_clauses, type_label
 from legalbuild.curation.corpora import Document
 from legalbuild.curation.defects import Defect, inject_defect, sentences
 from legalbuild.curation.rulebook import ANY_DOMAIN, Rule, Rulebook, evidence, normalize_text
+from legalbuild.prompting import AUDIT_INSTRUCTION, PLAYBOOK_SUFFIX
 
 TASKS = ("audit", "defect", "fix", "explain", "missing")
 POOL_FACTOR = 4  # stop scanning a large source once it offers this many candidates per pair wanted
@@ -47,6 +48,7 @@ AUDIT_TEMPLATES = (
     "audit format.\n\nClause text:\n{clause}",
     "Check the clause below for risks under the {playbook} playbook ({perspective}).\n---\n{clause}\n---",
     "I'm reviewing {perspective}. Run the {playbook} checks on this clause and give me the audit.\n\n{clause}",
+    AUDIT_INSTRUCTION + PLAYBOOK_SUFFIX,  # the wording `legalbuild audit` and eval use
 )
 DEFECT_TEMPLATES = (
     "Here is a clause from a draft we received. Review it with the {playbook} playbook "
@@ -57,6 +59,7 @@ DEFECT_TEMPLATES = (
     '"""\n{clause}\n"""',
     "Screen this clause for problems using the {playbook} playbook. Use the audit format.\n\nClause:\n{clause}",
     "Playbook: {playbook} ({perspective}).\nClause:\n{clause}\n\nWhat is wrong with this clause, if anything?",
+    AUDIT_INSTRUCTION + PLAYBOOK_SUFFIX,
 )
 FIX_TEMPLATES = (
     "Rewrite this clause so that it passes the {playbook} playbook ({perspective}). Start with the "

@@ -138,14 +138,18 @@ def run(ctx: StageContext) -> dict[str, Any]:
 
     tokenizer_source = _tokenizer_source(model_settings, ctx, default=source)
     end_token = _finish_tokenizer(tokenizer_source, model_dir)
+    # base.json holds only what the key determines; where the files lay and how long it took
+    # go to the manifest (ctx.facts), so the same key always gives the same bytes.
+    ctx.facts.update(
+        source_path=str(source.get("path")), prepare_seconds=round(time.perf_counter() - started, 1)
+    )
     info = {
         "kind": kind,
-        **source,
+        **{k: v for k, v in source.items() if k != "path"},
         "licence": model_settings.licence or KNOWN_LICENCES.get(model_settings.base, "unknown"),
         "parameters": params,
         "architecture": architecture,
         "end_of_turn_token": end_token,
-        "prepare_seconds": round(time.perf_counter() - started, 1),
     }
     (ctx.out_dir / "base.json").write_text(json.dumps(info, indent=2) + "\n")
     ctx.log(f"{architecture}, {params:,} parameters, licence {info['licence']}, eos {end_token!r}")

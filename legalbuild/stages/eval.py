@@ -628,7 +628,8 @@ def run(ctx: StageContext) -> dict:
         ctx.log(f"WARNING: {warning}")
     if settings.fail_if_worse and result["regression"]:
         raise StageFailedError(
-            result["regression"], hint="[eval] fail_if_worse = true; inspect answers.jsonl"
+            result["regression"],
+            hint="[eval] fail_if_worse = true; eval.json and answers.jsonl are kept under the cache's failed/ folder",
         )
     return result["headline"]
 

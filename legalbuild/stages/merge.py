@@ -383,7 +383,7 @@ def raise_on_failed_checks(report: dict[str, Any]) -> None:
         lines = "\n".join(f"  - {c['name']}: {c['detail']}" for c in failed)
         raise StageFailedError(
             f"merge: {len(failed)} check(s) failed on the merged model:\n{lines}",
-            hint="merge.json lists every check; a logit mismatch usually means a low-precision [merge] dtype "
+            hint="merge.json (kept under the cache's failed/ folder) lists every check; a logit mismatch usually means a low-precision [merge] dtype "
             "(use float32, or raise [merge] max_logit_diff for bfloat16)",
         )
 

@@ -12,12 +12,11 @@ Checkpoints live in `ctx.work_dir` (stable for the stage key), so a build killed
 resumes from its last checkpoint. Writes `adapter/`, `metrics.json`, `log_history.json`,
 `samples.jsonl`, `loss.png` and `tracking/` into `ctx.out_dir`.
 
-The module top stays light: `VERSION` and `train_library_versions` are read by the stage graph.
+The module top stays light: the stage graph reads `VERSION`.
 """
 
 from __future__ import annotations
 
-import importlib.metadata
 import json
 import shutil
 from collections.abc import Sequence
@@ -33,20 +32,8 @@ if TYPE_CHECKING:
 
 VERSION = "1"
 
-TRAIN_LIBRARIES = ("torch", "transformers", "peft", "trl", "accelerate", "bitsandbytes")
 # The seed's rule: with a 7B-class base, LoRA leaves at least 99.9% of the base weights frozen.
 MIN_BASE_FROZEN_FRACTION = 0.999
-
-
-def train_library_versions() -> dict[str, str | None]:
-    """Installed versions of the training stack, for the cache key (read from metadata, no import)."""
-    versions: dict[str, str | None] = {}
-    for name in TRAIN_LIBRARIES:
-        try:
-            versions[name] = importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
-            versions[name] = None
-    return versions
 
 
 # ------------------------------------------------------------------------------------------ data
@@ -483,9 +470,11 @@ def _train(ctx: StageContext, callbacks: Sequence[Any]) -> dict[str, Any]:
             callbacks=[*stage_callbacks, *callbacks],
         )
         trainer.remove_callback(PrinterCallback)  # our progress callback prints the logs
-        result = trainer.train(resume_from_checkpoint=resume_from)
-        final_val_loss = _final_validation_loss(trainer, args, bool(val_rows))
-        finish_wandb()
+        try:
+            result = trainer.train(resume_from_checkpoint=resume_from)
+            final_val_loss = _final_validation_loss(trainer, args, bool(val_rows))
+        finally:
+            finish_wandb()  # an offline run left open would hold its files after a crash
 
     adapter_dir = ctx.out_dir / "adapter"
     trainer.model.save_pretrained(adapter_dir, safe_serialization=True)
