@@ -31,7 +31,19 @@ def licences(loaded: Loaded, store: Store) -> dict[str, Any]:
         out["base_model"] = loaded.recipe.model.licence or base.get("licence") or "unknown"
     if "curate" in nodes and store.has("curate", nodes["curate"].key):
         card = _read_json(store.out_dir("curate", nodes["curate"].key) / "card.json")
-        out["data"] += card.get("sources", []) + card.get("rulebooks", [])
+        out["data"] += [
+            {k: s.get(k) for k in ("name", "kind", "licence", "attribution")}
+            for s in card.get("sources", [])
+        ]
+        rulebooks = card.get("rulebooks") or {}
+        if rulebooks:
+            out["data"].append(
+                {
+                    "name": "rulebooks",
+                    "licence": rulebooks.get("licence"),
+                    "attribution": rulebooks.get("attribution"),
+                }
+            )
     out["data"] += [
         {"name": s.name, "path": s.path, "licence": "as declared by the data owner"}
         for s in loaded.recipe.data.sources

@@ -49,7 +49,6 @@ def build_card(
         "pairs": len(pairs),
         "seed": settings.seed,
         "settings": settings.model_dump(),
-        "seconds": round(seconds, 2),
         "sources": [_source_entry(c, documents, used_docs) for c in corpora],
         "rulebooks": _rulebook_entry(rulebook),
         "counts": {
@@ -102,7 +101,7 @@ def _source_entry(corpus, documents: list[Document], used: set[str]) -> dict[str
 def _rulebook_entry(rulebook: Rulebook) -> dict[str, Any]:
     packaged = any(r.domain != "any" for r in rulebook.rules)
     return {
-        "files": [str(f) for f in rulebook.files],
+        "files": sorted(f.name for f in rulebook.files),  # names only: the card is keyed content
         "rules": len(rulebook.rules),
         "playbooks": len({r.playbook for r in rulebook.rules}),
         **(REDLINE_ATTRIBUTION if packaged else {"licence": "user rulebooks", "attribution": ""}),
@@ -114,7 +113,7 @@ def render_card_markdown(card: dict[str, Any]) -> str:
     lines = [
         "# Curated legal audit pairs",
         "",
-        f"{card['pairs']} pairs from {c['documents']} documents, seed {card['seed']}, built in {card['seconds']} s.",
+        f"{card['pairs']} pairs from {c['documents']} documents, seed {card['seed']}.",
         "",
         "## Sources and licences",
         "",
