@@ -301,10 +301,13 @@ def gc(
         removed.append((e.stage, e.key, size))
     if not dry_run:
         store.clean_tmp()
+        kept_prefixes = {f"{stage}-{key[:16]}" for stage, key in keep}
         for w in (store.root / "work").glob("*") if (store.root / "work").is_dir() else []:
-            stage, _, key = w.name.partition("-")
-            if (stage, key) not in keep:
-                shutil.rmtree(w, ignore_errors=True)
+            if w.name[: w.name.index("-") + 17] not in kept_prefixes:
+                shutil.rmtree(w, ignore_errors=True)  # checkpoints of keys no recipe wants
+        for f in (store.root / "failed").glob("*") if (store.root / "failed").is_dir() else []:
+            if f.name not in kept_prefixes:
+                shutil.rmtree(f, ignore_errors=True)  # what failed builds of stale keys wrote
     return removed
 
 

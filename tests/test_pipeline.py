@@ -208,7 +208,14 @@ def test_verify_gc_and_clean_through_the_cli(project, tmp_path):
     (project.parent / "data.jsonl").write_text(_rows(41))
     assert _cli("build", str(project), "--until", "normalize", env_cache=cache).returncode == 0
     assert len(list(store.entries())) == 2
+    current = _keys(project)["normalize"]
+    for leftover in (store.work_dir("normalize", "f" * 64), store.failed_dir("normalize", "f" * 64)):
+        leftover.mkdir(parents=True)
+    store.work_dir("normalize", current).mkdir(parents=True)
     assert _cli("gc", str(project), env_cache=cache).returncode == 0
-    assert [e.key for e in store.entries()] == [_keys(project)["normalize"]]
+    assert [e.key for e in store.entries()] == [current]
+    assert not store.work_dir("normalize", "f" * 64).exists()
+    assert not store.failed_dir("normalize", "f" * 64).exists()
+    assert store.work_dir("normalize", current).exists()
     assert _cli("clean", str(project), env_cache=cache).returncode == 0
     assert list(store.entries()) == []
