@@ -357,15 +357,31 @@ def test_train_stage_learns_and_writes_its_outputs(tmp_path, tiny_model_dir):
     assert answer_loss(adapted, tokenizer, row) < before - 0.05
 
 
-def test_a_killed_build_resumes_from_its_last_checkpoint(tmp_path, tiny_model_dir):
-    from legalbuild.training.callbacks import CrashAfterSave
+def crash_after_save(step: int):
+    """A TrainerCallback that raises right after the checkpoint of `step` is written: a killed build."""
+    from transformers import TrainerCallback
 
+    class CrashAfterSave(TrainerCallback):
+        def on_save(self, args, state, control, **kwargs):
+            if state.global_step >= step:
+                raise SimulatedCrash(
+                    f"simulated crash after the checkpoint of step {state.global_step}"
+                )
+
+    return CrashAfterSave()
+
+
+class SimulatedCrash(RuntimeError):
+    pass
+
+
+def test_a_killed_build_resumes_from_its_last_checkpoint(tmp_path, tiny_model_dir):
     base_out = base_output(tmp_path, tiny_model_dir)
     normalize = audit_split(tmp_path / "normalize")
     settings = {"max_steps": 4, "save_steps": 2, "eval_steps": 2}
-    with pytest.raises(CrashAfterSave.Killed):
+    with pytest.raises(SimulatedCrash):
         train.run(
-            train_context(tmp_path, base_out, normalize, settings), callbacks=[CrashAfterSave(2)]
+            train_context(tmp_path, base_out, normalize, settings), callbacks=[crash_after_save(2)]
         )
     assert (tmp_path / "work" / "checkpoints" / "checkpoint-2").is_dir()
 

@@ -195,19 +195,3 @@ class LoraHistogramCallback(TrainerCallback):
         logs = {key: wandb.Histogram(torch.cat(values).numpy()) for key, values in groups.items()}
         if logs:
             wandb.log({**logs, "train/global_step": state.global_step})
-
-
-class CrashAfterSave(TrainerCallback):
-    """Raise right after the checkpoint of `step` is written: a killed build, for resume tests and drills."""
-
-    class Killed(RuntimeError):
-        pass
-
-    def __init__(self, step: int):
-        self.step = step
-
-    def on_save(self, args, state, control, **kwargs):
-        if state.global_step >= self.step:
-            raise CrashAfterSave.Killed(
-                f"simulated crash after the checkpoint of step {state.global_step}"
-            )
