@@ -627,8 +627,7 @@ def run(ctx: StageContext) -> dict:
     (ctx.out_dir / "eval.json").write_text(
         json.dumps(result, indent=2, default=str) + "\n", encoding="utf-8"
     )
-    for line in format_comparison_table(result).splitlines():
-        ctx.log(line)
+    # `legalbuild build` prints the comparison table once the build ends (cached or not)
     for warning in result["warnings"]:
         ctx.log(f"WARNING: {warning}")
     if settings.fail_if_worse and result["regression"]:
