@@ -209,7 +209,10 @@ def test_verify_gc_and_clean_through_the_cli(project, tmp_path):
     assert _cli("build", str(project), "--until", "normalize", env_cache=cache).returncode == 0
     assert len(list(store.entries())) == 2
     current = _keys(project)["normalize"]
-    for leftover in (store.work_dir("normalize", "f" * 64), store.failed_dir("normalize", "f" * 64)):
+    for leftover in (
+        store.work_dir("normalize", "f" * 64),
+        store.failed_dir("normalize", "f" * 64),
+    ):
         leftover.mkdir(parents=True)
     store.work_dir("normalize", current).mkdir(parents=True)
     assert _cli("gc", str(project), env_cache=cache).returncode == 0
