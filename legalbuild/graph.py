@@ -8,12 +8,12 @@ computing a plan must stay instant.
 from __future__ import annotations
 
 import importlib
-import shutil
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from legalbuild.hardware import accelerator_kind, auto_precision
 from legalbuild.hashing import digest_json, file_digest, tree_digest
 from legalbuild.recipe import Recipe, key_settings
 
@@ -61,12 +61,6 @@ def library_versions(names: tuple[str, ...] = TRAINING_LIBRARIES) -> dict[str, s
         except metadata.PackageNotFoundError:
             out[name] = "absent"
     return out
-
-
-def accelerator_kind() -> str:
-    """ "cuda" when an NVIDIA driver is present, else "cpu": `auto` precision, dtype and the eval
-    engine resolve differently on each, so train and eval keys include it (no torch import)."""
-    return "cuda" if shutil.which("nvidia-smi") else "cpu"
 
 
 def build_graph(recipe: Recipe, recipe_path: Path) -> dict[str, StageNode]:
@@ -152,6 +146,12 @@ def _train_inputs(recipe: Recipe, recipe_path: Path) -> dict[str, Any]:
         "train": key_settings(recipe.train),
         "system_prompt": recipe.data.system_prompt,
         "accelerator": accelerator_kind(),
+        # bf16 autocast and fp32 train to different adapters: `auto` enters the key as resolved
+        **(
+            {"precision_resolved": auto_precision(accelerator_kind())}
+            if recipe.train.precision == "auto"
+            else {}
+        ),
         "libraries": library_versions(),
     }
 
