@@ -69,8 +69,7 @@ def main() -> None:
 
 
 def audit_messages(clause: str) -> list[dict[str, str]]:
-    from legalbuild.audit import AUDIT_INSTRUCTION
-    from legalbuild.prompting import chat_messages
+    from legalbuild.prompting import AUDIT_INSTRUCTION, chat_messages
 
     return chat_messages(DEFAULT_SYSTEM_PROMPT, AUDIT_INSTRUCTION.format(clause=clause))
 

@@ -1,7 +1,10 @@
 """Audit clauses against a served model with the real `openai` client.
 
 Each clause becomes one chat completion: the recipe's system prompt, then the same instruction
-wording the eval stage uses, at temperature 0 by default. The answer is parsed with
+wording training and eval use (`legalbuild.prompting.audit_instruction`), at temperature 0 by
+default. With a playbook, the question lists the playbook's rules that apply to the clause, as
+training did; with `constrained`, the request carries vLLM's `structured_outputs` regex of the
+audit format (rule ids limited to the listed rules). The answer is parsed with
 `legalbuild.answer_format.parse_audit`; an answer that does not follow the format keeps its text
 and gets `findings = None`.
 
@@ -20,7 +23,7 @@ from typing import Any
 
 from legalbuild.answer_format import parse_audit
 from legalbuild.errors import DataError, ServeError
-from legalbuild.prompting import AUDIT_INSTRUCTION, chat_messages
+from legalbuild.prompting import audit_instruction, chat_messages
 
 DEFAULT_MAX_TOKENS = 512
 
@@ -64,7 +67,7 @@ def audit_clauses(
     max_tokens: int = DEFAULT_MAX_TOKENS,
     temperature: float = 0.0,
     *,
-    instruction_template: str = AUDIT_INSTRUCTION,
+    questions: list[Question] | None = None,
     timeout_s: float = 300.0,
 ) -> list[dict[str, Any]]:
     """One result per clause, in order: {clause, answer, findings, risk, latency_s, finish_reason,
@@ -79,12 +82,58 @@ def audit_clauses(
         base_url=base_url, api_key=api_key or "no-key", max_retries=1, timeout=timeout_s
     )
     check_endpoint(client, base_url, model)
+    questions = questions or [Question(audit_instruction(clause)) for clause in clauses]
     return [
-        audit_one(
-            client, clause, model, system_prompt, max_tokens, temperature, instruction_template
-        )
-        for clause in clauses
+        audit_one(client, clause, model, system_prompt, max_tokens, temperature, question)
+        for clause, question in zip(clauses, questions, strict=True)
     ]
+
+
+@dataclasses.dataclass
+class Question:
+    """What is sent for one clause: the user message and, for constrained decoding, the regex."""
+
+    instruction: str
+    regex: str | None = None
+
+    def extra_body(self) -> dict[str, Any] | None:
+        # vLLM >= 0.12 reads `structured_outputs`; the older `guided_regex` is silently ignored.
+        return {"structured_outputs": {"regex": self.regex}} if self.regex else None
+
+
+def playbook_questions(
+    clauses: list[str], playbook: str | None, rules: list[Any], constrained: bool
+) -> list[Question]:
+    """One question per clause: the playbook's applicable rules listed (as in training) and, when
+    `constrained`, the audit-format regex citing only those rules."""
+    from legalbuild.answer_format import audit_regex
+
+    out = []
+    for clause in clauses:
+        applicable = rules_for_clause(clause, rules) if rules else []
+        catalogue = [(r.id, r.title, r.severity) for r in applicable]
+        regex = audit_regex([(r.id, r.severity) for r in applicable]) if constrained else None
+        out.append(Question(audit_instruction(clause, playbook, catalogue), regex))
+    return out
+
+
+def rules_for_clause(clause: str, rules: list[Any]) -> list[Any]:
+    from legalbuild.curation.pairs import rules_for_text
+
+    return rules_for_text(clause, rules)
+
+
+def playbook_rules(rulebook_specs: list[str], base_dir: Path, playbook: str) -> list[Any]:
+    """The rules of one playbook of the recipe's rulebooks; DataError naming the ones there are."""
+    from legalbuild.curation.rulebook import load_rulebooks
+
+    by_playbook = load_rulebooks(rulebook_specs, base_dir).by_playbook()
+    if playbook not in by_playbook:
+        raise DataError(
+            f"playbook {playbook!r} is not in the recipe's rulebooks",
+            hint=f"choose one of: {', '.join(sorted(by_playbook))}",
+        )
+    return by_playbook[playbook]
 
 
 def openai_base_url(endpoint: str) -> str:
@@ -127,15 +176,19 @@ def audit_one(
     system_prompt: str,
     max_tokens: int,
     temperature: float,
-    template: str,
+    question: Question,
 ) -> dict[str, Any]:
     import openai
 
-    messages = chat_messages(system_prompt, template.format(clause=clause))
+    messages = chat_messages(system_prompt, question.instruction)
     started = time.perf_counter()
     try:
         response = client.chat.completions.create(
-            model=model, messages=messages, max_tokens=max_tokens, temperature=temperature
+            model=model,
+            messages=messages,
+            max_tokens=max_tokens,
+            temperature=temperature,
+            extra_body=question.extra_body(),
         )
     except openai.BadRequestError as exc:  # this clause only (e.g. longer than the context)
         return audit_result(clause, None, time.perf_counter() - started, error=str(exc))

@@ -171,7 +171,7 @@ def _print_build_summary(result) -> None:
         console.print(f"merged model: {result.outputs['merge'] / 'model'}")
     eval_json = result.outputs.get("eval", Path("/nonexistent")) / "eval.json"
     if eval_json.exists():
-        from legalbuild.stages.eval import format_comparison_table
+        from legalbuild.evaluation.table import format_comparison_table
 
         console.print(format_comparison_table(json.loads(eval_json.read_text())), markup=False)
 
@@ -358,28 +358,50 @@ def audit(
     playbook: Annotated[
         str | None,
         typer.Option(
-            help="Rulebook playbook to audit against, e.g. saas-customer (as in training)."
+            help="Rulebook playbook to audit against, e.g. saas-customer: the question lists its "
+            "rules that apply to each clause, as in training (needs --recipe for the rulebooks)."
         ),
     ] = None,
+    constrained: Annotated[
+        bool,
+        typer.Option(
+            help="Constrained decoding: the server must follow the audit format (vLLM "
+            "structured_outputs regex; with --playbook, rule ids limited to its listed rules)."
+        ),
+    ] = False,
 ) -> None:
     """Send each clause to a served model and print its findings.
 
-    Example: legalbuild audit clauses.txt --recipe recipes/legal-audit-smollm2.toml --json"""
+    Example: legalbuild audit clauses.txt --recipe recipes/legal-audit-smollm2.toml --playbook
+    software-license --json"""
     import os
 
-    from legalbuild.audit import audit_clauses, format_results, load_clauses
-    from legalbuild.prompting import AUDIT_INSTRUCTION, PLAYBOOK_SUFFIX
+    from legalbuild.audit import (
+        audit_clauses,
+        format_results,
+        load_clauses,
+        playbook_questions,
+        playbook_rules,
+    )
     from legalbuild.recipe import DEFAULT_SYSTEM_PROMPT, load_recipe
 
     clauses = load_clauses(source)
     system_prompt, model_name, key_env = DEFAULT_SYSTEM_PROMPT, model, "LEGALBUILD_API_KEY"
+    rules: list = []
     if recipe:
         r = load_recipe(recipe)
         system_prompt, key_env = r.data.system_prompt, r.serve.api_key_env
         model_name = model or r.served_model_name
+        if playbook:
+            specs = r.curate.rulebooks if r.curate else ["package:redline-buddy"]
+            rules = playbook_rules(list(specs), recipe.resolve().parent, playbook)
+    elif playbook:
+        raise LegalbuildError(
+            "--playbook needs --recipe (its rulebooks list the playbook's rules)",
+            hint="legalbuild audit FILE --recipe RECIPE --playbook NAME",
+        )
     if not model_name:
         raise LegalbuildError("no model name", hint="pass --recipe RECIPE or --model NAME")
-    template = AUDIT_INSTRUCTION + (PLAYBOOK_SUFFIX.format(playbook=playbook) if playbook else "")
     results = audit_clauses(
         clauses,
         endpoint,
@@ -387,7 +409,7 @@ def audit(
         system_prompt,
         os.environ.get(key_env),
         max_tokens=max_tokens,
-        instruction_template=template,
+        questions=playbook_questions(clauses, playbook, rules, constrained),
     )
     if as_json:
         for res in results:

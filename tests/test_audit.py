@@ -9,7 +9,6 @@ import pytest
 
 from legalbuild.answer_format import Audit, Finding, render_audit
 from legalbuild.audit import (
-    AUDIT_INSTRUCTION,
     audit_clauses,
     audit_result,
     format_results,
@@ -18,6 +17,7 @@ from legalbuild.audit import (
     read_clauses,
 )
 from legalbuild.errors import DataError, ServeError
+from legalbuild.prompting import AUDIT_INSTRUCTION, PLAYBOOK_SUFFIX
 from legalbuild.serve import free_port
 
 CLAUSES_TEXT = """The Supplier's liability under this Agreement is unlimited.
@@ -61,10 +61,30 @@ def test_endpoint_forms_all_reach_the_v1_root():
         assert openai_base_url(endpoint) == "http://127.0.0.1:8000/v1"
 
 
-def test_same_instruction_wording_as_the_eval_stage():
-    from legalbuild.stages.eval import DEFAULT_AUDIT_INSTRUCTION
+def test_playbook_question_is_the_training_wording(tmp_path):
+    """`audit --playbook` asks what curation trained on: the same wording, then the playbook's
+    rules that apply to the clause; `--constrained` adds a regex citing only those rules."""
+    import re
 
-    assert AUDIT_INSTRUCTION == DEFAULT_AUDIT_INSTRUCTION
+    from legalbuild.audit import playbook_questions, playbook_rules
+    from legalbuild.curation.pairs import AUDIT_TEMPLATES, catalogue, rules_for_text
+    from legalbuild.curation.rulebook import PACKAGED_REDLINE
+
+    assert AUDIT_INSTRUCTION + PLAYBOOK_SUFFIX in AUDIT_TEMPLATES
+    rules = playbook_rules([PACKAGED_REDLINE], tmp_path, "saas-vendor")
+    clause = "The Provider may increase the fees at any time in its sole discretion."
+    question = playbook_questions([clause], "saas-vendor", rules, constrained=True)[0]
+    applicable = rules_for_text(clause, rules)
+    assert applicable and len(applicable) <= len(rules)
+    expected = (AUDIT_INSTRUCTION + PLAYBOOK_SUFFIX).format(clause=clause, playbook="saas-vendor")
+    assert question.instruction == expected + catalogue(applicable)
+    regex = question.extra_body()["structured_outputs"]["regex"]
+    assert all(re.escape(r.id) in regex for r in applicable)
+    plain = playbook_questions([clause], None, [], constrained=False)[0]
+    assert plain.instruction == AUDIT_INSTRUCTION.format(clause=clause)
+    assert plain.extra_body() is None
+    with pytest.raises(DataError, match="choose one of"):
+        playbook_rules([PACKAGED_REDLINE], tmp_path, "no-such-playbook")
 
 
 def test_unreachable_endpoint_is_a_clear_error():

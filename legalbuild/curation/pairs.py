@@ -2,7 +2,8 @@
 
 Task kinds (one `task` value each):
 - `audit`   a real clause, audited with one playbook: the findings its rules raise (each confirmed by
-            the rule's regex) or an explicit "Findings: none" answer (a clean clause);
+            the rule's regex) or an explicit "Findings: none" answer (a clean clause: a rule's
+            pattern appears but its exception saves it, or none of the listed rules applies);
 - `defect`  a clause that passes a rule, changed by a known edit so that it fails it (defects.py);
 - `fix`     a flagged clause: the audit block, then a revised clause that passes the rules;
 - `explain` why one rule flags one clause, in prose;
@@ -25,17 +26,16 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 from legalbuild.answer_format import Audit, Finding, overall_risk, render_audit
-from legalbuild.curation.clauses import Clause, split_clauses, type_label
+from legalbuild.curation.clauses import Clause, classify_clause, split_clauses, type_label
 from legalbuild.curation.corpora import Document
 from legalbuild.curation.defects import Defect, inject_defect, sentences
 from legalbuild.curation.rulebook import ANY_DOMAIN, Rule, Rulebook, evidence, normalize_text
-from legalbuild.prompting import AUDIT_INSTRUCTION, PLAYBOOK_SUFFIX
+from legalbuild.prompting import AUDIT_INSTRUCTION, PLAYBOOK_SUFFIX, rule_catalogue
 
 TASKS = ("audit", "defect", "fix", "explain", "missing")
 POOL_FACTOR = 4  # stop scanning a large source once it offers this many candidates per pair wanted
 PLAYBOOKS_PER_CLAUSE = 2  # a clause is reviewed with at most this many (seeded) engaged playbooks
 SMALL_SOURCE_CLAUSES = 300  # below this, a source yields every defect and explanation it can
-MAX_CONTRACT_CHARS = 3200
 
 AUDIT_TEMPLATES = (
     "Review this {type} clause with the {playbook} playbook ({perspective}). Report every red flag "
@@ -161,6 +161,19 @@ def applicable_rules(clause: Clause, playbook_rules: list[Rule]) -> list[Rule]:
     ]
 
 
+def catalogue(rules: list[Rule]) -> str:
+    """The `Rules to check:` block of an audit question (see `legalbuild.prompting`)."""
+    return rule_catalogue((r.id, r.title, r.severity) for r in rules)
+
+
+def rules_for_text(text: str, playbook_rules: list[Rule]) -> list[Rule]:
+    """The rules of one playbook that apply to a clause known only by its text (serving time):
+    the clause is typed as curation types it, then `applicable_rules` decides."""
+    kind = classify_clause("", text)
+    clause = Clause(doc_id="", source="", heading="", text=text, position=0, clause_type=kind)
+    return applicable_rules(clause, playbook_rules)
+
+
 def engages(clause: Clause, rules: list[Rule]) -> bool:
     """A playbook has something to say about the clause: an absence rule of its type, or a
     presence rule whose pattern appears in it (even if saved by an `unless_any`)."""
@@ -276,11 +289,15 @@ def clause_pairs(rv: Review, seed: int, generous: bool = False) -> list[Pair]:
     out: list[Pair] = []
 
     answer = audit_answer(rv.findings, clean_note(c.clause_type, rv.playbook, len(rv.rules)))
+    rules = catalogue(rv.rules)
     primary = _primary(rv.findings)
-    if rv.engaged or generous:
+    # Every review gets its audit: a clean clause the playbook has nothing to say about is the
+    # common case in a real contract, and a model that never saw one answers every clause with a
+    # finding (measured: 94% false alarms on clean clauses when only engaged ones were used).
+    if rv.engaged or generous or not rv.findings:
         out.append(
             Pair(
-                fill(pick(rng, AUDIT_TEMPLATES), clause=text, **values), answer, **base,
+                fill(pick(rng, AUDIT_TEMPLATES), clause=text, **values) + rules, answer, **base,
                 rule_id=primary.id if primary else None, severity=primary.severity if primary else "none",
                 task="audit", verified_by="regex", clean=not rv.findings,
             )
@@ -290,7 +307,7 @@ def clause_pairs(rv: Review, seed: int, generous: bool = False) -> list[Pair]:
         if revised:
             out.append(
                 Pair(
-                    fill(pick(rng, FIX_TEMPLATES), clause=text, **values),
+                    fill(pick(rng, FIX_TEMPLATES), clause=text, **values) + rules,
                     f"{answer}\n\nRevised clause:\n{revised}", **base,
                     rule_id=primary.id, severity=primary.severity, task="fix", verified_by="regex",
                 )
@@ -343,7 +360,7 @@ def _defect_pairs(
     answer = audit_answer(findings, "")
     pairs = [
         Pair(
-            fill(pick(rng, DEFECT_TEMPLATES), clause=defect.edited, **values), answer, **base,
+            fill(pick(rng, DEFECT_TEMPLATES), clause=defect.edited, **values) + catalogue(rv.rules), answer, **base,
             rule_id=rule.id, severity=overall_risk([finding_of(r) for r in findings]), task="defect",
             verified_by="construction", edit=defect.edit,
         )
@@ -351,7 +368,7 @@ def _defect_pairs(
     if not rv.findings:  # the original passes every rule: it is the verified fix of the edit
         pairs.append(
             Pair(
-                fill(pick(rng, FIX_TEMPLATES), clause=defect.edited, **values),
+                fill(pick(rng, FIX_TEMPLATES), clause=defect.edited, **values) + catalogue(rv.rules),
                 f"{answer}\n\nRevised clause:\n{defect.original}", **base,
                 rule_id=rule.id, severity=rule.severity, task="fix", verified_by="construction", edit=defect.edit,
             )
@@ -369,6 +386,7 @@ def missing_pairs(
     seed: int,
     limit: int = 4,
     draws: int = 1,
+    max_chars: int = 3200,
 ) -> list[Pair]:
     """Short contracts from one document, built so that a `requires_any` rule is missing; `draws`
     different clause subsets per rule (a small source makes more of its few documents)."""
@@ -383,7 +401,7 @@ def missing_pairs(
         others = [c for c in doc_clauses if rule.violated(c.text)]
         if not holders or len(others) < 3:
             continue  # no clause of this document provides it, or too little left without it
-        chosen = _contract_clauses(others, rng)
+        chosen = _contract_clauses(others, rng, max_chars)
         contract = "\n\n".join(f"{i}. {normalize_text(c.text)}" for i, c in enumerate(chosen, 1))
         if not rule.violated(contract):
             continue
@@ -391,7 +409,8 @@ def missing_pairs(
         values = {"playbook": playbook, "perspective": perspective(rule)}
         out.append(
             Pair(
-                fill(pick(rng, MISSING_TEMPLATES), contract=contract, **values), audit_answer(findings, ""),
+                fill(pick(rng, MISSING_TEMPLATES), contract=contract, **values) + catalogue([r for r in rules if r.flags_absence]),
+                audit_answer(findings, ""),
                 doc_id=chosen[0].doc_id, source=chosen[0].source, rule_id=rule.id, severity=rule.severity,
                 clause_type="contract", task="missing", verified_by="construction", clause=contract,
             )
@@ -401,11 +420,11 @@ def missing_pairs(
     return out
 
 
-def _contract_clauses(candidates: list[Clause], rng: random.Random) -> list[Clause]:
+def _contract_clauses(candidates: list[Clause], rng: random.Random, max_chars: int) -> list[Clause]:
     pool = sorted(rng.sample(candidates, min(len(candidates), 8)), key=lambda c: c.position)
     chosen, size = [], 0
     for c in pool:
-        if size + len(c.text) > MAX_CONTRACT_CHARS:
+        if size + len(c.text) > max_chars:
             continue
         chosen.append(c)
         size += len(c.text)
@@ -455,7 +474,7 @@ def candidate_pairs(
             stats["documents"][source] += 1
             stats["clauses"][source] += len(clauses)
             names = playbooks_for(doc, by_playbook)
-            if not _full(counts, need, ("audit", "defect", "fix", "explain")):
+            if not _full(counts, need, ("audit", "clean", "defect", "fix", "explain")):
                 for clause in clauses:
                     stats["clauses_reviewed"][source] += 1
                     for rv in _reviews(clause, names, by_playbook, seed, generous):
@@ -465,11 +484,12 @@ def candidate_pairs(
             if not _full(counts, need, ("missing",)):
                 for name in names:
                     for p in missing_pairs(
-                        clauses, name, by_playbook[name], seed, draws=3 if generous else 1
+                        clauses, name, by_playbook[name], seed, draws=3 if generous else 1,
+                        max_chars=settings.max_contract_chars,
                     ):
                         counts[p.task] += 1
                         pairs.append(p)
-            if _full(counts, need, TASKS):
+            if _full(counts, need, (*TASKS, "clean")):
                 break
         if log:
             log(

@@ -21,7 +21,7 @@ from legalbuild.curation.pairs import generate_pairs
 from legalbuild.curation.rulebook import load_rulebooks, rulebook_files
 from legalbuild.errors import DataError
 
-VERSION = "3"
+VERSION = "4"
 PREVIEW_DOCUMENTS_PER_CORPUS = 12
 
 
