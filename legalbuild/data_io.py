@@ -162,6 +162,18 @@ def _read_jsonl(path: Path) -> Iterator[Record]:
             index += 1
 
 
+def read_jsonl(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(line number, object) of each row of a JSON Lines file that must be well formed: the one
+    reader of legalbuild's own JSONL files (splits, extra eval sets, answers). A bad line raises
+    DataError naming file:line."""
+    if not Path(path).is_file():
+        raise DataError(f"{display_path(path)}: not found (or not a regular file)")
+    for record in _read_jsonl(Path(path)):
+        if record.error:
+            raise DataError(f"{record.where}: {record.detail}")
+        yield record.line or 0, record.fields or {}
+
+
 def _object_record(where: str, index: int, line: int | None, obj: Any, raw: Any) -> Record:
     if isinstance(obj, dict):
         return Record(where, index, line, obj, raw)

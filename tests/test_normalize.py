@@ -390,7 +390,8 @@ def test_group_split_keeps_groups_whole(tmp_path):
     val_groups = {r["group"] for r in build.rows("val.jsonl")}
     assert train_groups and val_groups and not train_groups & val_groups
     assert len(train_groups | val_groups) == 30
-    assert build.stats["split"]["units"] == {"train": len(train_groups), "val": len(val_groups)}
+    units = {"train": len(train_groups), "val": len(val_groups), "test": 0}
+    assert build.stats["split"]["units"] == units
 
 
 def test_salt_draws_another_split(tmp_path):
@@ -681,3 +682,27 @@ def test_clean_text_shortcut_agrees_with_the_full_cleaning():
         cleaned = clean_text(text)
         assert cleaned == normalize.clean_text_fully(text), repr(text)
         assert clean_text(cleaned) == cleaned, repr(text)  # idempotent
+
+
+def test_test_split_takes_whole_groups_and_never_moves_validation(tmp_path):
+    rows = [pair(g * 10 + k, doc=f"contract-{g}") for g in range(60) for k in range(3)]
+    write_jsonl(tmp_path / "d.jsonl", rows)
+    source = {"name": "s", "path": "d.jsonl", "group_field": "doc"}
+    without = Build(
+        tmp_path / "a",
+        data_section({**source, "path": str(tmp_path / "d.jsonl")}, split={"by": "group"}),
+    )
+    without.run()
+    split = {"by": "group", "test_fraction": 0.2}
+    build = Build(
+        tmp_path / "b", data_section({**source, "path": str(tmp_path / "d.jsonl")}, split=split)
+    )
+    build.run()
+    groups = {
+        side: {r["group"] for r in build.rows(f"{side}.jsonl")} for side in ("train", "val", "test")
+    }
+    assert groups["test"] and not groups["test"] & (groups["train"] | groups["val"])
+    assert not groups["train"] & groups["val"]
+    # adding a test split leaves validation exactly as it was; test rows come out of train
+    assert build.rows("val.jsonl") == without.rows("val.jsonl")
+    assert build.stats["rows_out"]["test"] == len(build.rows("test.jsonl")) > 0

@@ -6,7 +6,7 @@ occurrence of a duplicate wins):
     read (legalbuild.data_io) → map fields → clean text → length filters → dedup → kept
 
 then, over the kept rows: split by hash → drop train rows whose instruction is in validation →
-write `train.jsonl`, `val.jsonl`, `rejects.jsonl`, `stats.json` under ctx.out_dir.
+write `train.jsonl`, `val.jsonl`, `test.jsonl`, `rejects.jsonl`, `stats.json` under ctx.out_dir.
 
 Decisions, so users and tests can rely on them:
 - Mapping: `instruction_field`/`output_field` must hold text; an Alpaca `input_field` that is
@@ -29,7 +29,8 @@ Decisions, so users and tests can rely on them:
   `split.by = "group"` sha256(salt, "group", group value), which keeps a group whole. Curated rows
   are always split by doc_id, whatever split.by says: pairs from one contract share clause text,
   and a row split would leak it into validation. Rows without a group value fall back to the row
-  hash (warned). With tiny data, when a side would be empty, the unit with the lowest (highest)
+  hash (warned). The test split (`split.test_fraction`, default none) takes the units with
+  val_fraction <= hash < val_fraction + test_fraction, so it never moves validation rows. With tiny data, when a side would be empty, the unit with the lowest (highest)
   hash moves to validation (training), with a warning.
 - No validation instruction in training: after the split, a train row whose normalized
   instruction appears in validation is dropped (`in_validation`).
@@ -64,7 +65,7 @@ if TYPE_CHECKING:
     from legalbuild.recipe import DataSection, DataSource, FilterSettings, Recipe
     from legalbuild.stages.context import StageContext
 
-VERSION = "1"
+VERSION = "2"
 
 CURATED_SOURCE = "curated"
 CURATED_GROUP_FIELD = "doc_id"
@@ -147,18 +148,19 @@ def normalize_sources(
         kept: list[Pair] = []
         for src in sources:
             kept += read_source(src, resolve(src.path), data, dedup, sink, report, log)
-        train, val = split_pairs(kept, data, report, log)
-        train = drop_validation_instructions(train, val, sink)
+        train, val, test = split_pairs(kept, data, report, log)
+        train = drop_validation_instructions(train, val + test, sink)
     if not train:
         raise DataError(
             f"no training rows left after cleaning ({report.drop_summary()})",
             hint="check the field names of each source and the [data.filters] lengths",
         )
-    assign_ids(train + val)
+    assign_ids(train + val + test)
     write_rows(out_dir / "train.jsonl", train)
     write_rows(out_dir / "val.jsonl", val)
+    write_rows(out_dir / "test.jsonl", test)
     check_target(len(train), data, report)
-    stats = report.stats(train, val, data)
+    stats = report.stats(train, val, data, test)
     (out_dir / "stats.json").write_text(
         json.dumps(stats, indent=2, ensure_ascii=False) + "\n", encoding="utf-8"
     )
@@ -167,13 +169,14 @@ def normalize_sources(
     seconds = time.perf_counter() - started
     total_in = sum(report.rows_in.values())
     log(
-        f"{total_in} rows in → {len(train)} train, {len(val)} val; {sum(report.drops.values())} dropped "
+        f"{total_in} rows in → {len(train)} train, {len(val)} val, {len(test)} test; {sum(report.drops.values())} dropped "
         f"({report.drop_summary()}) in {seconds:.2f}s"
     )
     return {
         "rows_in": total_in,
         "train": len(train),
         "val": len(val),
+        "test": len(test),
         "rejected": sum(report.drops.values()),
         "bad_rows": report.bad_rows,
         "filtered": report.filtered,
@@ -432,8 +435,9 @@ class Deduper:
 # ---------------------------------------------------------------------------------------- split
 def split_pairs(
     pairs: list[Pair], data: DataSection, report: Report, log: Callable[[str], None]
-) -> tuple[list[Pair], list[Pair]]:
-    """Each pair's side from a hash of its split unit (its group, or its folded instruction)."""
+) -> tuple[list[Pair], list[Pair], list[Pair]]:
+    """Each pair's side (train, val, test) from a hash of its split unit (its group, or its folded
+    instruction)."""
     settings = data.split
     if settings.by == "row" and any(p.source == CURATED_SOURCE for p in pairs):
         log(
@@ -443,10 +447,21 @@ def split_pairs(
     fraction = {u: unit_fraction(settings.salt, u) for u in set(units)}
     val_units = {u for u, f in fraction.items() if f < settings.val_fraction}
     val_units = rescue_empty_side(fraction, val_units, report)
-    report.split_units = {"train": len(fraction) - len(val_units), "val": len(val_units)}
-    train = [p for p, u in zip(pairs, units, strict=True) if u not in val_units]
+    test_top = settings.val_fraction + settings.test_fraction
+    test_units = {
+        u for u, f in fraction.items() if u not in val_units and f < test_top
+    } if settings.test_fraction else set()
+    if settings.test_fraction and len(test_units) + len(val_units) >= len(fraction):
+        test_units = set()
+        report.warnings.append("too few split units for a test split: test.jsonl is empty")
+    held = val_units | test_units
+    report.split_units = {
+        "train": len(fraction) - len(held), "val": len(val_units), "test": len(test_units)
+    }
+    train = [p for p, u in zip(pairs, units, strict=True) if u not in held]
     val = [p for p, u in zip(pairs, units, strict=True) if u in val_units]
-    return train, val
+    test = [p for p, u in zip(pairs, units, strict=True) if u in test_units]
+    return train, val, test
 
 
 def split_unit(pair: Pair, by: str, report: Report) -> tuple[str, str]:
@@ -491,7 +506,9 @@ def drop_validation_instructions(
     kept = []
     for pair in train:
         if pair.folded_instruction in held_out:
-            sink.drop(pair, "in_validation", raw=None, detail="its instruction is in val.jsonl")
+            sink.drop(
+                pair, "in_validation", raw=None, detail="its instruction is in val.jsonl or test.jsonl"
+            )
         else:
             kept.append(pair)
     return kept
@@ -558,16 +575,18 @@ class Report:
             ", ".join(f"{reason} {n}" for reason, n in sorted(self.drops.items())) or "none dropped"
         )
 
-    def stats(self, train: list[Pair], val: list[Pair], data: DataSection) -> dict[str, Any]:
+    def stats(
+        self, train: list[Pair], val: list[Pair], data: DataSection, test: list[Pair] = ()
+    ) -> dict[str, Any]:
         if self.rows_without_group:
             self.warnings.append(
                 f"{self.rows_without_group} rows had no group value and were split by row"
             )
-        kept = train + val
+        kept = [*train, *val, *test]
         per_source: dict[str, dict[str, int]] = {
-            name: {"train": 0, "val": 0} for name in self.rows_in
+            name: {"train": 0, "val": 0, "test": 0} for name in self.rows_in
         }
-        for side, pairs in (("train", train), ("val", val)):
+        for side, pairs in (("train", train), ("val", val), ("test", test)):
             for pair in pairs:
                 per_source[pair.source][side] += 1
         outputs_per_instruction: dict[str, set[str]] = {}
@@ -576,7 +595,7 @@ class Report:
         return {
             "rows_in": dict(self.rows_in),
             "rows_in_total": sum(self.rows_in.values()),
-            "rows_out": {"train": len(train), "val": len(val)},
+            "rows_out": {"train": len(train), "val": len(val), "test": len(test)},
             "pairs_per_source": per_source,
             "drops": dict(sorted(self.drops.items())),
             "bad_rows": self.bad_rows,
@@ -594,6 +613,7 @@ class Report:
                 "by": data.split.by,
                 "curated_by": CURATED_GROUP_FIELD,
                 "val_fraction": data.split.val_fraction,
+                "test_fraction": data.split.test_fraction,
                 "salt": data.split.salt,
                 "units": self.split_units,
             },
