@@ -20,6 +20,7 @@ format (eval counts those answers as wrong and reports how many there were).
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 SEVERITIES = ("high", "medium", "low")
@@ -110,3 +111,29 @@ def parse_audit(text: str) -> Audit | None:
     if not audit.findings:
         return None
     return audit
+
+
+# ------------------------------------------------------------------------- constrained decoding
+_LINE = r"[^\n]+"  # one line of free text
+_TITLE = r"[^\n\[\]]+"
+
+
+def audit_regex(rules: Sequence[tuple[str, str]] = ()) -> str:
+    """A regular expression of the audit format, for constrained decoding (vLLM
+    `structured_outputs={"regex": ...}`, xgrammar for transformers). `rules` are (rule id,
+    severity) pairs: when given, a finding may only cite one of them, with its own severity;
+    otherwise any id. A fix answer's "Revised clause" part is allowed after the audit."""
+    if rules:
+        cited = "|".join(
+            rf"\[{re.escape(rule_id)}\] \(severity: {severity}\)" for rule_id, severity in rules
+        )
+        header = rf"{_TITLE} (?:{cited})"
+    else:
+        header = rf"{_TITLE} \[[a-z0-9][a-z0-9._-]*\] \(severity: (?:high|medium|low)\)"
+    finding = (
+        rf"Finding [1-9]: {header}\nWhy: {_LINE}\nFix: {_LINE}(?:\nSuggested clause: {_LINE})?"
+    )
+    flagged = rf"Risk: (?:high|medium|low)\n{finding}(?:\n{finding}){{0,4}}"
+    revised = rf"(?:\n\nRevised clause:\n{_LINE})?"
+    clean = rf"Risk: none\nFindings: none\.(?: {_LINE})?"
+    return rf"(?:{flagged}{revised}|{clean})"

@@ -14,7 +14,8 @@ Definitions (the ones the report and the comparison table print):
   so clean clauses weigh as one class). Labels only ever predicted (invented rule ids) have no
   reference row; they lower `micro_precision` and `label_accuracy` instead of adding zero-F1 classes.
 - `severity_accuracy`: share of labelled rows whose predicted `Risk:` level equals the reference's.
-- `false_alarms`: labelled rows with reference risk none whose prediction parses and has findings;
+- `false_alarms`: labelled rows with reference risk none whose prediction has findings or does not
+  parse (an unreadable answer on a clean clause is a miss, not a quiet "no alarm");
   `false_alarm_rate` divides by the clean rows.
 - `rouge_l`: mean ROUGE-L F-measure of the explanation (the Why lines, or the whole answer when the
   reference has none) against the reference's; rows without reference text are skipped.
@@ -64,7 +65,7 @@ def label_scores(references: Sequence[Audit | None], predictions: Sequence[Audit
         unparseable += pred is None
         if not ref.findings:
             clean += 1
-            false_alarms += pred is not None and bool(pred.findings)
+            false_alarms += pred is None or bool(pred.findings)
         for label in gold | guess:
             c = counts.setdefault(label, LabelCounts())
             c.tp += label in gold and label in guess

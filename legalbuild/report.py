@@ -26,11 +26,17 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from legalbuild.stages.eval import MODEL_ORDER, comparison_rows
+from legalbuild.evaluation.scoring import MODEL_ORDER
+from legalbuild.evaluation.table import comparison_header, comparison_rows
 
 MAX_SAMPLES = 6
 MAX_COUNT_ROWS = 25  # longest count table (rules: top 25 by count)
-MODEL_COLOURS = {"base": "#9aa5b1", "merged": "#2f6fde", "regex": "#e3a33b"}
+MODEL_COLOURS = {
+    "base": "#9aa5b1",
+    "merged": "#2f6fde",
+    "merged+constrained": "#7fa8ef",
+    "regex": "#e3a33b",
+}
 
 
 @dataclass
@@ -163,10 +169,16 @@ def summary_section(src: Sources) -> Section:
     eval_dir = src.dir("eval")
     if eval_dir and (eval_dir / "eval.json").is_file():
         result = _read_json(eval_dir / "eval.json")
-        headline = {r[0]: r for r in comparison_rows(result)}
+        header = comparison_header(result)
+        headline = {r[0]: dict(zip(header, r, strict=True)) for r in comparison_rows(result)}
         acc = headline.get("finding-label accuracy")
-        if acc:
-            rows.append(["label accuracy (base → merged)", f"{acc[1]} → {acc[2]} ({acc[4]})"])
+        if acc and "base" in acc and "merged" in acc:
+            rows.append(
+                [
+                    "label accuracy (base → merged)",
+                    f"{acc['base']} → {acc['merged']} ({acc['merged − base']})",
+                ]
+            )
         rows += [["warning", w] for w in result.get("warnings", [])]
     train_dir = src.dir("train")
     if train_dir and (train_dir / "metrics.json").is_file():
@@ -398,7 +410,7 @@ def eval_section(src: Sources) -> Section:
     if eval_dir is None or not (eval_dir / "eval.json").is_file():
         return not_built("eval", "Evaluation", "eval")
     result = _read_json(eval_dir / "eval.json")
-    header = ["metric", "base", "merged", "regex baseline", "merged − base"]
+    header = comparison_header(result)
     rows = comparison_rows(result)
     sets = ", ".join(f"{k}: {v}" for k, v in result.get("sets", {}).items())
     parts = [f"<p>{esc(result.get('rows', 0))} rows ({esc(sets)}), engine {esc(result.get('engine', '?'))}; "

@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from legalbuild.answer_format import Audit, Finding, render_audit
+from legalbuild.answer_format import Audit, Finding, audit_regex, render_audit
 from legalbuild.errors import DataError, StageFailedError
+from legalbuild.evaluation import baseline, generate, rows, scoring, table
 from legalbuild.recipe import Recipe
 from legalbuild.stages import eval as eval_stage
 from legalbuild.stages.context import StageContext
@@ -84,7 +85,12 @@ def make_ctx(tmp_path: Path, base_dir: Path, merged_dir: Path, **eval_settings) 
         {
             "project": {"name": "t"},
             "curate": {"corpora": [{"kind": "folder", "path": "c"}], "rulebooks": ["rules.yaml"]},
-            "eval": {"batch_size": 3, "max_new_tokens": 24, **eval_settings},
+            "eval": {
+                "batch_size": 3,
+                "max_new_tokens": 24,
+                "engine": "transformers",
+                **eval_settings,
+            },
         }
     )
     out = tmp_path / "out"
@@ -120,15 +126,13 @@ def clean_answer_model(tiny_model_dir, tmp_path_factory) -> Path:
         {"project": {"name": "t"}, "curate": {"corpora": [{"kind": "nda_review"}]}}
     )
     system_prompt = system.data.system_prompt
-    rows = [
-        eval_stage.load_val_rows(write_jsonl(tmp_path_factory.mktemp("v") / "v.jsonl", VAL_ROWS))
+    eval_rows = [
+        rows.load_split_rows(write_jsonl(tmp_path_factory.mktemp("v") / "v.jsonl", VAL_ROWS), "val")
     ][0]
     examples = []
-    for row in rows:
-        prompt = eval_stage.prompt_text(tokenizer, system_prompt, row.instruction)
-        answer = eval_stage.templated_answer(
-            tokenizer, system_prompt, row.instruction, prompt, CLEAN
-        )
+    for row in eval_rows:
+        prompt = generate.prompt_text(tokenizer, system_prompt, row.instruction)
+        answer = generate.templated_answer(tokenizer, system_prompt, row.instruction, prompt, CLEAN)
         p_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
         a_ids = tokenizer(answer, add_special_tokens=False)["input_ids"]
         examples.append(
@@ -163,22 +167,22 @@ def test_extra_set_accepts_both_shapes(tmp_path):
             {"instruction": "Audit: foo", "output": CLEAN, "meta": {"task": "audit"}},
         ],
     )
-    rows = eval_stage.load_extra_set(path)
-    assert [r.set for r in rows] == ["extra:extra"] * 3
-    assert rows[0].reference.rule_ids == [RULE] and rows[0].reference.risk == "high"
-    assert rows[0].reference_text is None and rows[0].clause == "Liability is unlimited."
+    extra = rows.load_extra_set(path)
+    assert [r.set for r in extra] == ["extra:extra"] * 3
+    assert extra[0].reference.rule_ids == [RULE] and extra[0].reference.risk == "high"
+    assert extra[0].reference_text is None and extra[0].clause == "Liability is unlimited."
     assert (
-        rows[0].instruction.endswith("Liability is unlimited.")
-        and rows[0].meta["clause_type"] == "x"
+        extra[0].instruction.endswith("Liability is unlimited.")
+        and extra[0].meta["clause_type"] == "x"
     )
-    assert rows[1].reference.risk == "none" and not rows[1].reference.findings
-    assert rows[2].reference_text == CLEAN and rows[2].category("task") == "audit"
+    assert extra[1].reference.risk == "none" and not extra[1].reference.findings
+    assert extra[2].reference_text == CLEAN and extra[2].category("task") == "audit"
 
 
 @pytest.mark.parametrize(
     ("line", "message"),
     [
-        ("{not json", "not valid JSON"),
+        ("{not json", "invalid JSON"),
         ('{"clause": "x", "expected": "r1", "severity": "high"}', "'expected' must be a list"),
         ('{"clause": "x", "expected": ["r1"]}', "'severity' must be one of"),
         ('{"clause": "x", "expected": [], "severity": "high"}', "contradicts"),
@@ -190,55 +194,64 @@ def test_extra_set_errors_name_file_and_line(tmp_path, line, message):
     path = tmp_path / "bad.jsonl"
     path.write_text('{"clause": "ok", "expected": []}\n\n' + line + "\n")
     with pytest.raises(DataError) as err:
-        eval_stage.load_extra_set(path)
+        rows.load_extra_set(path)
     assert f"{path}:3:" in str(err.value) and message in str(err.value)
     with pytest.raises(DataError, match="not found"):
-        eval_stage.load_extra_set(tmp_path / "missing.jsonl")
+        rows.load_extra_set(tmp_path / "missing.jsonl")
 
 
 def test_select_rows_is_balanced_and_deterministic(tmp_path):
-    rows = eval_stage.load_val_rows(
+    pool = rows.load_split_rows(
         write_jsonl(
             tmp_path / "v.jsonl",
-            [val_row(i, f"clause {i}", CLEAN, "audit", "none") for i in range(10)],
-        )
+            [val_row(i, f"clause {i}", FLAGGED, "audit", "high") for i in range(10)],
+        ),
+        "test",
     )
-    rows += eval_stage.load_val_rows(
+    pool += rows.load_split_rows(
         write_jsonl(
-            tmp_path / "w.jsonl", [val_row(10 + i, f"c{i}", CLEAN, "fix", "none") for i in range(2)]
-        )
+            tmp_path / "w.jsonl",
+            [val_row(10 + i, f"c{i}", CLEAN, "audit", "none") for i in range(2)],
+        ),
+        "test",
     )
-    picked = eval_stage.select_rows(rows, 6)
-    assert [r.category("task") for r in picked].count("fix") == 2  # the small stratum is kept whole
-    assert [r.id for r in picked] == [r.id for r in eval_stage.select_rows(rows, 6)]
-    assert len(eval_stage.select_rows(rows, 100)) == 12
+    picked = rows.select_rows(pool, 6)
+    # clean clauses are a stratum of their own: the 2 of 12 are kept whole in a pick of 6
+    assert sum(r.clean for r in picked) == 2 and len(picked) == 6
+    assert [r.id for r in picked] == [r.id for r in rows.select_rows(pool, 6)]
+    assert len(rows.select_rows(pool, 100)) == 12
 
 
 def test_clause_from_instruction():
-    assert eval_stage.clause_from_instruction("Audit this clause:\n\nThe clause.") == "The clause."
-    assert eval_stage.clause_from_instruction("No lead-in here.") == "No lead-in here."
+    assert rows.clause_from_instruction("Audit this clause:\n\nThe clause.") == "The clause."
+    assert rows.clause_from_instruction("No lead-in here.") == "No lead-in here."
 
 
 def test_regex_baseline_uses_the_curation_rulebook(tmp_path):
     (tmp_path / "rules.yaml").write_text(PLAYBOOK)
     from legalbuild.curation.rulebook import load_rulebooks
 
-    baseline = eval_stage.make_regex_baseline(load_rulebooks(["rules.yaml"], tmp_path).rules)
-    flagged = baseline("The Supplier's liability is unlimited.", "limitation_of_liability")
+    answer = baseline.make_regex_baseline(load_rulebooks(["rules.yaml"], tmp_path).rules)
+    flagged = answer("The Supplier's liability is unlimited.", "limitation_of_liability")
     assert (
         flagged.startswith("Risk: high")
         and f"[{RULE}]" in flagged
         and "Why: Unlimited liability" in flagged
     )
-    assert baseline("Liability is capped at the fees paid.", "limitation_of_liability").startswith(
+    assert answer("Liability is capped at the fees paid.", "limitation_of_liability").startswith(
         "Risk: none"
     )
-    assert baseline("The Supplier's liability is unlimited.", "payment").startswith(
+    assert answer("The Supplier's liability is unlimited.", "payment").startswith(
         "Risk: none"
     )  # other type
-    assert f"[{RULE}]" in baseline(
+    assert f"[{RULE}]" in answer(
         "The liability is unlimited for damages.", None
     )  # typed by classifier
+    # the baseline answers exactly as curation writes a training answer for the same finding
+    from legalbuild.curation.pairs import audit_answer
+
+    rule = load_rulebooks(["rules.yaml"], tmp_path).rules[0]
+    assert flagged == audit_answer([rule], "")
 
 
 # ------------------------------------------------------------------------------- the stage
@@ -260,7 +273,9 @@ def test_eval_stage_compares_models_and_traces_rows(tmp_path, tiny_model_dir, cl
 
     result = json.loads((ctx.out_dir / "eval.json").read_text())
     assert result["models"] == ["base", "merged", "regex"] and result["rows"] == 5
-    assert result["sets"] == {"extra:extra": 1, "val": 4}
+    assert result["sets"] == {"extra:extra": 1, "val": 4} and result["split"] == "val"
+    assert any("no test split" in w for w in result["warnings"])
+    assert result["clean_rows"] == 2
     merged_m, base_m, regex_m = (result["metrics"][m] for m in ("merged", "base", "regex"))
     # the trained model says "clean" everywhere: right on the 2 clean rows out of 5 labelled rows
     assert merged_m["label_accuracy"] == pytest.approx(2 / 5) and merged_m["false_alarms"] == 0
@@ -287,8 +302,11 @@ def test_eval_stage_compares_models_and_traces_rows(tmp_path, tiny_model_dir, cl
         extra_row["reference_labels"] == [RULE] and extra_row["answers"]["merged"]["loss"] is None
     )
 
-    table = eval_stage.format_comparison_table(result)
-    assert "finding-label accuracy" in table and "40.0%" in table and "+40.0 pt better" in table
+    text = table.format_comparison_table(result)
+    assert "finding-label accuracy" in text and "40.0%" in text and "+40.0 pt better" in text
+    # a 95% bootstrap interval beside label accuracy and macro-F1
+    low, high = merged_m["intervals"]["label_accuracy"]
+    assert 0 <= low <= 2 / 5 <= high <= 1 and f"[{low:.0%}–{high:.0%}]" in text
 
 
 def test_fail_if_worse_raises_when_merged_regresses(tmp_path, tiny_model_dir, clean_answer_model):
@@ -299,3 +317,83 @@ def test_fail_if_worse_raises_when_merged_regresses(tmp_path, tiny_model_dir, cl
         eval_stage.run(ctx)
     result = json.loads((ctx.out_dir / "eval.json").read_text())
     assert result["regression"] and result["warnings"][0].startswith("REGRESSION")
+
+
+def test_eval_reports_on_the_test_split_when_there_is_one(
+    tmp_path, tiny_model_dir, clean_answer_model
+):
+    base = model_entry(tmp_path, "base", tiny_model_dir)
+    merged = model_entry(tmp_path, "merge", clean_answer_model)
+    ctx = make_ctx(tmp_path, base, merged, compare_base=False, max_new_tokens=8)
+    write_jsonl(ctx.inputs["normalize"] / "test.jsonl", VAL_ROWS[:2])
+    eval_stage.run(ctx)
+    result = json.loads((ctx.out_dir / "eval.json").read_text())
+    assert result["split"] == "test" and result["sets"] == {"test": 2}
+    assert not any("no test split" in w for w in result["warnings"])
+
+
+# ----------------------------------------------------------------------- constrained decoding
+def test_audit_regex_accepts_the_format_and_only_listed_rules():
+    import re
+
+    from legalbuild.prompting import audit_instruction, catalogue_rules
+
+    listed = [(RULE, "Unlimited liability", "high"), ("test-book.other", "Other: x (y)", "low")]
+    question = audit_instruction("Liability is unlimited.", "test-book", listed)
+    assert catalogue_rules(question) == listed  # the catalogue block round-trips
+    pattern = audit_regex([(rule_id, severity) for rule_id, _, severity in listed])
+    revised = f"{FLAGGED}\nFix: Cap it.\n\nRevised clause:\nLiability is capped."
+    assert re.fullmatch(pattern, revised) and re.fullmatch(pattern, CLEAN)
+    assert not re.fullmatch(pattern, FLAGGED.replace(RULE, "test-book.invented"))  # not listed
+    assert not re.fullmatch(pattern, FLAGGED.replace("(severity: high)", "(severity: low)"))
+    assert not re.fullmatch(pattern, "The clause looks risky.")
+    assert re.fullmatch(audit_regex(), FLAGGED.replace(RULE, "any.rule-id") + "\nFix: f")
+
+
+def test_constrained_generation_follows_the_regex(tiny_model_dir):
+    """The random tiny model writes gibberish freely; held to a regex it can only write a match."""
+    import re
+
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    tokenizer.pad_token = tokenizer.pad_token or tokenizer.eos_token
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32).eval()
+    prompts = [generate.prompt_text(tokenizer, "", f"Audit clause {i}") for i in range(3)]
+    regexes = ["Risk: (?:high|low)", "Risk: none", "Risk: (?:high|low)"]
+    free = generate.generate_transformers(model, tokenizer, prompts, 3, 12)
+    held = generate.generate_transformers(model, tokenizer, prompts, 3, 12, regexes)
+    assert all(re.fullmatch(r, a.text) for r, a in zip(regexes, held, strict=True))
+    assert not any(re.fullmatch(r, a.text) for r, a in zip(regexes, free, strict=True))
+
+
+def test_eval_reports_constrained_answers_beside_the_free_ones(
+    tmp_path, tiny_model_dir, clean_answer_model
+):
+    base = model_entry(tmp_path, "base", tiny_model_dir)
+    merged = model_entry(tmp_path, "merge", clean_answer_model)
+    ctx = make_ctx(tmp_path, base, merged, compare_base=False, constrained=True, max_new_tokens=40)
+    eval_stage.run(ctx)
+    result = json.loads((ctx.out_dir / "eval.json").read_text())
+    assert result["models"] == ["merged", "merged+constrained", "regex"]
+    held = result["metrics"]["merged+constrained"]
+    assert held["unparseable"] == 0 and held["false_alarms"] == 0
+    assert "constrained" in table.format_comparison_table(result)
+
+
+# ----------------------------------------------------------------------------------- scoring
+def test_bootstrap_intervals_bracket_the_figure_and_repeat():
+    pool = [
+        rows.EvalRow(f"r{i}", "test", "q", "c", None, Audit(risk="none"), meta={"task": "audit"})
+        for i in range(20)
+    ]
+    answers = [
+        generate.Answer(text=CLEAN if i % 4 else "gibberish", tokens=1, seconds=0.0)
+        for i in range(20)
+    ]
+    accuracy = scoring.score(pool, answers)["label_accuracy"]
+    first = scoring.bootstrap_intervals(pool, answers, samples=200)
+    assert first == scoring.bootstrap_intervals(pool, answers, samples=200)  # seeded
+    low, high = first["label_accuracy"]
+    assert accuracy == 0.75 and low < accuracy < high and low > 0.4 and high <= 1.0

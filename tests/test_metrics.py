@@ -115,3 +115,9 @@ def test_perplexity_and_mean():
     assert perplexity(None) is None
     assert math.isfinite(perplexity(1e6))
     assert mean([1.0, None, 3.0]) == 2.0 and mean([None]) is None
+
+
+def test_an_unreadable_answer_on_a_clean_clause_is_a_false_alarm():
+    refs = [parse_audit(audit()), parse_audit(audit())]
+    scores = label_scores(refs, [parse_audit("Looks fine to me."), parse_audit(audit())])
+    assert scores["false_alarms"] == 1 and scores["false_alarm_rate"] == pytest.approx(1 / 2)
