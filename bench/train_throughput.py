@@ -1,8 +1,11 @@
-"""Throughput of the train stage vs a plain TRL SFTTrainer run with the same settings.
+"""Throughput of the train stage vs a plain TRL SFTTrainer run with the same settings, or of
+two settings of the stage against each other (`--compare`).
 
     .venv/bin/python bench/train_throughput.py                      # SmolLM2-135M, LoRA q,v r=8, 512 tokens
     .venv/bin/python bench/train_throughput.py --max-steps 8 --quantization 4bit-nf4
     .venv/bin/python bench/train_throughput.py --model path/to/hf-folder --rows 256
+    .venv/bin/python bench/train_throughput.py --compare packing    # padding-free packing vs padded
+    .venv/bin/python bench/train_throughput.py --compare dropout    # LoRA dropout 0 vs --dropout
 
 Each variant runs in its own subprocess so its peak memory is its own (peak RSS on CPU,
 torch.cuda.max_memory_allocated on GPU; the device is chosen automatically). Tokens/s counts
@@ -105,8 +108,16 @@ def recipe_dict(args: argparse.Namespace) -> dict:
         "project": {"name": "bench"},
         "data": {"sources": [{"name": "bench", "path": "bench.jsonl"}]},
         "model": {"base": args.model, "quantization": args.quantization},
-        "lora": {"r": args.r, "alpha": 2 * args.r, "target_modules": args.targets.split(",")},
+        "lora": {
+            "r": args.r,
+            "alpha": 2 * args.r,
+            "dropout": 0.0 if args.variant == "stage-nodropout" else args.dropout,
+            "target_modules": "all-linear"
+            if args.targets == "all-linear"
+            else args.targets.split(","),
+        },
         "train": {
+            "packing": args.packing or args.variant == "stage-packed",
             "max_steps": args.max_steps,
             "batch_size": args.batch_size,
             "gradient_accumulation_steps": args.grad_accum,
@@ -120,6 +131,15 @@ def recipe_dict(args: argparse.Namespace) -> dict:
             "samples": {"count": 0},
         },
     }
+
+
+# what each --compare runs, first / second
+COMPARISONS = {
+    "plain": ("stage", "plain"),
+    "packing": ("stage-packed", "stage"),
+    "dropout": ("stage-nodropout", "stage"),
+}
+VARIANTS = {v for pair in COMPARISONS.values() for v in pair}
 
 
 # ---------------------------------------------------------------------------------- preparation
@@ -241,6 +261,7 @@ def run_plain(args: argparse.Namespace, base_out: Path, work: Path) -> dict:
         lr_scheduler_type=t.lr_scheduler,
         warmup_steps=t.warmup_ratio,
         max_length=t.max_length,
+        packing=t.packing,
         seed=t.seed,
         bf16=precision == "bf16",
         fp16=precision == "fp16",
@@ -255,8 +276,8 @@ def run_plain(args: argparse.Namespace, base_out: Path, work: Path) -> dict:
     lora = LoraConfig(
         r=args.r,
         lora_alpha=2 * args.r,
-        lora_dropout=0.05,
-        target_modules=args.targets.split(","),
+        lora_dropout=args.dropout,
+        target_modules="all-linear" if args.targets == "all-linear" else args.targets.split(","),
         task_type="CAUSAL_LM",
     )
     if args.quantization == "4bit-nf4" and device == "cpu":
@@ -295,7 +316,7 @@ def variant_main(args: argparse.Namespace) -> None:
         "".join(json.dumps(r) + "\n" for r in synthetic_rows(4, args.words, seed=1))
     )
     started = time.perf_counter()
-    result = (run_stage if args.variant == "stage" else run_plain)(args, base_out, work)
+    result = (run_plain if args.variant == "plain" else run_stage)(args, base_out, work)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     result.update(
         variant=args.variant,
@@ -326,7 +347,16 @@ def main() -> None:
     parser.add_argument("--quantization", default="none", choices=["none", "4bit-nf4", "8bit"])
     parser.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp16", "fp32"])
     parser.add_argument("--gradient-checkpointing", action="store_true")
-    parser.add_argument("--variant", choices=["stage", "plain"], help=argparse.SUPPRESS)
+    parser.add_argument("--packing", action="store_true", help="padding-free packing (bfd)")
+    parser.add_argument("--dropout", type=float, default=0.05, help="LoRA dropout")
+    parser.add_argument(
+        "--compare",
+        default="plain",
+        choices=sorted(COMPARISONS),
+        help="plain: the stage vs a hand-written SFTTrainer; packing: packed vs padded rows; "
+        "dropout: LoRA dropout 0 vs --dropout",
+    )
+    parser.add_argument("--variant", choices=sorted(VARIANTS), help=argparse.SUPPRESS)
     parser.add_argument("--base-out", help=argparse.SUPPRESS)
     parser.add_argument("--work", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -339,7 +369,7 @@ def main() -> None:
     base_out = prepare(args)
     results = {}
     with tempfile.TemporaryDirectory(prefix="legalbuild-bench-") as work:
-        for variant in ("stage", "plain"):
+        for variant in COMPARISONS[args.compare]:
             cmd = [
                 sys.executable,
                 __file__,
@@ -362,12 +392,17 @@ def main() -> None:
             f"{name:>6}: {r['tokens_per_second']:>9,.1f} tok/s  peak {r['peak_memory_bytes'] / 2**30:6.2f} GiB  "
             f"{r['tokens']:,} tokens in {r['steps']} steps on {r['device']} (wall {r['wall_seconds']} s)"
         )
-    stage, plain = results["stage"], results["plain"]
+    first, second = (results[v] for v in COMPARISONS[args.compare])
+    name = "/".join(COMPARISONS[args.compare])
     print(
-        f"ratio stage/plain: tokens/s {stage['tokens_per_second'] / plain['tokens_per_second']:.3f}, "
-        f"peak memory {stage['peak_memory_bytes'] / plain['peak_memory_bytes']:.3f}"
+        f"ratio {name}: tokens/s {first['tokens_per_second'] / second['tokens_per_second']:.3f}, "
+        f"peak memory {first['peak_memory_bytes'] / second['peak_memory_bytes']:.3f}"
     )
-    print("JSON " + json.dumps(results))
+    from legalbuild.hardware import host_summary
+
+    host = host_summary()
+    print(f"host: {host['cpu']}, {host['cores']} cores, flags {' '.join(host['flags'])}")
+    print("JSON " + json.dumps({**results, "host": host}))
 
 
 if __name__ == "__main__":

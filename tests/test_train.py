@@ -194,7 +194,15 @@ def test_truncation_is_counted_with_the_chat_template(tiny_model_dir):
 
 
 def test_precision_resolution_on_cpu():
-    assert train.resolve_precision("auto", "cpu") == "fp32"
+    from legalbuild.hardware import auto_precision, cpu_native_bf16
+
+    # auto follows the CPU's bf16 capability (this host's /proc/cpuinfo), never a fixed choice
+    assert train.resolve_precision("auto", "cpu") == ("bf16" if cpu_native_bf16() else "fp32")
+    assert auto_precision("cpu", frozenset({"avx512f", "avx512_bf16"})) == "bf16"
+    assert auto_precision("cpu", frozenset({"amx_tile", "amx_bf16"})) == "bf16"
+    assert auto_precision("cpu", frozenset({"avx512f", "avx512_vnni"})) == "fp32"
+    assert auto_precision("cuda") == "gpu-auto"
+    assert "native bf16" in train.precision_reason("auto", "cpu") or not cpu_native_bf16()
     assert train.resolve_precision("bf16", "cpu") == "bf16"
     with pytest.raises(RecipeError, match="fp16 needs a GPU"):
         train.resolve_precision("fp16", "cpu")
@@ -346,6 +354,13 @@ def test_train_stage_learns_and_writes_its_outputs(tmp_path, tiny_model_dir):
         (8, "clause"),
     ]
     assert samples[0]["reference"].startswith("Risk: high")
+    # the samples' parse rate is logged at each evaluation (trackers, log history, metrics.json)
+    assert all(isinstance(s["parses"], bool) for s in samples)
+    rates = [e for e in history if "eval_format_rate" in e]
+    assert [e["step"] for e in rates] == [4, 8] and all(
+        0 <= e["eval_format_rate"] <= 1 for e in rates
+    )
+    assert saved["format_rate"] == rates[-1]["eval_format_rate"]
 
     # The adapter changes what the model says: a random-init model answers newlines either way, so
     # compare how likely the audit answer becomes.
@@ -565,3 +580,38 @@ def test_smollm2_lora_learns_the_audit_format(tmp_path, smollm2_base):
     assert answer_loss(adapted, tokenizer, row) < 0.85 * answer_loss(
         base_model_fresh(model_dir), tokenizer, row
     )
+
+
+def test_packed_rows_do_not_attend_to_each_other(tiny_model_dir):
+    """TRL's padding-free packing (bfd) sends position_ids that restart per row and no attention
+    mask; transformers then masks block-diagonally, so each row's loss is what it is alone (TRL
+    passes use_cache=False: with a KV cache transformers does not look for packed rows)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+    from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
+
+    model = AutoModelForCausalLM.from_pretrained(
+        tiny_model_dir, dtype=torch.float32, attn_implementation="sdpa"
+    ).eval()
+    rng = random.Random(0)
+    rows = [[rng.randrange(5, 200) for _ in range(n)] for n in (9, 14, 6)]
+
+    def per_token_loss(batch: dict) -> torch.Tensor:
+        inputs = {k: batch[k] for k in ("input_ids", "position_ids") if k in batch}
+        with torch.no_grad():  # no KV cache, as TRL trains: a cache turns the detection off
+            logits = model(**inputs, use_cache=False).logits
+        return torch.nn.functional.cross_entropy(
+            logits[0, :-1], batch["labels"][0, 1:], reduction="none", ignore_index=-100
+        )
+
+    packed = DataCollatorForLanguageModeling(pad_token_id=0, padding_free=True)(
+        [{"input_ids": r} for r in rows]
+    )
+    assert "attention_mask" not in packed and packed["position_ids"][0, 9].item() == 0
+    together = per_token_loss(packed)
+    start = 0
+    for row in rows:
+        alone = per_token_loss({"input_ids": torch.tensor([row]), "labels": torch.tensor([row])})
+        # the first token of a packed row is never predicted (its label is -100)
+        assert torch.allclose(together[start : start + len(row) - 1], alone, atol=1e-4)
+        start += len(row)

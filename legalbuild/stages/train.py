@@ -24,13 +24,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from legalbuild.errors import DataError, RecipeError, StageFailedError
+from legalbuild.hardware import NATIVE_BF16_FLAGS, auto_precision, cpu_flags, torch_device
 from legalbuild.prompting import AUDIT_INSTRUCTION, prompt_completion_row
 
 if TYPE_CHECKING:
     from legalbuild.recipe import LoraSection, ModelSection, TrainSection
     from legalbuild.stages.context import StageContext
 
-VERSION = "1"
+VERSION = "2"
 
 # The seed's rule: with a 7B-class base, LoRA leaves at least 99.9% of the base weights frozen.
 MIN_BASE_FROZEN_FRACTION = 0.999
@@ -99,26 +100,33 @@ def length_report(lengths: list[tuple[int, int]], max_length: int) -> dict[str, 
 
 
 # ---------------------------------------------------------------------------- hardware, precision
-def pick_device() -> str:
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
 def resolve_precision(precision: str, device: str) -> str:
-    """`auto`: bf16 on GPUs that support it, else fp16 on GPU, fp32 on CPU. bf16 on CPU runs under autocast."""
+    """`auto`: bf16 on GPUs that support it, else fp16 on GPU; on a CPU bf16 autocast when the CPU
+    has native bf16 (AVX512-BF16 or AMX), else fp32 (emulated bf16 is ~2x slower than fp32)."""
     import torch
 
     if precision == "auto":
         if device == "cuda":
             return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-        return "fp32"
+        return auto_precision("cpu")
     if precision == "fp16" and device == "cpu":
         raise RecipeError(
             "[train.precision] fp16 needs a GPU; this host has none",
             hint='use precision = "bf16" (autocast on CPU), "fp32" or "auto"',
         )
     return precision
+
+
+def precision_reason(setting: str, device: str) -> str:
+    """Why `auto` chose what it chose, for the log ("" when the recipe names a precision)."""
+    if setting != "auto":
+        return " (set in the recipe)"
+    if device == "cuda":
+        return " (auto: what this GPU supports)"
+    flags = [f for f in NATIVE_BF16_FLAGS if f in cpu_flags()]
+    if flags:
+        return f" (auto: the CPU has native bf16: {', '.join(flags)})"
+    return " (auto: the CPU has no native bf16 (no avx512_bf16/amx_bf16), bf16 would be emulated)"
 
 
 def weights_dtype(dtype: str, device: str, precision: str) -> Any:
@@ -382,7 +390,12 @@ def _train(ctx: StageContext, callbacks: Sequence[Any]) -> dict[str, Any]:
         ProgressCallback,
         SampleCallback,
     )
-    from legalbuild.training.monitoring import best_evaluation, plot_losses
+    from legalbuild.training.monitoring import (
+        FORMAT_RATE_KEY,
+        best_evaluation,
+        loss_series,
+        plot_losses,
+    )
     from legalbuild.training.tracking import finish_wandb, selected_trackers, tracking_environment
 
     recipe = ctx.recipe
@@ -399,9 +412,12 @@ def _train(ctx: StageContext, callbacks: Sequence[Any]) -> dict[str, Any]:
         )
     trackers = selected_trackers(train.report_to)
 
-    device = pick_device()
+    device = torch_device()
     precision = resolve_precision(train.precision, device)
-    ctx.log(f"device {device}, precision {precision}, quantization {model_settings.quantization}")
+    ctx.log(
+        f"device {device}, precision {precision}{precision_reason(train.precision, device)}, "
+        f"quantization {model_settings.quantization}"
+    )
 
     from transformers import AutoTokenizer, EarlyStoppingCallback
     from transformers.trainer_callback import PrinterCallback
@@ -437,17 +453,12 @@ def _train(ctx: StageContext, callbacks: Sequence[Any]) -> dict[str, Any]:
     overfit = OverfitMonitor(train.overfit_patience, ctx.log)
     stage_callbacks: list[Any] = [progress, overfit, LoraHistogramCallback()]
     prompts = sample_prompts(val_rows, train.samples)
+    sampler = None
     if prompts and val_rows:
-        stage_callbacks.append(
-            SampleCallback(
-                tokenizer,
-                system_prompt,
-                prompts,
-                train.samples.max_new_tokens,
-                samples_path,
-                ctx.log,
-            )
+        sampler = SampleCallback(
+            tokenizer, system_prompt, prompts, train.samples.max_new_tokens, samples_path, ctx.log
         )
+        stage_callbacks.append(sampler)
     if train.early_stopping_patience:
         stage_callbacks.append(
             EarlyStoppingCallback(early_stopping_patience=train.early_stopping_patience)
@@ -470,6 +481,8 @@ def _train(ctx: StageContext, callbacks: Sequence[Any]) -> dict[str, Any]:
             callbacks=[*stage_callbacks, *callbacks],
         )
         trainer.remove_callback(PrinterCallback)  # our progress callback prints the logs
+        if sampler is not None:
+            sampler.log_metrics = trainer.log  # the parse rate reaches trackers and log history
         try:
             result = trainer.train(resume_from_checkpoint=resume_from)
             final_val_loss = _final_validation_loss(trainer, args, bool(val_rows))
@@ -489,12 +502,15 @@ def _train(ctx: StageContext, callbacks: Sequence[Any]) -> dict[str, Any]:
     plot_losses(history, ctx.out_dir / "loss.png", title=f"{recipe.project.name}: LoRA r={lora.r}")
     best = best_evaluation(history)
     train_losses = [e["loss"] for e in history if "loss" in e]
+    format_rates = loss_series(history, FORMAT_RATE_KEY)
     metrics = {
         "train_loss": train_losses[-1] if train_losses else None,
         "train_loss_mean": result.training_loss,
         "val_loss": final_val_loss,
         "best_step": best[0] if best else None,
         "best_val_loss": best[1] if best else None,
+        "format_rate": format_rates[-1][1] if format_rates else None,
+        "format_rate_history": format_rates,
         "overfitting": bool(overfit.events),
         "overfitting_events": overfit.events,
         "early_stopped": bool(train.early_stopping_patience)

@@ -22,8 +22,9 @@ from rich.progress import (
 )
 from transformers import TrainerCallback
 
+from legalbuild.answer_format import parse_audit
 from legalbuild.prompting import chat_messages
-from legalbuild.training.monitoring import detect_overfitting
+from legalbuild.training.monitoring import FORMAT_RATE_KEY, detect_overfitting
 
 logger = logging.getLogger("legalbuild.train")
 
@@ -114,7 +115,9 @@ class OverfitMonitor(TrainerCallback):
 
 class SampleCallback(TrainerCallback):
     """At each evaluation, greedy answers for a few held-out rows and the recipe's clauses, appended
-    to a JSONL file (step, kind, instruction, reference, answer) so progress can be read, not just plotted."""
+    to a JSONL file (step, kind, instruction, reference, answer, parses) so progress can be read,
+    not just plotted. The share of answers that parse in the audit format is logged as
+    `eval_format_rate` through `log_metrics` (the trainer's `log`: trackers, log history)."""
 
     def __init__(
         self,
@@ -131,24 +134,26 @@ class SampleCallback(TrainerCallback):
         self.max_new_tokens = max_new_tokens
         self.path = path
         self.log = log
+        self.log_metrics: Callable[[dict[str, float]], None] | None = None
 
     def on_evaluate(self, args, state, control, model=None, **kwargs):
         if model is None or not self.prompts:
             return
         started = time.perf_counter()
         answers = [self.generate(model, p["instruction"]) for p in self.prompts]
+        parses = [parse_audit(a) is not None for a in answers]
         with self.path.open("a", encoding="utf-8") as f:
-            for prompt, answer in zip(self.prompts, answers, strict=True):
-                f.write(
-                    json.dumps(
-                        {"step": state.global_step, **prompt, "answer": answer}, ensure_ascii=False
-                    )
-                    + "\n"
-                )
+            for prompt, answer, ok in zip(self.prompts, answers, parses, strict=True):
+                record = {"step": state.global_step, **prompt, "answer": answer, "parses": ok}
+                f.write(json.dumps(record, ensure_ascii=False) + "\n")
+        rate = sum(parses) / len(parses)
         first = answers[0].splitlines()[0] if answers[0].strip() else "(empty)"
         self.log(
-            f"step {state.global_step}: {len(answers)} samples in {time.perf_counter() - started:.1f}s; first: {first[:100]}"
+            f"step {state.global_step}: {len(answers)} samples in {time.perf_counter() - started:.1f}s, "
+            f"{rate:.0%} in the audit format; first: {first[:100]}"
         )
+        if self.log_metrics is not None:
+            self.log_metrics({FORMAT_RATE_KEY: rate})
 
     def generate(self, model: Any, instruction: str) -> str:
         import torch

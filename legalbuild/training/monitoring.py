@@ -60,8 +60,12 @@ def detect_overfitting(history: list[dict[str, Any]], patience: int) -> dict[str
     }
 
 
+FORMAT_RATE_KEY = "eval_format_rate"  # share of the samples that parse in the audit format
+
+
 def plot_losses(history: list[dict[str, Any]], path: Path, title: str = "training") -> Path:
-    """Training and validation loss on one plot (matplotlib Agg: no display needed)."""
+    """Training and validation loss on one plot, and the samples' format parse rate on a second
+    axis when it was logged (matplotlib Agg: no display needed)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -84,7 +88,17 @@ def plot_losses(history: list[dict[str, Any]], path: Path, title: str = "trainin
     ax.set_ylabel("loss")
     ax.set_title(title)
     ax.grid(alpha=0.3)
-    ax.legend()
+    handles, labels = ax.get_legend_handles_labels()
+    rates = loss_series(history, FORMAT_RATE_KEY)
+    if rates:
+        ax2 = ax.twinx()
+        steps, values = zip(*rates, strict=True)
+        ax2.plot(steps, [v * 100 for v in values], color="tab:purple", marker="s", linestyle="--")
+        ax2.set_ylabel("samples in the audit format %")
+        ax2.set_ylim(-5, 105)
+        handles += ax2.get_lines()
+        labels.append("samples that parse (%)")
+    ax.legend(handles, labels)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
