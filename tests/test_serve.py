@@ -219,7 +219,7 @@ def recipe_with_merged_model(merged_dir: Path, root: Path, base_dir: Path) -> tu
         f'[project]\nname = "early-stop"\n[[data.sources]]\nname = "d"\npath = "data.jsonl"\n'
         f'[model]\nbase = "{base_dir}"\n'
         f'[serve]\nserved_model_name = "{MODEL_NAME}"\ndtype = "float32"\nmax_model_len = 512\n'
-        "enforce_eager = true\nstartup_timeout_s = 300\n"
+        "enforce_eager = true\nstartup_timeout_s = 600\n"
     )
     store = Store(root / "cache")
     key = Loaded.from_path(recipe).nodes["merge"].key
@@ -315,7 +315,7 @@ def settings() -> ServeSection:
         max_model_len=512,
         cpu_kvcache_space_gib=1,
         enforce_eager=True,
-        startup_timeout_s=300,
+        startup_timeout_s=600,  # start-up took 283 s on a loaded 2-core machine
     )
 
 
