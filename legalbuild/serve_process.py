@@ -174,11 +174,9 @@ class StopSignals:
     def __init__(self, handle: ServerHandle | None = None):
         self.handle = handle
         self.received: list[int] = []
-        self.event = threading.Event()
 
     def __call__(self, signum: int, _frame: Any) -> None:
-        self.received.append(signum)
-        self.event.set()
+        self.received.append(signum)  # no lock taken here (an Event's could deadlock the handler)
         if self.handle is not None:  # vLLM shuts down cleanly on SIGINT and SIGTERM, not SIGHUP
             forward = signum if signum in (signal.SIGINT, signal.SIGTERM) else signal.SIGTERM
             self.handle.signal_group(signal.SIGKILL if len(self.received) > 1 else forward)
@@ -188,8 +186,10 @@ class StopSignals:
             raise StoppedBySignal(self.received[0])
 
     def wait(self, seconds: float) -> None:
-        """Sleep `seconds`, or less if a stop signal arrives."""
-        self.event.wait(seconds)
+        """Sleep `seconds`, or until a stop signal arrives (checked every 0.1 s)."""
+        deadline = time.monotonic() + seconds
+        while not self.received and time.monotonic() < deadline:
+            time.sleep(0.1)
 
 
 _ACTIVE: list[StopSignals] = []

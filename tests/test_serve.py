@@ -278,6 +278,7 @@ def test_sigterm_during_startup_leaves_no_vllm_process(merged_dir, tmp_path, mom
         if cli.poll() is None:
             cli.kill()
     text = log_path.read_text()
+    print(f"\n{moment}: exit {code}, {stop_s:.1f} s after SIGTERM, vLLM groups seen: {len(groups)}")
     if moment == "engine-core-spawned" or groups:
         assert len(groups) == 1  # one process group: the API server, its engine core, workers
         assert code == 128 + signal.SIGTERM, text[-3000:]
