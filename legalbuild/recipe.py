@@ -439,9 +439,26 @@ class ServeSection(Strict):
     startup_timeout_s: int = Field(
         600, ge=10, description="How long to wait for the server to be ready."
     )
-    extra_args: list[str] = Field(
-        default_factory=list, description="Passed verbatim to the vLLM server."
+    public_metrics: bool = Field(
+        False,
+        description="Answer GET /metrics (Prometheus) without the API key. With a key set, every "
+        "other path but /health needs it.",
     )
+    extra_args: list[str] = Field(
+        default_factory=list,
+        description="Passed verbatim to the vLLM server. Flags legalbuild sets itself (--host, "
+        "--port, --api-key, --model, --served-model-name, --trust-remote-code, --middleware, "
+        "--config, ...) are refused: use the [serve] key named in the error.",
+    )
+
+    @field_validator("extra_args")
+    @classmethod
+    def _no_managed_flags(cls, args: list[str]) -> list[str]:
+        from legalbuild.serve_auth import refused_extra_args
+
+        if problems := refused_extra_args(args):
+            raise ValueError("; ".join(problems))
+        return args
 
 
 # ---------------------------------------------------------------------------------------- recipe

@@ -8,9 +8,14 @@ attention heads of size 32: vLLM's CPU attention does not support the conftest m
 from __future__ import annotations
 
 import contextlib
+import http.client
+import json
 import os
+import re
+import shutil
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -20,18 +25,15 @@ from legalbuild.errors import ServeError
 from legalbuild.recipe import DEFAULT_SYSTEM_PROMPT, MergeSection, ServeSection
 from legalbuild.serve import (
     SERVER_MARKER_ENV,
-    ServerHandle,
-    check_vllm_installed,
     curl_example,
-    forwarded_signals,
     free_port,
-    group_alive,
-    host_kind,
     running_server,
     server_command,
     server_environment,
     start_server,
 )
+from legalbuild.serve_preflight import check_vllm_installed, host_kind
+from legalbuild.serve_process import ServerHandle, group_alive, stop_signals
 from legalbuild.stages.merge import merge_adapter, raise_on_failed_checks
 
 API_KEY = "test-key-0123"
@@ -74,18 +76,25 @@ def make_random_adapter(base_dir: Path, dest: Path) -> Path:
     return dest
 
 
+def proc_fields(pid: int) -> list[str] | None:
+    """/proc/<pid>/stat after the command name: [state, ppid, pgrp, ...]; None once gone."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+
+
 def server_processes(model_dir: Path) -> list[int]:
     """Live (non-zombie) processes carrying our server's marker in their environment."""
     marker = f"{SERVER_MARKER_ENV}={model_dir}".encode()
     found = []
     for entry in Path("/proc").glob("[0-9]*"):
         try:
-            if marker in (entry / "environ").read_bytes().split(b"\0"):
-                state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
-                if state != "Z":
-                    found.append(int(entry.name))
-        except (OSError, IndexError):
+            marked = marker in (entry / "environ").read_bytes().split(b"\0")
+        except OSError:
             continue
+        if marked and (fields := proc_fields(int(entry.name))) and fields[0] != "Z":
+            found.append(int(entry.name))
     return found
 
 
@@ -143,18 +152,19 @@ def test_cpu_command_and_environment(tmp_path, monkeypatch):
     monkeypatch.setenv("VLLM_API_KEY", "inherited")
     settings = ServeSection(cpu_kvcache_space_gib=3, extra_args=["--seed", "7"])
     argv = server_command(tmp_path, settings, "m", "127.0.0.1", 8123, "cpu", 1024)
-    assert argv[1:3] == [
-        "-m",
-        "vllm.entrypoints.openai.api_server",
-    ]  # not the broken `vllm` command
-    assert "--enforce-eager" in argv and argv[-2:] == ["--seed", "7"]
-    assert argv[argv.index("--max-model-len") + 1] == "1024"
-    assert "--enforce-eager" not in server_command(
-        tmp_path, settings, "m", "127.0.0.1", 8123, "gpu", 1024
-    )
+    # not the broken `vllm` command; extra_args first, so the flags legalbuild sets come last and win
+    assert argv[1:5] == ["-m", "vllm.entrypoints.openai.api_server", "--seed", "7"]
+    assert argv[-2:] == ["--no-trust-remote-code", "--enforce-eager"]
+    assert argv[argv.index("--max-model-len") + 1] == "1024" and "--middleware" not in argv
+    gpu_argv = server_command(tmp_path, settings, "m", "127.0.0.1", 8123, "gpu", 1024, guarded=True)
+    assert "--enforce-eager" not in gpu_argv and "--no-enforce-eager" in gpu_argv
+    assert gpu_argv[-2:] == ["--middleware", "legalbuild.serve_auth.KeyMiddleware"]
     env = server_environment(settings, "cpu", "s3cret", tmp_path)
     assert env["VLLM_CPU_KVCACHE_SPACE"] == "3" and env["VLLM_API_KEY"] == "s3cret"
+    assert env["LEGALBUILD_SERVE_PUBLIC_PATHS"] == "/health"
     assert "VLLM_API_KEY" not in server_environment(settings, "cpu", None, tmp_path)
+    opened = server_environment(ServeSection(public_metrics=True), "cpu", "k", tmp_path)
+    assert opened["LEGALBUILD_SERVE_PUBLIC_PATHS"] == "/health,/metrics"
 
 
 def test_curl_example_is_valid_shell(tmp_path):
@@ -186,12 +196,99 @@ def test_stop_kills_the_whole_group_even_when_sigterm_is_ignored():
 
 def test_ctrl_c_is_forwarded_to_the_server_group():
     handle = process_group("sleep 300 & wait")
-    with forwarded_signals(handle):
+    with stop_signals(handle) as signals:
         os.kill(os.getpid(), signal.SIGINT)  # what a terminal's Ctrl-C sends to us
         assert handle.process.wait(timeout=10) != 0  # bash died of the forwarded SIGINT
+        assert signals.received == [signal.SIGINT]
     handle.stop(grace_s=1)
     assert not group_alive(handle.pid)
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # our handler is gone
+
+
+# ------------------------------------------------------------ `legalbuild serve` stopped early
+def recipe_with_merged_model(merged_dir: Path, root: Path, base_dir: Path) -> tuple[Path, Path]:
+    """A recipe whose merge stage is already in a fresh cache (committed with the cache's own
+    API) and holds `merged_dir`: `legalbuild serve` on it launches vLLM at once, no build."""
+    from legalbuild.cache import Store
+    from legalbuild.pipeline import Loaded
+
+    row = {"instruction": "Audit this clause: the term is unlimited.", "output": "Risk: high."}
+    (root / "data.jsonl").write_text(json.dumps(row) + "\n")
+    recipe = root / "recipe.toml"
+    recipe.write_text(
+        f'[project]\nname = "early-stop"\n[[data.sources]]\nname = "d"\npath = "data.jsonl"\n'
+        f'[model]\nbase = "{base_dir}"\n'
+        f'[serve]\nserved_model_name = "{MODEL_NAME}"\ndtype = "float32"\nmax_model_len = 512\n'
+        "enforce_eager = true\nstartup_timeout_s = 600\n"
+    )
+    store = Store(root / "cache")
+    key = Loaded.from_path(recipe).nodes["merge"].key
+    tmp = store.new_tmp("merge", key)
+    shutil.copytree(merged_dir, tmp / "out" / "model")
+    store.commit(tmp, "merge", key, {})
+    return recipe, (store.out_dir("merge", key) / "model").resolve()
+
+
+def orphans_mentioning(text: str) -> list[int]:
+    """Live processes reparented to pid 1 whose command line mentions `text`."""
+    found = []
+    for entry in Path("/proc").glob("[0-9]*"):
+        fields = proc_fields(int(entry.name))
+        try:
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+        if fields and fields[0] != "Z" and fields[1] == "1" and text in cmdline:
+            found.append(int(entry.name))
+    return found
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("moment", ["after-3s", "engine-core-spawned"])
+def test_sigterm_during_startup_leaves_no_vllm_process(merged_dir, tmp_path, moment):
+    """SIGTERM to `legalbuild serve` before the server is ready (3 s after launch, or once vLLM
+    has spawned its engine core) ends the CLI and every process of vLLM's group: none in the
+    group, none carrying the server's marker, no orphan under pid 1 naming the model folder."""
+    recipe, model_dir = recipe_with_merged_model(merged_dir, tmp_path, merged_dir)
+    env = {**os.environ, "LEGALBUILD_CACHE": str(tmp_path / "cache"), "PYTHONUNBUFFERED": "1"}
+    env.pop("LEGALBUILD_API_KEY", None)
+    log_path = tmp_path / "serve.log"
+    command = [sys.executable, "-m", "legalbuild", "serve", str(recipe), "--port", str(free_port())]
+    with log_path.open("w") as log:
+        cli = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
+    groups: set[str] = set()
+    try:
+        started = time.monotonic()
+        while True:
+            running = server_processes(model_dir)
+            groups |= {f[2] for pid in running if (f := proc_fields(pid))}
+            if moment == "after-3s" and time.monotonic() - started >= 3:
+                break
+            if moment == "engine-core-spawned" and len(running) >= 2:
+                break
+            assert cli.poll() is None, log_path.read_text()[-3000:]
+            assert time.monotonic() - started < 180, "vLLM spawned no engine core in 180 s"
+            time.sleep(0.2)
+        assert "vLLM ready" not in log_path.read_text()
+        cli.send_signal(signal.SIGTERM)
+        signalled = time.monotonic()
+        code = cli.wait(timeout=90)
+        stop_s = time.monotonic() - signalled
+    finally:
+        if cli.poll() is None:
+            cli.kill()
+    text = log_path.read_text()
+    print(f"\n{moment}: exit {code}, {stop_s:.1f} s after SIGTERM, vLLM groups seen: {len(groups)}")
+    if moment == "engine-core-spawned" or groups:
+        assert len(groups) == 1  # one process group: the API server, its engine core, workers
+        assert code == 128 + signal.SIGTERM, text[-3000:]
+        assert "stopped by SIGTERM during start-up" in text
+    else:  # signalled before legalbuild got to the launch: the default action, nothing spawned
+        assert code in (128 + signal.SIGTERM, -signal.SIGTERM), text[-3000:]
+    assert stop_s < 40
+    assert server_processes(model_dir) == []
+    assert not any(group_alive(int(g)) for g in groups)
+    assert orphans_mentioning(str(model_dir)) == []
 
 
 # -------------------------------------------------------------------------------- a real server
@@ -219,7 +316,7 @@ def settings() -> ServeSection:
         max_model_len=512,
         cpu_kvcache_space_gib=1,
         enforce_eager=True,
-        startup_timeout_s=300,
+        startup_timeout_s=600,  # start-up took 283 s on a loaded 2-core machine
     )
 
 
@@ -299,13 +396,71 @@ def test_wrong_api_key_is_refused(server):
     with pytest.raises(AuthenticationError) as info:
         intruder.models.list()
     assert info.value.status_code == 401
-    # Only the API routes are guarded (serving/README.md says so): /health answers without a key.
-    import urllib.request
 
-    with urllib.request.urlopen(
-        server["url"].removesuffix("/v1") + "/health", timeout=10
-    ) as response:
-        assert response.status == 200
+
+HTTP_METHODS = ("get", "post", "put", "patch", "delete")
+# Routes FastAPI or vLLM serve without listing them in /openapi.json.
+UNLISTED_ROUTES = {
+    ("GET", "/openapi.json"),
+    ("GET", "/docs"),
+    ("GET", "/docs/oauth2-redirect"),
+    ("GET", "/redoc"),
+    ("GET", "/metrics"),
+}
+# POST routes called with the right key too (no side effect on the shared server).
+SAFE_POSTS = {"/v1/chat/completions", "/invocations", "/tokenize", "/detokenize", "/v1/completions"}
+
+
+def http_status(base_url: str, method: str, path: str, key: str | None, body: dict | None) -> int:
+    """Status of one request, redirects not followed (http.client)."""
+    host, port = base_url.removeprefix("http://").rsplit(":", 1)
+    connection = http.client.HTTPConnection(host, int(port), timeout=120)
+    headers = {"Content-Type": "application/json"}
+    if key is not None:
+        headers["Authorization"] = f"Bearer {key}"
+    payload = json.dumps(body or {}) if method in ("POST", "PUT", "PATCH") else None
+    try:
+        connection.request(method, path, body=payload, headers=headers)
+        response = connection.getresponse()
+        response.read()
+        return response.status
+    finally:
+        connection.close()
+
+
+@pytest.mark.slow
+def test_every_route_the_server_lists_needs_the_key(server):
+    """Every route of /openapi.json (fetched with the key) and the unlisted ones answer 401
+    without a key and with a wrong one, except /health; the right key still serves requests."""
+    base = server["url"].removesuffix("/v1")
+    host, port = base.removeprefix("http://").rsplit(":", 1)
+    connection = http.client.HTTPConnection(host, int(port), timeout=30)
+    connection.request("GET", "/openapi.json", headers={"Authorization": f"Bearer {API_KEY}"})
+    schema = json.loads(connection.getresponse().read())
+    connection.close()
+    routes = UNLISTED_ROUTES | {
+        (method.upper(), re.sub(r"\{[^}]*\}", "x", path))
+        for path, operations in schema["paths"].items()
+        for method in operations
+        if method in HTTP_METHODS
+    }
+    assert ("POST", "/invocations") in routes and ("POST", "/v1/chat/completions") in routes
+    chat = {"model": MODEL_NAME, "messages": [{"role": "user", "content": CLAUSE}], "max_tokens": 2}
+    rows = []
+    for method, path in sorted(routes, key=lambda r: (r[1], r[0])):
+        body = chat if path in ("/v1/chat/completions", "/invocations") else None
+        keyless = http_status(base, method, path, None, body)
+        wrong = http_status(base, method, path, "wrong-key", body)
+        right = None
+        if method == "GET" or path in SAFE_POSTS:
+            right = http_status(base, method, path, API_KEY, body)
+        rows.append(f"{method:6} {path:45} {keyless} {wrong} {right or '-'}")
+        expected = 200 if path == "/health" else 401
+        assert (keyless, wrong) == (expected, expected), rows[-1]
+        assert right != 401, rows[-1]
+        if body is not None:
+            assert right == 200, rows[-1]
+    print(f"\n{len(rows)} routes: method path / no key / wrong key / right key\n" + "\n".join(rows))
 
 
 @pytest.mark.slow
@@ -375,11 +530,4 @@ def test_no_vllm_process_remains_after_the_context_manager_exits(server, merged_
     assert len(running) >= 2, "expected the API server and its engine/worker processes"
     server["stop"]()
     assert server_processes(merged_dir) == []
-    assert all(not os.path.exists(f"/proc/{pid}") or _is_zombie(pid) for pid in running)
-
-
-def _is_zombie(pid: int) -> bool:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
-    except OSError:
-        return True
+    assert all((proc_fields(pid) or ["Z"])[0] == "Z" for pid in running)  # gone or zombie

