@@ -137,14 +137,13 @@ class SampleCallback(TrainerCallback):
             return
         started = time.perf_counter()
         answers = [self.generate(model, p["instruction"]) for p in self.prompts]
+        lines = "".join(
+            json.dumps({"step": state.global_step, **prompt, "answer": answer}, ensure_ascii=False)
+            + "\n"
+            for prompt, answer in zip(self.prompts, answers, strict=True)
+        )
         with self.path.open("a", encoding="utf-8") as f:
-            for prompt, answer in zip(self.prompts, answers, strict=True):
-                f.write(
-                    json.dumps(
-                        {"step": state.global_step, **prompt, "answer": answer}, ensure_ascii=False
-                    )
-                    + "\n"
-                )
+            f.write(lines)  # one write: a kill tears at most the last line (trim_samples drops it)
         first = answers[0].splitlines()[0] if answers[0].strip() else "(empty)"
         self.log(
             f"step {state.global_step}: {len(answers)} samples in {time.perf_counter() - started:.1f}s; first: {first[:100]}"
