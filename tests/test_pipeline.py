@@ -31,10 +31,12 @@ def _rows(n: int, offset: int = 0) -> str:
     )
 
 
-@pytest.fixture
-def project(tmp_path, tiny_model_dir):
-    (tmp_path / "data.jsonl").write_text(_rows(40))
-    recipe = tmp_path / "recipe.toml"
+def write_project(
+    folder: Path, base: Path, train: str = 'max_steps = 1\nreport_to = ["none"]', more: str = ""
+) -> Path:
+    """The tests' tiny recipe (40 rows of data, `base` as the model) in `folder`; returns its path."""
+    (folder / "data.jsonl").write_text(_rows(40))
+    recipe = folder / "recipe.toml"
     recipe.write_text(
         f"""
 [project]
@@ -45,13 +47,17 @@ path = "data.jsonl"
 [data]
 target_min_pairs = 1
 [model]
-base = "{tiny_model_dir}"
+base = "{base}"
 [train]
-max_steps = 1
-report_to = ["none"]
-"""
+{train}
+{more}"""
     )
     return recipe
+
+
+@pytest.fixture
+def project(tmp_path, tiny_model_dir):
+    return write_project(tmp_path, tiny_model_dir)
 
 
 def _keys(recipe: Path) -> dict[str, str]:
