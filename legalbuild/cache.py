@@ -28,9 +28,7 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import secrets
-import shutil
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,34 +36,27 @@ from typing import Any
 
 from filelock import FileLock, Timeout
 
-from legalbuild.errors import CacheCorruptError, LegalbuildError
+from legalbuild.errors import CacheCorruptError
 from legalbuild.graph import ALL_STAGES
 from legalbuild.hashing import HashMemo, tree_manifest
+from legalbuild.ownership import (
+    KEY,
+    MARKER,
+    MARKER_TEXT,
+    NAMES,
+    ROOT_TMP_NAME,
+    TMP_NAME,
+    TOP_NAMES,
+    NotAStoreError,
+    StrayError,
+    check_ref,
+    owner_alive,
+    owner_tag,
+    real_dir,
+    remove_tree,
+)
 
 ENV_VAR = "LEGALBUILD_CACHE"
-MARKER = "CACHEDIR.TAG"
-MARKER_TEXT = (
-    "Signature: 8a477f597d28d172789f06886806bc55\n"
-    "# This file is a cache directory tag created by legalbuild (store format 1).\n"
-    "# legalbuild gc and clean delete only inside a folder that holds this file.\n"
-    "# For information about cache directory tags see https://bford.info/cachedir/\n"
-)
-_STAGES = "|".join(ALL_STAGES)
-_TOP = re.compile(
-    r"entries|tmp|work|failed|locks|hash-memo\.json|hash-memo\.tmp\d+|CACHEDIR\.TAG(\.tmp\d+)?"
-)
-_KEY = re.compile(r"[0-9a-f]{64}")
-_WORK = re.compile(rf"(?:{_STAGES})-[0-9a-f]{{64}}")
-_FAILED = re.compile(rf"(?:{_STAGES})-[0-9a-f]{{16}}")
-# older legalbuilds wrote <stage>-<key16>-<pid>-<rand> and trash-<stage>-<key16>-<rand>
-_TMP = re.compile(rf"(?:trash-)?(?:{_STAGES})-[0-9a-f]{{16}}(?:-(\d+)(?:-(\d+))?)?-[0-9a-f]{{8}}")
-_ROOT_TMP = re.compile(r"(?:hash-memo|CACHEDIR\.TAG)\.tmp(\d+)")
-_NAMES = {  # the names legalbuild writes in each of its folders
-    "entries": lambda name: name in ALL_STAGES,
-    "tmp": _TMP.fullmatch,
-    "work": _WORK.fullmatch,
-    "failed": _FAILED.fullmatch,
-}
 
 
 def default_root(cache_dir: str | Path | None = None) -> Path:
@@ -110,12 +101,13 @@ class Store:
         if self._claimed or self.is_marked():
             self._claimed = True
             return
-        if self.root.exists() and not (self.root.is_dir() and not self.root.is_symlink()):
-            raise NotAStoreError(self.root, ["it is not a folder"])
+        if self.root.exists() and not real_dir(self.root):
+            raise NotAStoreError(self.root, ["it is a file or a symlink, not a folder"])
         foreign = [
             f"{p.name} (a symlink)" if p.is_symlink() else p.name
             for p in (sorted(self.root.iterdir()) if self.root.exists() else [])
-            if p.is_symlink() or not _TOP.fullmatch(p.name)
+            # another tool's CACHEDIR.TAG (ours would have matched is_marked) makes it theirs
+            if p.is_symlink() or not TOP_NAMES.fullmatch(p.name) or p.name == MARKER
         ]
         if foreign:
             raise NotAStoreError(self.root, foreign)
@@ -157,7 +149,7 @@ class Store:
         return {p[len(prefix) :]: d for p, d in outputs.items() if p.startswith(prefix)}
 
     def lock(self, stage: str, key: str) -> FileLock:
-        _check_ref(stage, key)
+        check_ref(stage, key)
         self.claim()
         (self.root / "locks").mkdir(parents=True, exist_ok=True)
         return FileLock(str(self.root / "locks" / f"{stage}-{key}.lock"))
@@ -165,22 +157,20 @@ class Store:
     # ------------------------------------------------------------------------------- writing
     def new_tmp(self, stage: str, key: str) -> Path:
         """A fresh temporary entry folder with an empty out/ inside, named after its builder."""
-        _check_ref(stage, key)
+        check_ref(stage, key)
         self.claim()
-        tmp = self.root / "tmp" / f"{stage}-{key[:16]}-{_owner_tag()}-{secrets.token_hex(4)}"
+        tmp = self.root / "tmp" / f"{stage}-{key[:16]}-{owner_tag()}-{secrets.token_hex(4)}"
         (tmp / "out").mkdir(parents=True)
         return tmp
 
     def _trash(self, stage: str, key: str) -> Path:
-        trash = (
-            self.root / "tmp" / f"trash-{stage}-{key[:16]}-{_owner_tag()}-{secrets.token_hex(4)}"
-        )
+        trash = self.root / "tmp" / f"trash-{stage}-{key[:16]}-{owner_tag()}-{secrets.token_hex(4)}"
         trash.parent.mkdir(parents=True, exist_ok=True)
         return trash
 
     def commit(self, tmp: Path, stage: str, key: str, manifest: dict[str, Any]) -> Path:
         """Record output digests, write the manifest, and rename the temp folder into place."""
-        _check_ref(stage, key)
+        check_ref(stage, key)
         manifest = {**manifest, "outputs": tree_manifest(tmp / "out")}
         (tmp / "manifest.json").write_text(
             json.dumps(manifest, indent=2, sort_keys=True, default=str)
@@ -191,10 +181,10 @@ class Store:
             trash = self._trash(stage, key)
             os.replace(final, trash)
             os.replace(tmp, final)
-            _remove_tree(trash)
+            remove_tree(trash)
         else:
             os.replace(tmp, final)
-        _remove_tree(self.work_dir(stage, key))
+        remove_tree(self.work_dir(stage, key))
         return final
 
     def failed_dir(self, stage: str, key: str) -> Path:
@@ -204,19 +194,19 @@ class Store:
         """Move a failed build's temp folder to failed/ (replacing an older one) for inspection."""
         dest = self.failed_dir(stage, key)
         try:
-            _remove_tree(dest)
+            remove_tree(dest)
             dest.parent.mkdir(parents=True, exist_ok=True)
             os.replace(tmp / "out", dest)
         except OSError:
             return None
         finally:
-            _remove_tree(tmp)
+            remove_tree(tmp)
         return dest
 
     def remove(self, stage: str, key: str) -> bool:
         """Drop an entry (False when there is none). A symlink in its place is not followed:
         StrayError says so and leaves it."""
-        _check_ref(stage, key)
+        check_ref(stage, key)
         entry = self.entry_dir(stage, key)
         if not (entry.exists() or entry.is_symlink()):
             return False
@@ -229,7 +219,7 @@ class Store:
             )
         trash = self._trash(stage, key)
         os.replace(entry, trash)  # atomic: the entry disappears at once, deletion can be slow
-        _remove_tree(trash)
+        remove_tree(trash)
         return True
 
     # ------------------------------------------------------------------------------- reading
@@ -237,15 +227,15 @@ class Store:
         """Committed entries with names legalbuild writes; symlinks and other names are skipped
         (`strays` lists them)."""
         base = self.root / "entries"
-        if not _real_dir(base):
+        if not real_dir(base):
             return
         for stage_dir in sorted(base.iterdir()):
-            if stage_dir.name not in ALL_STAGES or not _real_dir(stage_dir):
+            if stage_dir.name not in ALL_STAGES or not real_dir(stage_dir):
                 continue
             for entry in sorted(stage_dir.iterdir()):
                 if (
-                    _KEY.fullmatch(entry.name)
-                    and _real_dir(entry)
+                    KEY.fullmatch(entry.name)
+                    and real_dir(entry)
                     and (entry / "manifest.json").is_file()
                 ):
                     yield EntryRef(stage_dir.name, entry.name)
@@ -254,7 +244,7 @@ class Store:
         """What lies where legalbuild keeps its folders but is not legalbuild's: symlinks and
         foreign names under entries/, tmp/, work/, failed/. Never deleted; gc reports them."""
         found = []
-        for top, is_ours in _NAMES.items():
+        for top, is_ours in NAMES.items():
             folder = self.root / top
             if folder.is_symlink():
                 found.append(f"{top} (a symlink: not followed)")
@@ -269,7 +259,7 @@ class Store:
                         f"entries/{p.name}/{e.name}"
                         + (" (a symlink: not followed)" if e.is_symlink() else " (not an entry)")
                         for e in sorted(p.iterdir())
-                        if e.is_symlink() or not (_KEY.fullmatch(e.name) and e.is_dir())
+                        if e.is_symlink() or not (KEY.fullmatch(e.name) and e.is_dir())
                     ]
         return found
 
@@ -300,15 +290,15 @@ class Store:
     def scratch(self, kind: str) -> list[Path]:
         """work/ or failed/ folders with names legalbuild writes (symlinks and other names left out)."""
         folder = self.root / kind
-        if kind not in ("work", "failed") or not _real_dir(folder):
+        if kind not in ("work", "failed") or not real_dir(folder):
             return []
-        return [p for p in sorted(folder.iterdir()) if _NAMES[kind](p.name) and _real_dir(p)]
+        return [p for p in sorted(folder.iterdir()) if NAMES[kind](p.name) and real_dir(p)]
 
     def drop_scratch(self, path: Path) -> None:
         if path not in self.scratch(path.parent.name) or path.parent.parent != self.root:
             raise ValueError(f"not a work/ or failed/ folder of this store: {path}")
         self.claim()
-        _remove_tree(path)
+        remove_tree(path)
 
     def busy(self, stage: str, key: str) -> bool:
         """Is a builder working on this key now (holding its lock)?"""
@@ -324,38 +314,21 @@ class Store:
         """Remove the temp folders of builders that are gone (their pid is dead, or now names a
         process that started later). A live builder's folders, other names and symlinks stay."""
         removed: list[str] = []
-        for folder, pattern in ((self.root / "tmp", _TMP), (self.root, _ROOT_TMP)):
-            if not _real_dir(folder):
+        for folder, pattern in ((self.root / "tmp", TMP_NAME), (self.root, ROOT_TMP_NAME)):
+            if not real_dir(folder):
                 continue
             for p in folder.iterdir():
                 m = pattern.fullmatch(p.name)
                 if m is None or p.is_symlink():
                     continue
                 pid = m.group(1)
-                start = m.group(2) if pattern is _TMP else None
-                if pid is not None and _owner_alive(int(pid), int(start) if start else None):
+                start = m.group(2) if pattern is TMP_NAME else None
+                if pid is not None and owner_alive(int(pid), int(start) if start else None):
                     continue
                 self.claim()
-                _remove_tree(p) if p.is_dir() else p.unlink(missing_ok=True)
+                remove_tree(p) if p.is_dir() else p.unlink(missing_ok=True)
                 removed.append(p.name)
         return removed
-
-
-class NotAStoreError(LegalbuildError):
-    def __init__(self, root: Path, foreign: list[str]):
-        shown = ", ".join(foreign[:5]) + (
-            f" and {len(foreign) - 5} more" if len(foreign) > 5 else ""
-        )
-        super().__init__(
-            f"{root} is not a legalbuild cache: it has no legalbuild {MARKER} and holds {shown}",
-            hint="point --cache-dir or LEGALBUILD_CACHE at a new or empty folder, or at a legalbuild "
-            "cache (a cache holds only entries/, tmp/, work/, failed/, locks/, hash-memo.json and "
-            f"{MARKER}); legalbuild neither builds into nor deletes from any other folder",
-        )
-
-
-class StrayError(LegalbuildError):
-    """Something legalbuild did not write stands where an entry would be (a symlink)."""
 
 
 class VerifiedInputs(Mapping[str, Path]):
@@ -390,50 +363,3 @@ class VerifiedInputs(Mapping[str, Path]):
 
     def __len__(self) -> int:
         return len(self._refs)
-
-
-# ------------------------------------------------------------------------------------- helpers
-def _check_ref(stage: str, key: str) -> None:
-    if stage not in ALL_STAGES or not _KEY.fullmatch(key):
-        raise ValueError(f"not a stage name and key legalbuild writes: {stage!r} {key!r}")
-
-
-def _real_dir(path: Path) -> bool:
-    return path.is_dir() and not path.is_symlink()
-
-
-def _remove_tree(path: Path) -> None:
-    """Delete a folder legalbuild made; rmtree never follows a symlink inside it."""
-    if path.is_symlink():
-        return
-    shutil.rmtree(path, ignore_errors=True)
-
-
-def _process_start(pid: int) -> int | None:
-    """A running process's start time (clock ticks since boot, from /proc); 0 for a zombie (it
-    has exited); None where unknown (no /proc)."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return 0 if fields[0] == "Z" else int(fields[19])
-    except (OSError, ValueError, IndexError):
-        return None
-
-
-def _owner_tag() -> str:
-    return f"{os.getpid()}-{_process_start(os.getpid()) or 0}"
-
-
-def _owner_alive(pid: int, start: int | None) -> bool:
-    """Is the builder that named a temp folder still running? A pid alone may have been reused
-    (a container restarts its pids from 1): a known start time must match too."""
-    if pid != os.getpid():
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return False
-        except PermissionError:
-            pass
-    current = _process_start(pid)
-    if current == 0:
-        return False  # a zombie: killed, not yet reaped
-    return not start or current is None or current == start

@@ -261,3 +261,14 @@ def test_temp_folders_go_once_their_builder_is_gone_not_before(tmp_path):
         proc.kill()
         proc.wait()
     assert mine.is_dir() and foreign.is_dir() and outside.is_dir()
+
+
+def test_another_tools_cache_folder_is_not_taken_over(tmp_path):
+    other = tmp_path / "other-cache"
+    other.mkdir()
+    (other / MARKER).write_text(
+        "Signature: 8a477f597d28d172789f06886806bc55\n# made by another tool\n"
+    )
+    with pytest.raises(NotAStoreError, match="CACHEDIR.TAG"):
+        Store(other).claim()
+    assert "another tool" in (other / MARKER).read_text()
