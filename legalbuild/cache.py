@@ -106,8 +106,10 @@ class Store:
         foreign = [
             f"{p.name} (a symlink)" if p.is_symlink() else p.name
             for p in (sorted(self.root.iterdir()) if self.root.exists() else [])
-            # another tool's CACHEDIR.TAG (ours would have matched is_marked) makes it theirs
-            if p.is_symlink() or not TOP_NAMES.fullmatch(p.name) or p.name == MARKER
+            # another tool's CACHEDIR.TAG makes it theirs (ours may appear now: a concurrent build)
+            if p.is_symlink()
+            or not TOP_NAMES.fullmatch(p.name)
+            or (p.name == MARKER and not self.is_marked())
         ]
         if foreign:
             raise NotAStoreError(self.root, foreign)

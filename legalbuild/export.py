@@ -18,6 +18,7 @@ from typing import Any
 
 from legalbuild.errors import CacheCorruptError, LegalbuildError, NotBuiltError
 from legalbuild.hashing import hash_file
+from legalbuild.ownership import owner_alive
 
 MANIFEST_NAME = "legalbuild-manifest.json"
 MANIFEST_FORMAT = "legalbuild-export/1"
@@ -40,6 +41,10 @@ def export_artifact(
     check_merged_folder(merged_dir)
     check_destination(merged_dir, dest, force)
 
+    for stale in dest.parent.glob(f".{dest.name}.partial-*"):  # left by killed exports
+        pid = stale.name.rsplit("-", 1)[1]
+        if pid.isdigit() and not stale.is_symlink() and not owner_alive(int(pid), None):
+            shutil.rmtree(stale, ignore_errors=True)
     staging = dest.with_name(f".{dest.name}.partial-{os.getpid()}")
     shutil.rmtree(staging, ignore_errors=True)
     try:

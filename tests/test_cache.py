@@ -149,7 +149,14 @@ def test_export_refuses_bytes_that_differ_from_the_cache(tmp_path):
     merged = store.out_dir("merge", K5) / "model"
     expected = store.output_digests("merge", K5, under="model")
     assert set(expected) == {"config.json", "model.safetensors"}
+    gone = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True
+    )
+    stale = tmp_path / f".ok.partial-{int(gone.stdout)}"  # what a killed export left
+    (stale / "model.safetensors").parent.mkdir(parents=True)
+    (stale / "model.safetensors").write_bytes(b"half")
     good = export_artifact(merged, tmp_path / "ok", {}, expected=expected)
+    assert not stale.exists()
     files = json.loads((good / MANIFEST_NAME).read_text())["artifact"]["files"]
     assert files["model.safetensors"]["sha256"] == expected["model.safetensors"]
     flip_byte_keeping_mtime(merged / "model.safetensors", 1_500_000)

@@ -167,9 +167,10 @@ def assert_sound(store: Store, recipe: Path) -> None:
 
 @pytest.mark.slow
 def test_sigkill_at_random_moments_never_leaves_a_lying_cache(project, tmp_path):
-    """Each round picks a moment at random: start-up, or a stage and a delay after it starts (up to
-    a little past its measured duration, so commits and lock updates are hit too). A cached target
-    stage is rebuilt with --force, so every stage keeps being killed."""
+    """Each round picks a moment at random: start-up or a stage (weighted by its measured
+    duration), and a delay after it starts (up to a little past that duration, so commits and lock
+    updates are hit too). A cached target stage is rebuilt with --force, so every stage keeps being
+    killed, and a killed training resumes from its checkpoints in a later round."""
     recipe, cache = project
     seed = int(os.environ.get("LEGALBUILD_FAULT_SEED", random.SystemRandom().randrange(2**31)))
     wanted = int(os.environ.get("LEGALBUILD_FAULT_KILLS", "10"))
@@ -189,13 +190,18 @@ def test_sigkill_at_random_moments_never_leaves_a_lying_cache(project, tmp_path)
     for attempt in range(3 * wanted):
         if len(kills) >= wanted:
             break
-        target = rng.choice(list(seconds))
-        delay = rng.uniform(0, 1.2 * seconds[target])
-        cached = target in nodes and store.has(target, nodes[target].key)
+        # weighted by how long each part takes: a moment drawn uniformly over a build's time
+        stage = rng.choices(list(seconds), weights=list(seconds.values()))[0]
+        target, anchor = stage, rf"^{stage}\s+building"
+        delay = rng.uniform(0, 1.2 * seconds[stage])
+        if stage == "train" and (step := rng.randint(0, 8)):  # a moment of training itself,
+            target, anchor = f"train step {step}", rf"^train\s+step {step}/"  # at any speed
+            delay = rng.uniform(0, 1.0)
+        cached = stage in nodes and store.has(stage, nodes[stage].key)
         log = tmp_path / f"build-{attempt}.log"
-        proc = start_build(cache, log, str(recipe), *(["--force", target] if cached else []))
+        proc = start_build(cache, log, str(recipe), *(["--force", stage] if cached else []))
         try:
-            if target == "start-up" or wait_for_line(proc, log, rf"^{target}\s+building"):
+            if stage == "start-up" or wait_for_line(proc, log, anchor):
                 proc.wait(timeout=delay)
         except subprocess.TimeoutExpired:
             pass
@@ -204,8 +210,8 @@ def test_sigkill_at_random_moments_never_leaves_a_lying_cache(project, tmp_path)
                 kill(proc)
         text = log.read_text(errors="replace")
         resumed += len(re.findall(r"^train\s+resuming from checkpoint", text, re.M))
-        for stage, took in re.findall(r"^(\w+)\s+done\s+\w+\s+in ([\d.]+) s", text, re.M):
-            seconds[stage] = max(seconds[stage], float(took))
+        for done, took in re.findall(r"^(\w+)\s+done\s+\w+\s+in ([\d.]+) s", text, re.M):
+            seconds[done] = max(seconds[done], float(took))
         if proc.returncode == -signal.SIGKILL:
             kills.append((target, round(delay, 2), stage_at_kill(text)))
             leftovers += len(list((cache / "tmp").iterdir())) if (cache / "tmp").is_dir() else 0
@@ -213,15 +219,15 @@ def test_sigkill_at_random_moments_never_leaves_a_lying_cache(project, tmp_path)
             assert proc.returncode == 0, text[-3000:]
             ended += 1
         assert_sound(store, recipe)
+    assert len(kills) >= wanted
+    final = cli(cache, "build", str(recipe))
+    assert final.returncode == 0, final.stdout[-3000:] + final.stderr[-3000:]
+    resumed += len(re.findall(r"^train\s+resuming from checkpoint", final.stdout, re.M))
     print("kills (target, delay s, stage running):", *kills, sep="\n  ")
     print(
         f"{len(kills)} kills, {ended} builds ended before their kill, {resumed} training resumes, "
-        f"{leftovers} temp folders left by kills"
+        f"{leftovers} temp folders left by kills, all gone after the next build"
     )
-    assert len(kills) >= wanted
-
-    final = cli(cache, "build", str(recipe))
-    assert final.returncode == 0, final.stdout[-3000:] + final.stderr[-3000:]
     assert_sound(store, recipe)
     assert list((cache / "tmp").iterdir()) == [], "temp folders survived the next build"
     assert cli(cache, "verify").returncode == 0
@@ -308,3 +314,5 @@ def test_flipped_bytes_with_their_mtime_kept_stop_verify_builds_and_export(proje
     print(f"bit flips: {len(cases)} tried, {caught} caught by verify and by the reading command")
     assert not (tmp_path / "export").exists()
     assert cli(cache, "verify", str(recipe)).returncode == 0
+    exported = cli(cache, "export", str(recipe), str(tmp_path / "export"))  # the sound bytes ship
+    assert exported.returncode == 0 and (tmp_path / "export" / "model.safetensors").is_file()
