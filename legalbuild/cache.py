@@ -1,15 +1,27 @@
 """The content-addressed store of stage outputs.
 
-Layout under the store root:
+Layout under the store root (every name legalbuild writes there):
 
+    CACHEDIR.TAG                          marks the folder as a legalbuild store (backup tools skip it)
     entries/<stage>/<key>/manifest.json   key, inputs, output digests, versions, timings, metrics
     entries/<stage>/<key>/out/            what the stage wrote
-    tmp/<stage>-<key>-<pid>-<rand>/       an entry being built (renamed into entries/ when done)
+    tmp/<stage>-<key16>-<pid>-<start>-<rand>/        an entry being built (renamed into entries/ when done)
+    tmp/trash-<stage>-<key16>-<pid>-<start>-<rand>/  an old entry being deleted
     work/<stage>-<key>/                   scratch that survives a crash (training checkpoints)
+    failed/<stage>-<key16>/               what a failed build wrote, for reading
     locks/<stage>-<key>.lock              one builder per key; a second one waits, then hits the cache
+    hash-memo.json                        digests of big data files, to speed up `plan`
 
 An entry exists only once its folder has been renamed into place, and the rename happens after the
-manifest is written, so a build killed at any moment leaves nothing that looks complete.
+manifest is written, so a build killed at any moment leaves nothing that looks complete. A temp
+folder names its builder (pid and process start time): the next build removes the ones whose
+builder is gone, and never one of a live builder (a reused pid has another start time).
+
+Ownership: `gc`, `clean` and the temp clean-up delete only inside a folder marked by legalbuild's
+CACHEDIR.TAG, only names of the forms above (a stage name and a hex key), and never through a
+symlink: a symlinked entry or folder is reported and left alone, with whatever it points at. A store
+made before the marker existed is adopted (marked) when every name at its top is one of the above;
+any other non-empty folder is refused, for building as for deleting.
 """
 
 from __future__ import annotations
@@ -17,16 +29,32 @@ from __future__ import annotations
 import json
 import os
 import secrets
-import shutil
-import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from filelock import FileLock
+from filelock import FileLock, Timeout
 
+from legalbuild.errors import CacheCorruptError
+from legalbuild.graph import ALL_STAGES
 from legalbuild.hashing import HashMemo, tree_manifest
+from legalbuild.ownership import (
+    KEY,
+    MARKER,
+    MARKER_TEXT,
+    NAMES,
+    ROOT_TMP_NAME,
+    TMP_NAME,
+    TOP_NAMES,
+    NotAStoreError,
+    StrayError,
+    check_ref,
+    owner_alive,
+    owner_tag,
+    real_dir,
+    remove_tree,
+)
 
 ENV_VAR = "LEGALBUILD_CACHE"
 
@@ -51,11 +79,46 @@ class EntryRef:
 class Store:
     def __init__(self, root: str | Path):
         self.root = Path(root)
-        HashMemo.attach(self.root / "hash-memo.json")
+        self._claimed = False
+        # plan's digest memo is kept on disk only in a folder legalbuild owns
+        HashMemo.attach(self.root / "hash-memo.json" if self.is_marked() else None)
 
     @classmethod
     def open(cls, cache_dir: str | Path | None = None) -> Store:
         return cls(default_root(cache_dir))
+
+    # ----------------------------------------------------------------------------- ownership
+    def is_marked(self) -> bool:
+        marker = self.root / MARKER
+        try:
+            return not marker.is_symlink() and "legalbuild" in marker.read_text(errors="replace")
+        except OSError:
+            return False
+
+    def claim(self) -> None:
+        """Before writing or deleting: create the store with its marker, adopt an unmarked folder
+        laid out as legalbuild lays out stores, or refuse any other folder."""
+        if self._claimed or self.is_marked():
+            self._claimed = True
+            return
+        if self.root.exists() and not real_dir(self.root):
+            raise NotAStoreError(self.root, ["it is a file or a symlink, not a folder"])
+        foreign = [
+            f"{p.name} (a symlink)" if p.is_symlink() else p.name
+            for p in (sorted(self.root.iterdir()) if self.root.exists() else [])
+            # another tool's CACHEDIR.TAG makes it theirs (ours may appear now: a concurrent build)
+            if p.is_symlink()
+            or not TOP_NAMES.fullmatch(p.name)
+            or (p.name == MARKER and not self.is_marked())
+        ]
+        if foreign:
+            raise NotAStoreError(self.root, foreign)
+        self.root.mkdir(parents=True, exist_ok=True)
+        tmp = self.root / f"{MARKER}.tmp{os.getpid()}"
+        tmp.write_text(MARKER_TEXT)
+        os.replace(tmp, self.root / MARKER)
+        self._claimed = True
+        HashMemo.attach(self.root / "hash-memo.json")
 
     # ----------------------------------------------------------------------------- locations
     def entry_dir(self, stage: str, key: str) -> Path:
@@ -68,7 +131,11 @@ class Store:
         return self.root / "work" / f"{stage}-{key}"
 
     def has(self, stage: str, key: str) -> bool:
-        return (self.entry_dir(stage, key) / "manifest.json").is_file()
+        """A committed entry: its manifest is there and no folder on the way is a symlink."""
+        entry = self.entry_dir(stage, key)
+        if any(p.is_symlink() for p in (entry, entry.parent, entry.parent.parent)):
+            return False
+        return (entry / "manifest.json").is_file()
 
     def manifest(self, stage: str, key: str) -> dict[str, Any] | None:
         path = self.entry_dir(stage, key) / "manifest.json"
@@ -77,33 +144,49 @@ class Store:
         except (OSError, ValueError):
             return None
 
+    def output_digests(self, stage: str, key: str, under: str = "") -> dict[str, str]:
+        """{path relative to `out/<under>`: sha256} as the entry's manifest recorded them."""
+        outputs = (self.manifest(stage, key) or {}).get("outputs", {})
+        prefix = f"{under.strip('/')}/" if under else ""
+        return {p[len(prefix) :]: d for p, d in outputs.items() if p.startswith(prefix)}
+
     def lock(self, stage: str, key: str) -> FileLock:
+        check_ref(stage, key)
+        self.claim()
         (self.root / "locks").mkdir(parents=True, exist_ok=True)
         return FileLock(str(self.root / "locks" / f"{stage}-{key}.lock"))
 
     # ------------------------------------------------------------------------------- writing
     def new_tmp(self, stage: str, key: str) -> Path:
-        """A fresh temporary entry folder with an empty out/ inside."""
-        tmp = self.root / "tmp" / f"{stage}-{key[:16]}-{os.getpid()}-{secrets.token_hex(4)}"
+        """A fresh temporary entry folder with an empty out/ inside, named after its builder."""
+        check_ref(stage, key)
+        self.claim()
+        tmp = self.root / "tmp" / f"{stage}-{key[:16]}-{owner_tag()}-{secrets.token_hex(4)}"
         (tmp / "out").mkdir(parents=True)
         return tmp
 
+    def _trash(self, stage: str, key: str) -> Path:
+        trash = self.root / "tmp" / f"trash-{stage}-{key[:16]}-{owner_tag()}-{secrets.token_hex(4)}"
+        trash.parent.mkdir(parents=True, exist_ok=True)
+        return trash
+
     def commit(self, tmp: Path, stage: str, key: str, manifest: dict[str, Any]) -> Path:
         """Record output digests, write the manifest, and rename the temp folder into place."""
+        check_ref(stage, key)
         manifest = {**manifest, "outputs": tree_manifest(tmp / "out")}
         (tmp / "manifest.json").write_text(
             json.dumps(manifest, indent=2, sort_keys=True, default=str)
         )
         final = self.entry_dir(stage, key)
         final.parent.mkdir(parents=True, exist_ok=True)
-        if final.exists():  # --force: move the old entry aside first, then drop it
-            trash = self.root / "tmp" / f"trash-{stage}-{key[:16]}-{secrets.token_hex(4)}"
+        if final.exists() or final.is_symlink():  # --force: move the old entry aside, then drop it
+            trash = self._trash(stage, key)
             os.replace(final, trash)
             os.replace(tmp, final)
-            shutil.rmtree(trash, ignore_errors=True)
+            remove_tree(trash)
         else:
             os.replace(tmp, final)
-        shutil.rmtree(self.work_dir(stage, key), ignore_errors=True)
+        remove_tree(self.work_dir(stage, key))
         return final
 
     def failed_dir(self, stage: str, key: str) -> Path:
@@ -113,44 +196,84 @@ class Store:
         """Move a failed build's temp folder to failed/ (replacing an older one) for inspection."""
         dest = self.failed_dir(stage, key)
         try:
-            shutil.rmtree(dest, ignore_errors=True)
+            remove_tree(dest)
             dest.parent.mkdir(parents=True, exist_ok=True)
             os.replace(tmp / "out", dest)
         except OSError:
             return None
         finally:
-            shutil.rmtree(tmp, ignore_errors=True)
+            remove_tree(tmp)
         return dest
 
     def remove(self, stage: str, key: str) -> bool:
+        """Drop an entry (False when there is none). A symlink in its place is not followed:
+        StrayError says so and leaves it."""
+        check_ref(stage, key)
         entry = self.entry_dir(stage, key)
-        if not entry.exists():
+        if not (entry.exists() or entry.is_symlink()):
             return False
-        trash = self.root / "tmp" / f"trash-{stage}-{key[:16]}-{secrets.token_hex(4)}"
-        trash.parent.mkdir(parents=True, exist_ok=True)
+        self.claim()
+        if any(p.is_symlink() for p in (entry, entry.parent, entry.parent.parent)):
+            raise StrayError(
+                f"{stage} {key[:12]}: {entry} is (or lies under) a symlink, not an entry legalbuild "
+                "wrote; skipped, not followed",
+                hint="remove the link yourself if it should go",
+            )
+        trash = self._trash(stage, key)
         os.replace(entry, trash)  # atomic: the entry disappears at once, deletion can be slow
-        shutil.rmtree(trash, ignore_errors=True)
+        remove_tree(trash)
         return True
 
     # ------------------------------------------------------------------------------- reading
     def entries(self) -> Iterator[EntryRef]:
+        """Committed entries with names legalbuild writes; symlinks and other names are skipped
+        (`strays` lists them)."""
         base = self.root / "entries"
-        if not base.is_dir():
+        if not real_dir(base):
             return
         for stage_dir in sorted(base.iterdir()):
+            if stage_dir.name not in ALL_STAGES or not real_dir(stage_dir):
+                continue
             for entry in sorted(stage_dir.iterdir()):
-                if (entry / "manifest.json").is_file():
+                if (
+                    KEY.fullmatch(entry.name)
+                    and real_dir(entry)
+                    and (entry / "manifest.json").is_file()
+                ):
                     yield EntryRef(stage_dir.name, entry.name)
 
+    def strays(self) -> list[str]:
+        """What lies where legalbuild keeps its folders but is not legalbuild's: symlinks and
+        foreign names under entries/, tmp/, work/, failed/. Never deleted; gc reports them."""
+        found = []
+        for top, is_ours in NAMES.items():
+            folder = self.root / top
+            if folder.is_symlink():
+                found.append(f"{top} (a symlink: not followed)")
+                continue
+            for p in sorted(folder.iterdir()) if folder.is_dir() else []:
+                if p.is_symlink():
+                    found.append(f"{top}/{p.name} (a symlink: not followed)")
+                elif not is_ours(p.name):
+                    found.append(f"{top}/{p.name} (not a name legalbuild writes)")
+                elif top == "entries" and p.is_dir():
+                    found += [
+                        f"entries/{p.name}/{e.name}"
+                        + (" (a symlink: not followed)" if e.is_symlink() else " (not an entry)")
+                        for e in sorted(p.iterdir())
+                        if e.is_symlink() or not (KEY.fullmatch(e.name) and e.is_dir())
+                    ]
+        return found
+
     def verify(self, stage: str, key: str) -> list[str]:
-        """Re-hash an entry's outputs; return a problem per missing, changed or unexpected file."""
+        """Re-hash every byte of an entry's outputs (no memo); return a problem per missing,
+        changed or unexpected file."""
         manifest = self.manifest(stage, key)
         if manifest is None:
             return ["manifest.json is missing or unreadable"]
         expected: dict[str, str] = manifest.get("outputs", {})
-        actual = (
-            tree_manifest(self.out_dir(stage, key)) if self.out_dir(stage, key).exists() else {}
-        )
+        out = self.out_dir(stage, key)
+        actual = tree_manifest(out) if out.is_dir() else {}
         problems = [f"missing: {p}" for p in sorted(expected.keys() - actual.keys())]
         problems += [
             f"changed: {p}"
@@ -160,41 +283,85 @@ class Store:
         return problems
 
     def size_bytes(self, stage: str, key: str) -> int:
-        return sum(f.stat().st_size for f in self.entry_dir(stage, key).rglob("*") if f.is_file())
+        total = 0
+        for dirpath, _dirs, files in os.walk(self.entry_dir(stage, key)):  # symlinks not followed
+            total += sum(os.lstat(os.path.join(dirpath, f)).st_size for f in files)
+        return total
 
     # ------------------------------------------------------------------------------ cleaning
-    def clean_tmp(self, older_than_s: float = 0) -> int:
-        """Remove temp folders of builds whose process is gone (or all older than a threshold)."""
-        tmp_root = self.root / "tmp"
-        removed = 0
-        if not tmp_root.is_dir():
-            return 0
-        for d in tmp_root.iterdir():
-            pid = _pid_of(d.name)
-            if pid is not None and pid != os.getpid() and _alive(pid):
+    def scratch(self, kind: str) -> list[Path]:
+        """work/ or failed/ folders with names legalbuild writes (symlinks and other names left out)."""
+        folder = self.root / kind
+        if kind not in ("work", "failed") or not real_dir(folder):
+            return []
+        return [p for p in sorted(folder.iterdir()) if NAMES[kind](p.name) and real_dir(p)]
+
+    def drop_scratch(self, path: Path) -> None:
+        if path not in self.scratch(path.parent.name) or path.parent.parent != self.root:
+            raise ValueError(f"not a work/ or failed/ folder of this store: {path}")
+        self.claim()
+        remove_tree(path)
+
+    def busy(self, stage: str, key: str) -> bool:
+        """Is a builder working on this key now (holding its lock)?"""
+        lock = self.lock(stage, key)
+        try:
+            lock.acquire(timeout=0)
+        except Timeout:
+            return True
+        lock.release()
+        return False
+
+    def clean_tmp(self) -> list[str]:
+        """Remove the temp folders of builders that are gone (their pid is dead, or now names a
+        process that started later). A live builder's folders, other names and symlinks stay."""
+        removed: list[str] = []
+        for folder, pattern in ((self.root / "tmp", TMP_NAME), (self.root, ROOT_TMP_NAME)):
+            if not real_dir(folder):
                 continue
-            if time.time() - d.stat().st_mtime < older_than_s:
-                continue
-            shutil.rmtree(d, ignore_errors=True)
-            removed += 1
+            for p in folder.iterdir():
+                m = pattern.fullmatch(p.name)
+                if m is None or p.is_symlink():
+                    continue
+                pid = m.group(1)
+                start = m.group(2) if pattern is TMP_NAME else None
+                if pid is not None and owner_alive(int(pid), int(start) if start else None):
+                    continue
+                self.claim()
+                remove_tree(p) if p.is_dir() else p.unlink(missing_ok=True)
+                removed.append(p.name)
         return removed
 
 
-def _pid_of(name: str) -> int | None:
-    parts = name.split("-")
-    if name.startswith("trash-") or len(parts) < 4:
-        return None
-    try:
-        return int(parts[-2])
-    except ValueError:
-        return None
+class VerifiedInputs(Mapping[str, Path]):
+    """A stage's `ctx.inputs`: the upstream entries' out/ folders. The first time a stage asks for
+    one, every byte of it is re-hashed against its manifest, so a stage never reads a corrupted
+    entry (the digests, not the mtime memo, decide)."""
 
+    def __init__(self, store: Store, refs: dict[str, str], reader: str):
+        self._store, self._refs, self._reader = store, dict(refs), reader
+        self._checked: set[str] = set()
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    def __getitem__(self, stage: str) -> Path:
+        key = self._refs[stage]
+        if stage not in self._checked:
+            problems = self._store.verify(stage, key)
+            if problems:
+                raise CacheCorruptError(
+                    f"the {stage} entry {key[:12]} that {self._reader} reads is corrupted: "
+                    + "; ".join(problems[:5])
+                    + (f" (and {len(problems) - 5} more)" if len(problems) > 5 else ""),
+                    hint=f"`legalbuild build RECIPE --force {stage}` rebuilds it; "
+                    "`legalbuild verify` checks the whole cache",
+                )
+            self._checked.add(stage)
+        return self._store.out_dir(stage, key)
+
+    def __contains__(self, stage: object) -> bool:
+        return stage in self._refs
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._refs)
+
+    def __len__(self) -> int:
+        return len(self._refs)

@@ -242,13 +242,20 @@ def clean(
     cache_dir: CacheDir = None,
 ) -> None:
     """Remove this recipe's current cache entries (all stages, or --stage ones)."""
+    from legalbuild.cache import StrayError
+
     loaded = _loaded(recipe)
     store = _store(cache_dir)
+    if store.root.exists():
+        store.claim()  # refuses a folder that is not a legalbuild cache
     for name, node in loaded.nodes.items():
         if stage and name not in stage:
             continue
-        if store.remove(name, node.key):
-            console.print(f"removed {name} {node.key[:12]}")
+        try:
+            if store.remove(name, node.key):
+                console.print(f"removed {name} {node.key[:12]}")
+        except StrayError as exc:
+            console.print(f"[yellow]skipped[/] {escape(exc.message)}")
 
 
 @app.command()
@@ -259,15 +266,23 @@ def gc(
     ] = False,
     cache_dir: CacheDir = None,
 ) -> None:
-    """Remove every cache entry that is not current for one of the given recipes."""
+    """Remove every cache entry that is not current for one of the given recipes.
+
+    Only names legalbuild wrote are removed, never through a symlink, and only in a folder that
+    legalbuild marked as its cache (CACHEDIR.TAG); anything else is listed as skipped."""
     from legalbuild import pipeline
 
-    removed = pipeline.gc(_store(cache_dir), pipeline.current_refs(recipes), dry_run=dry_run)
-    for stage, key, size in removed:
-        console.print(
-            f"{'would remove' if dry_run else 'removed'} {stage} {key[:12]} ({size / 1e6:.1f} MB)"
-        )
-    console.print(f"{len(removed)} entries, {sum(s for *_, s in removed) / 1e6:.1f} MB")
+    result = pipeline.gc(_store(cache_dir), pipeline.current_refs(recipes), dry_run=dry_run)
+    verb = "would remove" if dry_run else "removed"
+    for stage, key, size in result.removed:
+        console.print(f"{verb} {stage} {key[:12]} ({size / 1e6:.1f} MB)")
+    for folder in result.scratch:
+        console.print(f"{verb} {escape(folder)}")
+    for stray in result.skipped:
+        console.print(f"[yellow]skipped[/] {escape(stray)}")
+    console.print(
+        f"{len(result.removed)} entries, {sum(s for *_, s in result.removed) / 1e6:.1f} MB"
+    )
 
 
 # ------------------------------------------------------------------------------- data
@@ -436,7 +451,11 @@ def export(
     from legalbuild import pipeline
 
     merged = pipeline.locate_output(loaded, store, "merge") / "model"
-    out = export_artifact(merged, dest, build_manifest(loaded, store), force=force)
+    # the copy is checked against the digests the merge entry recorded: a corrupted cache never ships
+    expected = store.output_digests("merge", loaded.nodes["merge"].key, under="model")
+    out = export_artifact(
+        merged, dest, build_manifest(loaded, store), force=force, expected=expected
+    )
     console.print(f"exported to {out}")
 
 

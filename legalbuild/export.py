@@ -10,38 +10,49 @@ never leaves a half-written artifact behind under the destination name.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
 from pathlib import Path
 from typing import Any
 
-from legalbuild.errors import LegalbuildError, NotBuiltError
+from legalbuild.errors import CacheCorruptError, LegalbuildError, NotBuiltError
+from legalbuild.hashing import hash_file
+from legalbuild.ownership import owner_alive
 
 MANIFEST_NAME = "legalbuild-manifest.json"
 MANIFEST_FORMAT = "legalbuild-export/1"
 
 
 def export_artifact(
-    merged_dir: Path, dest: Path, manifest: dict[str, Any], *, force: bool = False
+    merged_dir: Path,
+    dest: Path,
+    manifest: dict[str, Any],
+    *,
+    force: bool = False,
+    expected: dict[str, str] | None = None,
 ) -> Path:
     """Copy `merged_dir` to `dest` and write the manifest there. Returns `dest`.
 
-    Refuses a non-empty `dest` unless `force` (then it is replaced once the new copy is complete)."""
+    Refuses a non-empty `dest` unless `force` (then it is replaced once the new copy is complete).
+    `expected` ({relative path: sha256}, from the cache entry's manifest): the copied bytes must
+    match it file for file, or CacheCorruptError is raised and nothing is left under `dest`."""
     merged_dir, dest = Path(merged_dir).resolve(), Path(dest).resolve()
     check_merged_folder(merged_dir)
     check_destination(merged_dir, dest, force)
 
+    for stale in dest.parent.glob(f".{dest.name}.partial-*"):  # left by killed exports
+        pid = stale.name.rsplit("-", 1)[1]
+        if pid.isdigit() and not stale.is_symlink() and not owner_alive(int(pid), None):
+            shutil.rmtree(stale, ignore_errors=True)
     staging = dest.with_name(f".{dest.name}.partial-{os.getpid()}")
     shutil.rmtree(staging, ignore_errors=True)
     try:
         copy_tree(merged_dir, staging)
-        document = {
-            **manifest,
-            "format": MANIFEST_FORMAT,
-            "artifact": describe_files(staging),
-        }
+        artifact = describe_files(staging)
+        if expected is not None:
+            check_copy(merged_dir, artifact["files"], expected)
+        document = {**manifest, "format": MANIFEST_FORMAT, "artifact": artifact}
         (staging / MANIFEST_NAME).write_text(
             json.dumps(document, indent=2, sort_keys=True) + "\n", encoding="utf-8"
         )
@@ -76,6 +87,23 @@ def check_destination(merged_dir: Path, dest: Path, force: bool) -> None:
         )
 
 
+def check_copy(merged_dir: Path, copied: dict[str, Any], expected: dict[str, str]) -> None:
+    """The copied files are exactly the ones the cache recorded, byte for byte."""
+    actual = {path: entry["sha256"] for path, entry in copied.items()}
+    problems = [f"missing: {p}" for p in sorted(expected.keys() - actual.keys())]
+    problems += [
+        f"changed: {p}" for p in sorted(expected.keys() & actual.keys()) if expected[p] != actual[p]
+    ]
+    problems += [f"unexpected: {p}" for p in sorted(actual.keys() - expected.keys())]
+    if problems:
+        raise CacheCorruptError(
+            f"{merged_dir} differs from what the merge stage recorded, nothing exported: "
+            + "; ".join(problems[:5])
+            + (f" (and {len(problems) - 5} more)" if len(problems) > 5 else ""),
+            hint="`legalbuild build RECIPE --force merge` rebuilds the merged model",
+        )
+
+
 def copy_tree(source: Path, target: Path) -> None:
     """Copy file contents only: cache entries are read-only, the export should be writable."""
     for path in sorted(source.rglob("*")):
@@ -90,16 +118,8 @@ def copy_tree(source: Path, target: Path) -> None:
 
 def describe_files(folder: Path) -> dict[str, Any]:
     files = {
-        str(p.relative_to(folder)): {"sha256": sha256_file(p), "bytes": p.stat().st_size}
+        str(p.relative_to(folder)): {"sha256": hash_file(p), "bytes": p.stat().st_size}
         for p in sorted(folder.rglob("*"))
         if p.is_file()
     }
     return {"files": files, "total_bytes": sum(f["bytes"] for f in files.values())}
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()

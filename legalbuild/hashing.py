@@ -1,10 +1,16 @@
-"""Content digests. File digests are memoised by (path, size, mtime) so a cached build re-hashes nothing."""
+"""Content digests.
+
+`file_digest` is memoised by (path, size, mtime) so `plan` re-hashes no unchanged data file. That
+memo is a speed-up for computing keys only: whatever checks integrity (`verify`, a stage reading an
+upstream entry, `export`, the digests recorded at commit) reads every byte with `hash_file`.
+"""
 
 from __future__ import annotations
 
 import hashlib
 import json
 import os
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -25,8 +31,18 @@ def digest_json(obj: Any) -> str:
     return sha256_bytes(canonical_json(obj).encode("utf-8"))
 
 
+def hash_file(path: str | Path) -> str:
+    """sha256 of a file's bytes, read now (never from a memo)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(_CHUNK):
+            h.update(chunk)
+    return h.hexdigest()
+
+
 def file_digest(path: str | Path) -> str:
-    """sha256 of a file's bytes, memoised in-process and in the on-disk hash memo (see HashMemo)."""
+    """sha256 of a file's bytes, memoised in-process and in the on-disk hash memo (see HashMemo).
+    For cache keys only: a byte changed with the mtime kept goes unnoticed here."""
     path = Path(path)
     st = path.stat()
     memo_key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
@@ -35,11 +51,7 @@ def file_digest(path: str | Path) -> str:
     if (cached := HashMemo.shared().get(memo_key)) is not None:
         _memo[memo_key] = cached
         return cached
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(_CHUNK):
-            h.update(chunk)
-    digest = h.hexdigest()
+    digest = hash_file(path)
     _memo[memo_key] = digest
     HashMemo.shared().put(memo_key, digest)
     return digest
@@ -66,9 +78,14 @@ def tree_digest(root: str | Path) -> str:
 
 
 def tree_manifest(root: str | Path) -> dict[str, str]:
-    """{relative path: sha256} of every file under root (written into cache manifests and the lock)."""
+    """{relative path: sha256} of every file under root, every byte read now (no memo): the digests
+    cache manifests and the lock record, and what `verify` compares them with."""
     root = Path(root)
-    return {str(p.relative_to(root)): file_digest(p) for p in tree_files(root)}
+    files = tree_files(root)
+    # hashlib releases the GIL on large buffers: a few threads hash a model's shards in parallel
+    with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool:
+        digests = list(pool.map(hash_file, files))
+    return {str(p.relative_to(root)): d for p, d in zip(files, digests, strict=True)}
 
 
 class HashMemo:
@@ -93,7 +110,7 @@ class HashMemo:
         return cls._instance
 
     @classmethod
-    def attach(cls, path: Path) -> None:
+    def attach(cls, path: Path | None) -> None:
         cls._instance = HashMemo(path)
 
     def get(self, key: tuple[str, int, int]) -> str | None:

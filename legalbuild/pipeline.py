@@ -8,7 +8,6 @@ from __future__ import annotations
 import importlib
 import os
 import platform
-import shutil
 import sys
 import time
 from collections.abc import Callable, Iterable
@@ -17,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from legalbuild import __version__
-from legalbuild.cache import Store
+from legalbuild.cache import Store, VerifiedInputs
 from legalbuild.errors import LegalbuildError, LockMismatchError, NotBuiltError, StageFailedError
 from legalbuild.graph import StageNode, build_graph, downstream_of
 from legalbuild.lock import diff_inputs, flatten, locked_stage, prune_lock, read_lock, update_lock
@@ -145,6 +144,9 @@ def build(
     plans = plan(loaded, store, until, force)
     if locked:
         _check_locked(loaded, plans)
+    store.claim()  # refuses a folder that is not a legalbuild cache before anything is written
+    if stale := store.clean_tmp():
+        log(f"removed {len(stale)} temp folder(s) left by builds that were killed")
     built, seconds, outputs = [], {}, {}
     forced = _forced(loaded, force)
     for p in plans:
@@ -205,7 +207,6 @@ def _build_stage(
         if store.has(node.name, node.key) and not force:
             log(f"{node.name:<10} built meanwhile by another process: cache hit")
             return None
-        store.clean_tmp(older_than_s=3600)
         tmp = store.new_tmp(node.name, node.key)
         work = store.work_dir(node.name, node.key)
         work.mkdir(parents=True, exist_ok=True)
@@ -216,7 +217,8 @@ def _build_stage(
             recipe_path=loaded.recipe_path,
             out_dir=tmp / "out",
             work_dir=work,
-            inputs={d: store.out_dir(d, loaded.nodes[d].key) for d in node.deps},
+            # re-hashed against their manifests when the stage first reads them
+            inputs=VerifiedInputs(store, {d: loaded.nodes[d].key for d in node.deps}, node.name),
             console=console,
             log_fn=lambda m: log(f"{node.name:<10} {m}"),
         )
@@ -287,28 +289,43 @@ def current_refs(recipe_paths: Iterable[str | Path]) -> set[tuple[str, str]]:
     return refs
 
 
-def gc(
-    store: Store, keep: set[tuple[str, str]], dry_run: bool = False
-) -> list[tuple[str, str, int]]:
-    """Remove every entry not in `keep`; returns (stage, key, bytes) of what was (or would be) removed."""
-    removed = []
+@dataclass
+class GcResult:
+    removed: list[tuple[str, str, int]] = field(default_factory=list)  # entries: stage, key, bytes
+    scratch: list[str] = field(default_factory=list)  # work/, failed/, tmp/ folders of stale keys
+    skipped: list[str] = field(default_factory=list)  # symlinks and names legalbuild did not write
+
+
+def gc(store: Store, keep: set[tuple[str, str]], dry_run: bool = False) -> GcResult:
+    """Remove every entry not in `keep`, and the checkpoints and failed builds of keys not kept.
+    Deletes only names legalbuild writes, never through a symlink, and only in a legalbuild cache."""
+    result = GcResult()
+    if not store.root.exists():
+        return result
+    store.claim()
+    result.skipped = store.strays()
     for e in list(store.entries()):
         if (e.stage, e.key) in keep:
             continue
         size = store.size_bytes(e.stage, e.key)
         if not dry_run:
             store.remove(e.stage, e.key)
-        removed.append((e.stage, e.key, size))
+        result.removed.append((e.stage, e.key, size))
+    kept_prefixes = {f"{stage}-{key[:16]}" for stage, key in keep}
+    for kind in ("work", "failed"):
+        for folder in store.scratch(kind):
+            stage, key = folder.name.split("-", 1)
+            if f"{stage}-{key[:16]}" in kept_prefixes:
+                continue
+            if kind == "work" and store.busy(stage, key):
+                result.skipped.append(f"work/{folder.name} (a builder is using it now)")
+                continue
+            if not dry_run:
+                store.drop_scratch(folder)
+            result.scratch.append(f"{kind}/{folder.name}")
     if not dry_run:
-        store.clean_tmp()
-        kept_prefixes = {f"{stage}-{key[:16]}" for stage, key in keep}
-        for w in (store.root / "work").glob("*") if (store.root / "work").is_dir() else []:
-            if w.name[: w.name.index("-") + 17] not in kept_prefixes:
-                shutil.rmtree(w, ignore_errors=True)  # checkpoints of keys no recipe wants
-        for f in (store.root / "failed").glob("*") if (store.root / "failed").is_dir() else []:
-            if f.name not in kept_prefixes:
-                shutil.rmtree(f, ignore_errors=True)  # what failed builds of stale keys wrote
-    return removed
+        result.scratch += [f"tmp/{name}" for name in store.clean_tmp()]
+    return result
 
 
 def heavy_modules_loaded() -> list[str]:
@@ -319,6 +336,7 @@ def heavy_modules_loaded() -> list[str]:
 
 __all__ = [
     "BuildResult",
+    "GcResult",
     "Loaded",
     "StageFailedError",
     "StagePlan",

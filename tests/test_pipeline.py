@@ -31,10 +31,12 @@ def _rows(n: int, offset: int = 0) -> str:
     )
 
 
-@pytest.fixture
-def project(tmp_path, tiny_model_dir):
-    (tmp_path / "data.jsonl").write_text(_rows(40))
-    recipe = tmp_path / "recipe.toml"
+def write_project(
+    folder: Path, base: Path, train: str = 'max_steps = 1\nreport_to = ["none"]', more: str = ""
+) -> Path:
+    """The tests' tiny recipe (40 rows of data, `base` as the model) in `folder`; returns its path."""
+    (folder / "data.jsonl").write_text(_rows(40))
+    recipe = folder / "recipe.toml"
     recipe.write_text(
         f"""
 [project]
@@ -45,13 +47,17 @@ path = "data.jsonl"
 [data]
 target_min_pairs = 1
 [model]
-base = "{tiny_model_dir}"
+base = "{base}"
 [train]
-max_steps = 1
-report_to = ["none"]
-"""
+{train}
+{more}"""
     )
     return recipe
+
+
+@pytest.fixture
+def project(tmp_path, tiny_model_dir):
+    return write_project(tmp_path, tiny_model_dir)
 
 
 def _keys(recipe: Path) -> dict[str, str]:
@@ -222,3 +228,40 @@ def test_verify_gc_and_clean_through_the_cli(project, tmp_path):
     assert store.work_dir("normalize", current).exists()
     assert _cli("clean", str(project), env_cache=cache).returncode == 0
     assert list(store.entries()) == []
+
+
+def test_a_folder_that_is_not_a_cache_is_refused_by_build_gc_and_clean(project, tmp_path):
+    home = tmp_path / "home"
+    (home / "work").mkdir(parents=True)
+    (home / "work" / "thesis.tex").write_text("user data")
+    (home / "notes.txt").write_text("user data")
+    for args in (
+        ["build", str(project), "--until", "normalize"],
+        ["gc", str(project)],
+        ["clean", str(project)],
+    ):
+        proc = _cli(*args, "--cache-dir", str(home), env_cache=tmp_path / "unused")
+        assert proc.returncode == 1, (args, proc.stdout, proc.stderr)
+        assert "is not a legalbuild cache" in proc.stderr and "notes.txt" in proc.stderr
+        assert "Traceback" not in proc.stderr
+    assert sorted(p.name for p in home.rglob("*")) == ["notes.txt", "thesis.tex", "work"]
+
+
+def test_the_next_build_removes_what_killed_builders_left_in_tmp(project, tmp_path):
+    store = Store(tmp_path / "store")
+    code = (
+        "import time\n"
+        "from legalbuild.cache import Store\n"
+        f"t = Store({str(store.root)!r}).new_tmp('normalize', {'e' * 64!r})\n"
+        "(t / 'out' / 'half-written.jsonl').write_text('{')\n"
+        "print(t, flush=True)\n"
+        "time.sleep(60)\n"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    left = Path(proc.stdout.readline().strip())
+    proc.kill()
+    proc.wait()
+    assert left.is_dir()
+    _, logs = _build(project, store, until="normalize")
+    assert "removed 1 temp folder(s) left by builds that were killed" in logs
+    assert not left.exists() and list((store.root / "tmp").iterdir()) == []

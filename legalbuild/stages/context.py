@@ -9,13 +9,14 @@ Contract for every stage module `legalbuild/stages/<name>.py`:
 renames it into the cache only after `run` returns, so a crash never leaves a complete-looking
 entry). Long work that must survive a crash (training checkpoints) goes in `ctx.work_dir`, which
 is stable for the stage key and removed after the entry is committed. Upstream outputs are read
-from `ctx.inputs[stage_name]` (a committed cache entry's output folder; read-only).
+from `ctx.inputs[stage_name]` (a committed cache entry's output folder; read-only; the pipeline
+re-hashes it against its manifest the first time the stage asks for it, see cache.VerifiedInputs).
 No heavy import (torch, transformers, peft, trl, datasets, vllm) at module top level.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -34,7 +35,7 @@ class StageContext:
     recipe_path: Path
     out_dir: Path
     work_dir: Path
-    inputs: dict[str, Path] = field(default_factory=dict)
+    inputs: Mapping[str, Path] = field(default_factory=dict)
     console: Console | None = None
     # extra facts the key was computed from (e.g. resolved hub revision), for the manifest
     facts: dict[str, Any] = field(default_factory=dict)

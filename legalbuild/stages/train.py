@@ -324,12 +324,6 @@ def sft_config(
     )
 
 
-def last_checkpoint(checkpoints: Path) -> str | None:
-    from transformers.trainer_utils import get_last_checkpoint
-
-    return get_last_checkpoint(str(checkpoints)) if checkpoints.is_dir() else None
-
-
 def sample_prompts(val_rows: list[dict[str, Any]], samples: Any) -> list[dict[str, str]]:
     """The first `count` held-out rows (stable across runs) plus the recipe's extra clauses."""
     prompts = [
@@ -351,21 +345,6 @@ def sample_prompts(val_rows: list[dict[str, Any]], samples: Any) -> list[dict[st
         for i, c in enumerate(samples.clauses, 1)
     ]
     return prompts
-
-
-def _keep_samples_up_to(path: Path, step: int | None) -> None:
-    """Samples survive a crash in work_dir; drop the ones from steps a resumed run will redo."""
-    if not path.exists():
-        return
-    if step is None:
-        path.unlink()
-        return
-    kept = [
-        ln
-        for ln in path.read_text(encoding="utf-8").splitlines()
-        if ln and json.loads(ln)["step"] <= step
-    ]
-    path.write_text("".join(ln + "\n" for ln in kept), encoding="utf-8")
 
 
 # ---------------------------------------------------------------------------------------- the stage
@@ -390,6 +369,7 @@ def _train(ctx: StageContext, callbacks: Sequence[Any]) -> dict[str, Any]:
         ProgressCallback,
         SampleCallback,
     )
+    from legalbuild.training.checkpoints import resumable_checkpoint, trim_samples
     from legalbuild.training.monitoring import (
         FORMAT_RATE_KEY,
         best_evaluation,
@@ -443,9 +423,11 @@ def _train(ctx: StageContext, callbacks: Sequence[Any]) -> dict[str, Any]:
     )
 
     checkpoints = ctx.work_dir / "checkpoints"
-    resume_from = last_checkpoint(checkpoints)
+    # the newest complete checkpoint: half-written ones (a kill while saving) are skipped and removed
+    checkpoint = resumable_checkpoint(checkpoints, ctx.log)
+    resume_from = str(checkpoint) if checkpoint else None
     samples_path = ctx.work_dir / "samples.jsonl"
-    _keep_samples_up_to(samples_path, int(resume_from.rsplit("-", 1)[-1]) if resume_from else None)
+    trim_samples(samples_path, int(checkpoint.name.rsplit("-", 1)[-1]) if checkpoint else None)
     if resume_from:
         ctx.log(f"resuming from {Path(resume_from).name}")
 
