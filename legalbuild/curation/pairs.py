@@ -484,7 +484,11 @@ def candidate_pairs(
             if not _full(counts, need, ("missing",)):
                 for name in names:
                     for p in missing_pairs(
-                        clauses, name, by_playbook[name], seed, draws=3 if generous else 1,
+                        clauses,
+                        name,
+                        by_playbook[name],
+                        seed,
+                        draws=3 if generous else 1,
                         max_chars=settings.max_contract_chars,
                     ):
                         counts[p.task] += 1

@@ -448,15 +448,19 @@ def split_pairs(
     val_units = {u for u, f in fraction.items() if f < settings.val_fraction}
     val_units = rescue_empty_side(fraction, val_units, report)
     test_top = settings.val_fraction + settings.test_fraction
-    test_units = {
-        u for u, f in fraction.items() if u not in val_units and f < test_top
-    } if settings.test_fraction else set()
+    test_units = (
+        {u for u, f in fraction.items() if u not in val_units and f < test_top}
+        if settings.test_fraction
+        else set()
+    )
     if settings.test_fraction and len(test_units) + len(val_units) >= len(fraction):
         test_units = set()
         report.warnings.append("too few split units for a test split: test.jsonl is empty")
     held = val_units | test_units
     report.split_units = {
-        "train": len(fraction) - len(held), "val": len(val_units), "test": len(test_units)
+        "train": len(fraction) - len(held),
+        "val": len(val_units),
+        "test": len(test_units),
     }
     train = [p for p, u in zip(pairs, units, strict=True) if u not in held]
     val = [p for p, u in zip(pairs, units, strict=True) if u in val_units]
@@ -507,7 +511,10 @@ def drop_validation_instructions(
     for pair in train:
         if pair.folded_instruction in held_out:
             sink.drop(
-                pair, "in_validation", raw=None, detail="its instruction is in val.jsonl or test.jsonl"
+                pair,
+                "in_validation",
+                raw=None,
+                detail="its instruction is in val.jsonl or test.jsonl",
             )
         else:
             kept.append(pair)
