@@ -328,7 +328,10 @@ class Store:
                 if pid is not None and owner_alive(int(pid), int(start) if start else None):
                     continue
                 self.claim()
-                remove_tree(p) if p.is_dir() else p.unlink(missing_ok=True)
+                if p.is_dir():
+                    remove_tree(p)
+                else:
+                    p.unlink(missing_ok=True)
                 removed.append(p.name)
         return removed
 

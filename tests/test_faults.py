@@ -119,7 +119,7 @@ def project(tmp_path_factory, tiny_model_dir) -> tuple[Path, Path]:
 def cli(cache: Path, *args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "LEGALBUILD_CACHE": str(cache)}
     cmd = [sys.executable, "-m", "legalbuild", *args]
-    return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=1200)
 
 
 def start_build(cache: Path, log: Path, *args: str) -> subprocess.Popen:
