@@ -12,7 +12,9 @@ from legalbuild.errors import DataError
 from legalbuild.recipe import Recipe
 from legalbuild.stages import normalize
 from legalbuild.stages.context import StageContext
-from legalbuild.stages.normalize import clean_text, fold_text, normalize_input_files
+from legalbuild.data.clean import clean_text, clean_text_fully, fold_text
+from legalbuild.data.stats import percentiles
+from legalbuild.stages.normalize import normalize_input_files
 
 
 # ------------------------------------------------------------------------------------- helpers
@@ -636,8 +638,8 @@ def test_stats_and_target_warning(tmp_path):
 
 
 def test_percentiles_nearest_rank():
-    assert normalize.percentiles(list(range(1, 101))) == {"p5": 5, "p50": 50, "p95": 95, "max": 100}
-    assert normalize.percentiles([]) == {"p5": 0, "p50": 0, "p95": 0, "max": 0}
+    assert percentiles(list(range(1, 101))) == {"p5": 5, "p50": 50, "p95": 95, "max": 100}
+    assert percentiles([]) == {"p5": 0, "p50": 0, "p95": 0, "max": 0}
 
 
 def test_5000_rows_with_duplicates(tmp_path):
@@ -679,5 +681,5 @@ def test_clean_text_shortcut_agrees_with_the_full_cleaning():
     for _ in range(3000):
         text = "".join(rnd.choice(pieces) for _ in range(rnd.randint(0, 12)))
         cleaned = clean_text(text)
-        assert cleaned == normalize.clean_text_fully(text), repr(text)
+        assert cleaned == clean_text_fully(text), repr(text)
         assert clean_text(cleaned) == cleaned, repr(text)  # idempotent
