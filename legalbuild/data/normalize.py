@@ -88,7 +88,8 @@ def normalize_sources(
         train = drop_validation_instructions(train, val, sink)
     if not train:
         raise DataError(
-            f"no training rows left after cleaning ({report.drop_summary()})",
+            f"no training rows left after cleaning {sum(report.rows_in.values())} rows of "
+            f"{', '.join(display_path(resolve(s.path)) for s in sources)} ({report.drop_summary()})",
             hint="check the field names of each source and the [data.filters] lengths",
         )
     assign_ids(train + val)

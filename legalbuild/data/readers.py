@@ -386,11 +386,14 @@ def _open_parquet(path: Path) -> SourceReader:
 def _read_parquet(path: Path, pf: Any) -> Iterator[Record]:
     shown = display_path(path)
     index = 0
-    batches = pf.iter_batches(batch_size=4096)
-    while (rows := _next_rows(batches, f"{shown} row {index}")) is not None:
-        for row in rows:
-            yield Record(f"{shown} row {index}", index, None, row, row)
-            index += 1
+    for group in range(pf.num_row_groups):  # group by group, so an error names its rows
+        rows_in_group = pf.metadata.row_group(group).num_rows
+        where = f"{shown} rows {index}-{index + rows_in_group - 1} (row group {group})"
+        batches = pf.iter_batches(batch_size=4096, row_groups=[group])
+        while (rows := _next_rows(batches, where)) is not None:
+            for row in rows:
+                yield Record(f"{shown} row {index}", index, None, row, row)
+                index += 1
 
 
 def _next_rows(batches: Iterator[Any], where: str) -> list[dict] | None:
@@ -400,7 +403,7 @@ def _next_rows(batches: Iterator[Any], where: str) -> list[dict] | None:
         return None if batch is None else batch.to_pylist()
     except Exception as exc:  # pyarrow: OSError/ArrowInvalid for corrupt pages or compression
         raise DataError(
-            f"{where}: the data from here on is unreadable (damaged file?): {exc}",
+            f"{where}: unreadable (damaged file?): {exc}",
             hint="rows of a damaged columnar file cannot be skipped one by one; re-export the file",
         ) from None
 
