@@ -555,7 +555,7 @@ def test_plan_mutated_recipes_and_paths(ws):
     for i in range(count("plan")):
         path, done = write_recipe_case(ws, "plan", i, curate=False)
         outcome = run_cli(["plan", str(path), "--cache-dir", str(cache)])
-        names = ["r.toml", *(Path(p).name[:40] for p in PATHS if p), "/dev/", "/proc/", "/sys"]
+        names = ["r.toml", str(ws), "/dev/", "/proc/", "/sys/"]  # hostile paths are under ws
         tally.record(
             f"plan#{i}: {done}",
             outcome,
