@@ -480,24 +480,21 @@ def main() -> None:
         sys.exit(130)
     except SystemExit:
         raise
-    except (
-        OSError
-    ) as exc:  # a file the input names that the OS refuses (too long a name, EACCES...)
+    except OSError as exc:
+        # a file the input names that the OS refuses (too long a name, permission denied...)
         if exc.filename is None:
             raise
         from legalbuild.data.files import display_path
 
-        err_console.print(
-            f"[bold red]error:[/] {escape(display_path(exc.filename))}: {escape(exc.strerror or str(exc))}"
-        )
+        shown = escape(display_path(str(exc.filename)))
+        err_console.print(f"[bold red]error:[/] {shown}: {escape(exc.strerror or str(exc))}")
         sys.exit(3)
     except Exception as exc:  # usage errors come through here in non-standalone mode
         import click
 
         # typer >= 0.29 raises its own vendored click's exceptions (subclasses of TyperException)
-        if isinstance(exc, click.exceptions.ClickException | typer.TyperException) and hasattr(
-            exc, "show"
-        ):
+        typer_error = getattr(typer, "TyperException", click.exceptions.ClickException)
+        if isinstance(exc, click.exceptions.ClickException | typer_error) and hasattr(exc, "show"):
             exc.show()
             sys.exit(exc.exit_code)
         if isinstance(exc, click.exceptions.Abort | typer.Abort):
