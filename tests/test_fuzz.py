@@ -73,7 +73,11 @@ def run_cli(args: list[str], hang_s: float = HANG_S) -> Outcome:
     global _COMMAND
     if _COMMAND is None:
         _COMMAND = typer.main.get_command(cli.app)
-    out, err = io.StringIO(), io.StringIO()
+    # encoded like a terminal's: text stdout cannot encode (a lone surrogate) crashes here too
+    out = io.TextIOWrapper(io.BytesIO(), encoding="utf-8", write_through=True)
+    err = io.TextIOWrapper(
+        io.BytesIO(), encoding="utf-8", errors="backslashreplace", write_through=True
+    )
     argv, app, crash, code = sys.argv, cli.app, None, None
 
     def on_alarm(signum, frame):
@@ -98,7 +102,8 @@ def run_cli(args: list[str], hang_s: float = HANG_S) -> Outcome:
         signal.signal(signal.SIGALRM, previous)
         sys.argv, cli.app = argv, app
     seconds, cpu = time.perf_counter() - started, time.process_time() - cpu
-    return Outcome(code, out.getvalue(), err.getvalue(), crash, seconds, cpu)
+    text = [stream.buffer.getvalue().decode("utf-8", "replace") for stream in (out, err)]
+    return Outcome(code, *text, crash, seconds, cpu)
 
 
 _KEY = re.compile(r"\[[A-Za-z_][\w.\[\]-]*\]|\bline \d+|:\d+:")
