@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from legalbuild.answer_format import parse_audit
+from legalbuild.data.files import decode_utf8
 from legalbuild.errors import DataError, ServeError
 from legalbuild.prompting import audit_instruction, chat_messages
 
@@ -41,14 +42,15 @@ def read_clauses(text: str) -> list[str]:
 def load_clauses(source: str | Path) -> list[str]:
     """`read_clauses` of a file, or of standard input when `source` is "-"."""
     if str(source) == "-":
-        text = sys.stdin.read()
+        binary = getattr(sys.stdin, "buffer", None)  # None when stdin is a text stream already
+        text = decode_utf8(binary.read(), "<stdin>", what="input") if binary else sys.stdin.read()
     else:
         path = Path(source)
         if not path.is_file():
             raise DataError(
                 f"{path}: no such file of clauses", hint="one clause per block, blank lines between"
             )
-        text = path.read_text(encoding="utf-8")
+        text = decode_utf8(path.read_bytes(), str(path), what="file of clauses")
     clauses = read_clauses(text)
     if not clauses:
         raise DataError(

@@ -315,6 +315,12 @@ def curate(
 
 
 # ------------------------------------------------------------------------------- serving
+def _check_port(value: int | None) -> int | None:
+    if value is not None and not 1 <= value <= 65535:
+        raise typer.BadParameter(f"{value} is not a TCP port (use 1 to 65535)")
+    return value
+
+
 @app.command()
 def serve(
     recipe: RecipeArg,
@@ -322,7 +328,9 @@ def serve(
         bool, typer.Option("--build", help="Build the recipe up to merge first if needed.")
     ] = False,
     host: Annotated[str | None, typer.Option(help="Bind address (default from [serve]).")] = None,
-    port: Annotated[int | None, typer.Option(help="Port (default from [serve]).")] = None,
+    port: Annotated[
+        int | None, typer.Option(callback=_check_port, help="Port (default from [serve]).")
+    ] = None,
     cache_dir: CacheDir = None,
 ) -> None:
     """Serve the merged model through vLLM's OpenAI-compatible API (Ctrl-C stops it).
@@ -369,7 +377,7 @@ def audit(
     as_json: Annotated[
         bool, typer.Option("--json", help="Print one JSON object per clause.")
     ] = False,
-    max_tokens: Annotated[int, typer.Option(help="Answer length cap.")] = 512,
+    max_tokens: Annotated[int, typer.Option(min=1, help="Answer length cap.")] = 512,
     playbook: Annotated[
         str | None,
         typer.Option(
@@ -513,13 +521,24 @@ def main() -> None:
         sys.exit(130)
     except SystemExit:
         raise
-    except Exception as exc:  # click's usage errors come through here in non-standalone mode
+    except OSError as exc:
+        # a file the input names that the OS refuses (too long a name, permission denied...)
+        if exc.filename is None:
+            raise
+        from legalbuild.data.files import display_path
+
+        shown = escape(display_path(str(exc.filename)))
+        err_console.print(f"[bold red]error:[/] {shown}: {escape(exc.strerror or str(exc))}")
+        sys.exit(3)
+    except Exception as exc:  # usage errors come through here in non-standalone mode
         import click
 
-        if isinstance(exc, click.exceptions.ClickException):
+        # typer >= 0.29 raises its own vendored click's exceptions (subclasses of TyperException)
+        typer_error = getattr(typer, "TyperException", click.exceptions.ClickException)
+        if isinstance(exc, click.exceptions.ClickException | typer_error) and hasattr(exc, "show"):
             exc.show()
             sys.exit(exc.exit_code)
-        if isinstance(exc, click.exceptions.Abort):
+        if isinstance(exc, click.exceptions.Abort | typer.Abort):
             sys.exit(130)
         raise
 

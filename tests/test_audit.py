@@ -52,6 +52,22 @@ def test_load_clauses_from_file_and_stdin(tmp_path, monkeypatch):
         load_clauses(tmp_path / "empty.txt")
 
 
+@pytest.mark.parametrize(
+    ("data", "expected"),
+    [
+        ("Clause one.\n\nLa clause deux.".encode("cp1252") + b"\xe9", ":3:16: byte 0xe9 is not valid UTF-8"),
+        ("Clause one.".encode("utf-16"), ": the file of clauses is UTF-16 text"),
+    ],
+)  # fmt: skip
+def test_a_file_of_clauses_not_in_utf8_names_the_file_and_an_encoding(tmp_path, data, expected):
+    path = tmp_path / "clauses.txt"
+    path.write_bytes(data)
+    with pytest.raises(DataError) as exc:
+        load_clauses(path)
+    assert f"{path}{expected}" in str(exc.value)
+    assert "iconv -f" in exc.value.hint
+
+
 def test_endpoint_forms_all_reach_the_v1_root():
     for endpoint in (
         "http://127.0.0.1:8000",

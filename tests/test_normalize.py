@@ -8,11 +8,13 @@ from pathlib import Path
 
 import pytest
 
+from legalbuild.data.clean import clean_text, clean_text_fully, fold_text
+from legalbuild.data.stats import percentiles
 from legalbuild.errors import DataError
 from legalbuild.recipe import Recipe
 from legalbuild.stages import normalize
 from legalbuild.stages.context import StageContext
-from legalbuild.stages.normalize import clean_text, fold_text, normalize_input_files
+from legalbuild.stages.normalize import normalize_input_files
 
 
 # ------------------------------------------------------------------------------------- helpers
@@ -610,7 +612,7 @@ def test_stats_and_target_warning(tmp_path):
     stats = build.stats
     assert any("fewer than the target range 2000..5000" in w for w in stats["warnings"])
     assert any(line.startswith("warning:") and "target range" in line for line in build.logs)
-    assert stats["rows_out"] == {"train": metrics["train"], "val": metrics["val"]}
+    assert stats["rows_out"] == {"train": metrics["train"], "val": metrics["val"], "test": 0}
     lengths = stats["lengths"]["instruction"]
     assert (
         lengths["p5"]
@@ -637,8 +639,8 @@ def test_stats_and_target_warning(tmp_path):
 
 
 def test_percentiles_nearest_rank():
-    assert normalize.percentiles(list(range(1, 101))) == {"p5": 5, "p50": 50, "p95": 95, "max": 100}
-    assert normalize.percentiles([]) == {"p5": 0, "p50": 0, "p95": 0, "max": 0}
+    assert percentiles(list(range(1, 101))) == {"p5": 5, "p50": 50, "p95": 95, "max": 100}
+    assert percentiles([]) == {"p5": 0, "p50": 0, "p95": 0, "max": 0}
 
 
 def test_5000_rows_with_duplicates(tmp_path):
@@ -680,8 +682,112 @@ def test_clean_text_shortcut_agrees_with_the_full_cleaning():
     for _ in range(3000):
         text = "".join(rnd.choice(pieces) for _ in range(rnd.randint(0, 12)))
         cleaned = clean_text(text)
-        assert cleaned == normalize.clean_text_fully(text), repr(text)
+        assert cleaned == clean_text_fully(text), repr(text)
         assert clean_text(cleaned) == cleaned, repr(text)  # idempotent
+
+
+# -------------------------------------------------------------------------- hostile inputs
+def deep(depth: int) -> str:
+    return "[" * depth + "]" * depth
+
+
+@pytest.mark.parametrize("depth", [101, 1_000, 100_000])
+def test_deeply_nested_json_is_a_bad_row_not_a_crash(tmp_path, depth):
+    lines = [json.dumps(pair(0)), f'{{"instruction": {deep(depth)}, "output": "Risk: high"}}']
+    (tmp_path / "d.jsonl").write_text("\n".join(lines + [json.dumps(pair(1))]) + "\n")
+    with pytest.raises(DataError, match=r"d\.jsonl:2: JSON nested deeper than 100 levels"):
+        Build(tmp_path, data_section({"name": "s", "path": "d.jsonl"})).run()
+    build = Build(tmp_path, data_section({"name": "s", "path": "d.jsonl"}, on_error="skip"))
+    assert build.run()["train"] + build.metrics["val"] == 2
+    (reject,) = build.rows("rejects.jsonl")
+    assert (reject["line"], reject["reason"]) == (2, "too_deep")
+
+
+def test_deep_elements_of_a_json_array(tmp_path):
+    # decodable but deeper than 100 levels: one bad row; too deep to decode: the file stops there
+    (tmp_path / "a.json").write_text(
+        f'[{json.dumps(pair(0))},\n{{"instruction": {deep(150)}, "output": "x"}}]'
+    )
+    build = Build(tmp_path, data_section({"name": "s", "path": "a.json"}, on_error="skip"))
+    build.run()
+    assert [r["reason"] for r in build.rows("rejects.jsonl")] == ["too_deep"]
+    (tmp_path / "b.json").write_text(f'[{json.dumps(pair(0))},\n{{"instruction": {deep(50_000)}}}]')
+    with pytest.raises(DataError, match=r"b\.json:2: element \[1\] is nested too deeply"):
+        Build(tmp_path, data_section({"name": "s", "path": "b.json"}, on_error="skip")).run()
+
+
+def test_an_overlong_line_is_a_bad_row_read_in_bounded_memory(tmp_path):
+    import tracemalloc
+
+    from legalbuild.data.readers import iter_jsonl
+
+    path = tmp_path / "d.jsonl"
+    with open(path, "wb") as f:
+        f.write(json.dumps(pair(0)).encode() + b"\n")
+        f.write(b'{"instruction": "' + b"x" * (20 << 20))  # 20 MiB without a newline
+        f.write(b'"}\n' + json.dumps(pair(2)).encode() + b"\n")
+    tracemalloc.start()
+    items = list(iter_jsonl(path, max_line_bytes=1 << 20))
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert [(i.line, i.error) for i in items] == [(1, None), (2, "line_too_long"), (3, None)]
+    assert "1,048,576 bytes" in items[1].detail and len(items[1].text) < 300
+    assert peak < 8 << 20, peak  # the 20 MiB line was never held whole
+
+
+def test_fifo_device_proc_and_broken_links_are_refused_never_read(tmp_path):
+    import os
+
+    os.mkfifo(tmp_path / "pipe.jsonl")  # reading it would block forever
+    (tmp_path / "gone.jsonl").symlink_to(tmp_path / "nowhere.jsonl")
+    cases = {
+        "pipe.jsonl": r"is a FIFO \(named pipe\), not a regular file",
+        "gone.jsonl": r"nowhere\.jsonl: no such file or folder",  # the link resolved
+        "/dev/zero": "is a character device",
+        "/proc/self/status": "is under /proc",
+    }
+    for path, message in cases.items():
+        source = {"name": "s", "path": path, "format": "jsonl"}
+        with pytest.raises(DataError, match=message):
+            Build(tmp_path, data_section(source, on_error="skip")).run()
+
+
+def test_plan_refuses_special_files_inside_a_source_folder(tmp_path):
+    """The cache key hashes every file of a folder source: a FIFO there hung `plan`."""
+    import os
+
+    from legalbuild.pipeline import Loaded
+
+    folder = tmp_path / "d_hf"
+    folder.mkdir()
+    write_jsonl(folder / "rows.jsonl", ROWS)
+    recipe = tmp_path / "r.toml"
+    recipe.write_text('[project]\nname = "x"\n[[data.sources]]\nname = "s"\npath = "d_hf"\n')
+    assert Loaded.from_path(recipe).nodes["normalize"].key
+    os.mkfifo(folder / "pipe")
+    with pytest.raises(DataError, match=r"d_hf/pipe: is a FIFO"):
+        Loaded.from_path(recipe)
+    os.remove(folder / "pipe")
+    (folder / "link").symlink_to(tmp_path / "missing")
+    with pytest.raises(DataError, match=r"d_hf/link: broken symbolic link"):
+        Loaded.from_path(recipe)
+
+
+def test_damaged_parquet_pages_name_the_rows(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path = tmp_path / "p.parquet"
+    pq.write_table(pa.Table.from_pylist([pair(i) for i in range(30)]), path, row_group_size=10)
+    data = bytearray(path.read_bytes())
+    page = pq.ParquetFile(path).metadata.row_group(1).column(0).data_page_offset
+    data[page : page + 4] = bytes(b ^ 0xFF for b in data[page : page + 4])  # the page header
+    path.write_bytes(bytes(data))
+    for on_error in ("fail", "skip"):
+        with pytest.raises(DataError, match=r"p\.parquet rows 10-19 \(row group 1\): unreadable"):
+            Build(
+                tmp_path, data_section({"name": "s", "path": "p.parquet"}, on_error=on_error)
+            ).run()
 
 
 def test_test_split_takes_whole_groups_and_never_moves_validation(tmp_path):

@@ -107,3 +107,220 @@ def test_tracking_and_serving_fields_never_enter_keys():
     assert "report_to" not in train and "logging_steps" not in train and "samples" not in train
     assert "learning_rate" in train and "seed" in train
     assert "licence" not in key_settings(r.model)
+
+
+# ------------------------------------------------------------------------------ strict values
+MINIMAL = {
+    "project": {"name": "x"},
+    "data": {"sources": [{"name": "a", "path": "a.jsonl"}]},
+    "curate": {"corpora": [{"kind": "nda_review"}]},
+}
+
+
+def _fields_of_type(model, kind: type, prefix: tuple = ()):
+    """Every (path, field) of `kind` (int or float, alone or with None) under a model, lists of
+    models entered at index 0: new fields are covered as soon as they are added."""
+    from typing import get_args
+
+    from legalbuild.recipe import _model_of
+
+    for name, field in model.model_fields.items():
+        path = (*prefix, name)
+        args = set(get_args(field.annotation)) or {field.annotation}
+        if kind in args:
+            yield path
+        nested = _model_of(field.annotation)
+        if nested is not None:
+            is_list = "list[" in str(field.annotation)
+            yield from _fields_of_type(nested, kind, (*path, 0) if is_list else path)
+
+
+def _with(path: tuple, value) -> dict:
+    import copy
+
+    raw = copy.deepcopy(MINIMAL)
+    node = raw
+    for part in path[:-1]:
+        if isinstance(part, int):
+            node = node[part]
+        else:
+            node = node.setdefault(
+                part, {} if not isinstance(path[path.index(part) + 1], int) else [{}]
+            )
+    node[path[-1]] = value
+    return raw
+
+
+def _rejected_at(raw: dict, path: tuple) -> bool:
+    from pydantic import ValidationError
+
+    try:
+        Recipe.model_validate(raw)
+    except ValidationError as exc:
+        return any(tuple(e["loc"][: len(path)]) == path for e in exc.errors())
+    return False
+
+
+def test_every_integer_is_strict_and_every_float_finite():
+    Recipe.model_validate(MINIMAL)
+    ints = list(_fields_of_type(Recipe, int))
+    floats = list(_fields_of_type(Recipe, float))
+    assert ("serve", "port") in ints and ("lora", "alpha") in ints and len(ints) > 25
+    assert ("train", "weight_decay") in floats and ("merge", "max_logit_diff") in floats
+    lax = [p for p in ints for v in (True, 2.0, "8", 2**64) if not _rejected_at(_with(p, v), p)]
+    assert not lax, f"integer fields accepting true, 2.0, '8' or 2**64: {lax}"
+    lax = [
+        p
+        for p in floats
+        for v in (float("inf"), float("nan"), True)
+        if not _rejected_at(_with(p, v), p)
+    ]
+    assert not lax, f"float fields accepting inf, nan or true: {lax}"
+
+
+@pytest.mark.parametrize(
+    ("mix", "expected"),
+    [
+        ("{}", "at least one task a share above 0"),
+        ("{audit = 0, fix = 0}", "at least one task a share above 0"),
+        ("{audit = -1, fix = 2}", "[curate.task_mix.audit] Input should be greater than or equal to 0 (got -1)"),
+        ("{audit = nan}", "[curate.task_mix.audit] Input should be a finite number (got nan)"),
+        ("{audit = inf}", "finite number (got inf)"),
+        ("{audit = 1, summarize = 1}", "[curate.task_mix.summarize] Input should be 'audit', 'defect'"),
+    ],
+)  # fmt: skip
+def test_task_mix_must_name_known_tasks_with_some_weight(tmp_path, mix, expected):
+    p = _write(
+        tmp_path,
+        f'[project]\nname = "x"\n[curate]\ncorpora = [{{kind = "nda_review"}}]\ntask_mix = {mix}\n',
+    )
+    with pytest.raises(RecipeError) as exc:
+        load_recipe(p)
+    assert f"{p}:5:" in str(exc.value) and expected in str(exc.value)
+
+
+def test_task_names_match_the_curation_tasks():
+    from typing import get_args
+
+    from legalbuild.curation.pairs import TASKS
+    from legalbuild.recipe import TaskName
+
+    assert get_args(TaskName) == TASKS
+
+
+@pytest.mark.parametrize(
+    ("section", "low", "high"),
+    [
+        ('[curate]\ncorpora = [{kind = "nda_review"}]', "min_clause_chars", "max_clause_chars"),
+        ("[data.filters]", "min_instruction_chars", "max_instruction_chars"),
+        ("[data.filters]", "min_output_chars", "max_output_chars"),
+        ("[data]", "target_min_pairs", "target_max_pairs"),
+    ],
+)
+def test_a_minimum_above_its_maximum_is_refused(tmp_path, section, low, high):
+    text = f'[project]\nname = "x"\n[[data.sources]]\nname = "a"\npath = "a.jsonl"\n{section}\n{low} = 2000\n{high} = 1500\n'
+    p = _write(tmp_path, text)
+    with pytest.raises(RecipeError) as exc:
+        load_recipe(p)
+    line = text.count("\n", 0, text.index(f"{high} =")) + 1
+    msg = str(exc.value)
+    assert (
+        f"{p}:{line}:" in msg
+        and f".{high}]" in msg
+        and f"{low} (2000)" in msg
+        and "got 1500" in msg
+    )
+
+
+@pytest.mark.parametrize(
+    ("data", "expected"),
+    [
+        ('[project]\nname = "x"\n'.encode("utf-16"), "is UTF-16 text"),
+        ('[project]\nname = "x"\n'.encode("utf-32"), "is UTF-32 text"),
+        ('[project]\nname = "x"\n'.encode("utf-16-le"), ":1:2: the recipe holds NUL bytes"),
+        (b'[project]\nname = "caf\xe9"\n', ":2:12: byte 0xe9 is not valid UTF-8"),
+        (b"\x7fELF\x02\x01\x01\x00\x00", ":1:8: the recipe holds NUL bytes"),
+    ],
+)
+def test_a_recipe_not_in_utf8_says_where_and_how_to_convert(tmp_path, data, expected):
+    p = tmp_path / "r.toml"
+    p.write_bytes(data)
+    with pytest.raises(RecipeError) as exc:
+        load_recipe(p)
+    assert str(p) in str(exc.value) and expected in str(exc.value)
+    assert "iconv" in exc.value.hint and "UTF-8" in exc.value.hint
+
+
+def test_a_utf8_byte_order_mark_is_fine(tmp_path):
+    p = tmp_path / "r.toml"
+    p.write_bytes(b'\xef\xbb\xbf[project]\nname = "x"\n[[data.sources]]\nname = "a"\npath = "a"\n')
+    assert load_recipe(p).project.name == "x"
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("[" * 5000 + "]" * 5000, ":3: not valid TOML: arrays or tables nested too deeply"),
+        ("9" * 5000, ":3: an integer of thousands of digits"),
+        ("9" * 4000, ":3: [train.seed] Input should be less than or equal to 4294967295"),
+    ],
+)
+def test_absurd_values_give_a_line_not_a_traceback(tmp_path, value, expected):
+    p = _write(tmp_path, f"[train]\nx = 1\nseed = {value}\n")
+    with pytest.raises(RecipeError) as exc:
+        load_recipe(p)
+    assert f"{p}{expected}" in str(exc.value)
+    assert len(str(exc.value)) < 2000  # the value is clipped, not printed whole
+
+
+def test_a_50k_character_key_is_reported_fast_and_clipped(tmp_path):
+    import time
+
+    base = '[project]\nname = "x"\n[[data.sources]]\nname = "a"\npath = "a.jsonl"\n'
+    p = _write(tmp_path, base + f'["a{" " * 50_000}b"]\nx = 1\n[train]\n"{" " * 50_000}y" = 1\n')
+    started = time.perf_counter()
+    with pytest.raises(RecipeError) as exc:
+        load_recipe(p)
+    assert time.perf_counter() - started < 0.5  # the line finder's regex took 2-13 s
+    msg = str(exc.value)
+    assert f"{p}:6: [a" in msg and f"{p}:8: [train." in msg and "unknown key" in msg
+    assert len(msg) < 3000
+
+
+@pytest.mark.parametrize(
+    ("path", "expected"),
+    [
+        ('""', "String should have at least 1 character"),
+        ('"a\\u0000b"', "a path cannot contain a NUL character"),
+        (f'"{"a" * 100_000}"', "String should have at most 4096 characters"),
+    ],
+)
+def test_impossible_paths_are_recipe_errors(tmp_path, path, expected):
+    p = _write(tmp_path, f'[project]\nname = "x"\n[[data.sources]]\nname = "a"\npath = {path}\n')
+    with pytest.raises(RecipeError) as exc:
+        load_recipe(p)
+    assert f"{p}:5: [data.sources[0].path] " in str(exc.value) and expected in str(exc.value)
+
+
+def test_a_recipe_that_is_a_folder_or_fifo_is_refused(tmp_path):
+    import os
+
+    os.mkfifo(tmp_path / "pipe.toml")
+    with pytest.raises(RecipeError, match=r"pipe\.toml: is a FIFO"):
+        load_recipe(tmp_path / "pipe.toml")
+    with pytest.raises(RecipeError, match="is a folder"):
+        load_recipe(tmp_path)
+
+
+def test_cli_usage_errors_and_port_range_without_traceback(tmp_path):
+    p = _write(tmp_path, '[project]\nname = "x"\n[[data.sources]]\nname = "a"\npath = "a.jsonl"\n')
+    for args, expected in [
+        (["serve", str(p), "--port", "70000"], "70000 is not a TCP port (use 1 to 65535)"),
+        (["serve", str(p), "--port", "-1"], "-1 is not a TCP port"),
+        (["plan"], "Missing argument"),
+    ]:
+        proc = subprocess.run(
+            [sys.executable, "-m", "legalbuild", *args], capture_output=True, text=True
+        )
+        assert proc.returncode == 2 and expected in proc.stderr, (args, proc.stderr)
+        assert "Traceback" not in proc.stderr

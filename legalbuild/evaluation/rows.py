@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from legalbuild.answer_format import RISK_LEVELS, Audit, Finding, parse_audit
-from legalbuild.data_io import read_jsonl
+from legalbuild.data.readers import read_jsonl
 from legalbuild.errors import DataError
 from legalbuild.prompting import AUDIT_INSTRUCTION
 

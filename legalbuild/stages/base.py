@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import re
 import shutil
 import time
@@ -84,11 +85,11 @@ def _package_file(spec: str, field: str) -> Path:
         )
     roots = list(found.submodule_search_locations or []) or [str(Path(found.origin).parent)]
     for root in roots:
-        candidate = Path(root) / relative
-        if candidate.exists():
+        candidate = Path(os.path.normpath(Path(root) / relative))  # "..": no way out of the package
+        if candidate.is_relative_to(os.path.normpath(root)) and candidate.is_file():
             return candidate.resolve()
     raise RecipeError(
-        f"[{field}] {spec!r}: {relative!r} is not inside package {module!r} ({roots[0]})"
+        f"[{field}] {spec!r}: {relative!r} is not a file inside package {module!r} ({roots[0]})"
     )
 
 

@@ -4,13 +4,16 @@ One function, `open_source(path, fmt)`, reads any supported format and returns a
 the column names (for tabular formats, checked before any row is read) and an iterator of
 `Record`s. Each record says where it came from (`where`: "file.jsonl:12", "file.json[3] (line 9)",
 "file.parquet row 5", "folder[train] row 5") so a bad row can be named precisely.
+`iter_jsonl(path)` is the project's one JSON Lines reader (line numbers, a bounded line size, a
+bounded nesting depth); read any .jsonl file through it.
 
 Two kinds of problems, two channels:
-- problems with the whole source (missing file, not a parquet file, JSON that is not an array,
-  a format that cannot be guessed) raise `DataError` at once: there is no row to skip;
-- problems with one row (invalid JSON on a line, an element that is not an object, a CSV line
-  the csv module rejects) come back as a `Record` with `error` set, and the caller decides
-  (fail or skip).
+- problems with the whole source (missing file, a FIFO or device, not a parquet file, corrupt
+  Parquet pages, JSON that is not an array, a format that cannot be guessed) raise `DataError` at
+  once: there is no row to skip;
+- problems with one row (invalid JSON on a line, a line over MAX_LINE_BYTES, JSON nested deeper
+  than MAX_JSON_DEPTH, an element that is not an object, a CSV line the csv module rejects) come
+  back as a `Record` with `error` set, and the caller decides (fail or skip).
 Text is decoded as UTF-8 with `surrogateescape`, so undecodable bytes survive as lone surrogates;
 the caller flags the fields that contain them (`has_bad_unicode`) instead of losing the file.
 pyarrow and datasets are imported inside the functions that need them.
@@ -28,6 +31,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from legalbuild.data.files import (
+    check_input_path,
+    display_path,
+    open_regular,
+    read_regular_bytes,
+)
 from legalbuild.errors import DataError
 from legalbuild.hashing import tree_files
 
@@ -41,6 +50,9 @@ FORMAT_BY_SUFFIX = {
     ".pq": "parquet",
 }
 FORMAT_HINT = 'set `format` on the source to one of "jsonl", "json", "csv", "parquet", "hf_disk"'
+MISSING_HINT = "data source paths are relative to the recipe's folder"
+MAX_LINE_BYTES = 16 << 20  # a longer JSON Lines line is a bad row, read in bounded memory
+MAX_JSON_DEPTH = 100  # deeper JSON is a bad row (deep enough for any record, far from the stack)
 
 
 @dataclass
@@ -64,15 +76,6 @@ class SourceReader:
     records: Iterator[Record]
 
 
-def display_path(path: Path) -> str:
-    """The path as a user would type it: relative to the working directory when inside it."""
-    try:
-        rel = os.path.relpath(path)
-    except ValueError:  # another drive on Windows
-        return str(path)
-    return str(path) if rel.startswith("..") else rel
-
-
 def detect_format(path: Path, fmt: str = "auto") -> str:
     """The concrete format of a source: the declared one, or a guess from the extension/contents."""
     if fmt != "auto":
@@ -94,18 +97,14 @@ def detect_format(path: Path, fmt: str = "auto") -> str:
 
 def source_files(path: Path, fmt: str = "auto") -> list[Path]:
     """Every file whose bytes a source's rows depend on (a folder: all its files); [] if missing."""
-    if not path.exists():
+    if not os.path.lexists(path):
         return []
-    return tree_files(path) if path.is_dir() else [path]
+    return tree_files(path)
 
 
 def open_source(path: Path, fmt: str = "auto") -> SourceReader:
     """Open a source for reading; raises DataError when the source as a whole is unusable."""
-    if not path.exists():
-        raise DataError(
-            f"{display_path(path)}: no such file or folder",
-            hint="data source paths are relative to the recipe's folder",
-        )
+    check_input_path(path, missing_hint=MISSING_HINT)  # a FIFO, a device, /proc...: DataError
     fmt = detect_format(path, fmt)
     if fmt == "hf_disk":
         if not path.is_dir():
@@ -113,18 +112,20 @@ def open_source(path: Path, fmt: str = "auto") -> SourceReader:
                 f'{display_path(path)}: format "hf_disk" needs a folder written by `Dataset.save_to_disk`',
                 hint=FORMAT_HINT,
             )
-        return _open_hf_disk(path)
+        tree_files(path)  # DataError for a FIFO or broken link inside, which would hang or crash
+        from legalbuild.data.columnar import open_hf_disk
+
+        return open_hf_disk(path)
     if path.is_dir():
         raise DataError(
             f"{display_path(path)}: is a folder, but format is {fmt!r}",
             hint='a `datasets` save_to_disk folder needs format "auto" or "hf_disk"',
         )
-    opener = {
-        "jsonl": _open_jsonl,
-        "json": _open_json_array,
-        "csv": _open_csv,
-        "parquet": _open_parquet,
-    }
+    if fmt == "parquet":
+        from legalbuild.data.columnar import open_parquet
+
+        return open_parquet(path)
+    opener = {"jsonl": _open_jsonl, "json": _open_json_array, "csv": _open_csv}
     return opener[fmt](path)
 
 
@@ -143,23 +144,81 @@ def _open_jsonl(path: Path) -> SourceReader:
 
 def _read_jsonl(path: Path) -> Iterator[Record]:
     shown = display_path(path)
-    index = 0
-    with open(path, "rb") as f:
-        for line_no, data in enumerate(f, 1):
+    for index, item in enumerate(iter_jsonl(path)):
+        where = f"{shown}:{item.line}"
+        if item.error:
+            yield Record(where, index, item.line, None, item.text, item.error, item.detail)
+        else:
+            yield _object_record(where, index, item.line, item.value, item.text)
+
+
+@dataclass
+class JsonlLine:
+    """One non-blank line of a JSON Lines file: its value, or why it has none."""
+
+    line: int  # 1-based
+    text: str  # the line, stripped (decoded with surrogateescape); cut short when too long
+    value: Any = None
+    error: str | None = None  # "invalid_json", "too_deep" or "line_too_long"
+    detail: str = ""
+
+
+def iter_jsonl(
+    path: str | Path, *, max_line_bytes: int = MAX_LINE_BYTES, max_depth: int = MAX_JSON_DEPTH
+) -> Iterator[JsonlLine]:
+    """Every non-blank line of a JSON Lines file, in order, with its line number. Reads a regular
+    file only (DataError otherwise) and at most max_line_bytes of any line: a longer line, invalid
+    JSON or JSON nested deeper than max_depth comes back with `error` set, for the caller to fail
+    on or skip. A UTF-8 byte-order mark on the first line is ignored."""
+    with open_regular(path, MISSING_HINT) as f:
+        line_no = 0
+        while data := f.readline(max_line_bytes + 1):
+            line_no += 1
             if line_no == 1 and data.startswith(b"\xef\xbb\xbf"):
                 data = data[3:]  # a UTF-8 byte-order mark, as some editors write
+            if len(data) > max_line_bytes and not data.endswith(b"\n"):
+                while (rest := f.readline(1 << 20)) and not rest.endswith(b"\n"):
+                    pass  # skip to the end of the line in bounded steps
+                head = data[:200].decode("utf-8", "surrogateescape")
+                detail = f"line longer than {max_line_bytes:,} bytes (read no further)"
+                yield JsonlLine(line_no, head + "…", None, "line_too_long", detail)
+                continue
             text = data.decode("utf-8", "surrogateescape").strip()
             if not text:
                 continue  # blank lines (a trailing newline, spacing) are not rows
-            where = f"{shown}:{line_no}"
             try:
-                obj = json.loads(text)
+                value = json.loads(text)
+            except RecursionError:
+                yield JsonlLine(line_no, text, None, "too_deep", _too_deep_detail(max_depth))
+                continue
             except ValueError as exc:
                 detail = f"invalid JSON: {getattr(exc, 'msg', exc)} (column {getattr(exc, 'colno', '?')})"
-                yield Record(where, index, line_no, None, text, "invalid_json", detail)
+                yield JsonlLine(line_no, text, None, "invalid_json", detail)
+                continue
+            if nested_deeper_than(value, max_depth):
+                yield JsonlLine(line_no, text, None, "too_deep", _too_deep_detail(max_depth))
             else:
-                yield _object_record(where, index, line_no, obj, text)
-            index += 1
+                yield JsonlLine(line_no, text, value)
+
+
+def nested_deeper_than(value: Any, limit: int) -> bool:
+    """True when arrays/objects nest more than `limit` levels (iterative: no recursion to overflow)."""
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        children = (
+            item.values() if isinstance(item, dict) else item if isinstance(item, list) else ()
+        )
+        for child in children:
+            if isinstance(child, dict | list):
+                if depth + 1 > limit:
+                    return True
+                stack.append((child, depth + 1))
+    return False
+
+
+def _too_deep_detail(limit: int) -> str:
+    return f"JSON nested deeper than {limit} levels"
 
 
 def read_jsonl(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
@@ -218,13 +277,27 @@ def _read_json_array(path: Path, text: str) -> Iterator[Record]:
         line_pos = pos
         try:
             obj, end = decoder.raw_decode(text, pos)
+        except RecursionError:
+            raise DataError(
+                f"{shown}:{line}: element [{index}] is nested too deeply to read "
+                f"(more than {MAX_JSON_DEPTH} levels are refused)",
+                hint="a JSON array cannot be read past such an element; fix the file "
+                "(JSON Lines can skip bad lines)",
+            ) from None
         except ValueError as exc:
             raise DataError(
                 f"{shown}:{_line_at(text, getattr(exc, 'pos', pos))}: invalid JSON in element [{index}]: "
                 f"{getattr(exc, 'msg', exc)}",
                 hint="a broken JSON array cannot be read past the error; fix the file (JSON Lines can skip bad lines)",
             ) from None
-        yield _object_record(f"{shown}[{index}] (line {line})", index, line, obj, obj)
+        where = f"{shown}[{index}] (line {line})"
+        if nested_deeper_than(obj, MAX_JSON_DEPTH):
+            raw = _clip(text[pos:end])
+            yield Record(
+                where, index, line, None, raw, "too_deep", _too_deep_detail(MAX_JSON_DEPTH)
+            )
+        else:
+            yield _object_record(where, index, line, obj, obj)
         index += 1
         pos = _skip_space(text, end)
         if pos < len(text) and text[pos] == ",":
@@ -249,13 +322,17 @@ def _line_at(text: str, pos: int) -> int:
     return text.count("\n", 0, pos) + 1
 
 
+def _clip(text: str, width: int = 200) -> str:
+    return text if len(text) <= width else text[:width] + "…"
+
+
 def _read_text(path: Path) -> str:
-    text = path.read_bytes().decode("utf-8", "surrogateescape")
+    text = read_regular_bytes(path, MISSING_HINT).decode("utf-8", "surrogateescape")
     return text[1:] if text.startswith("\ufeff") else text
 
 
 def _first_non_space_byte(path: Path) -> bytes:
-    with open(path, "rb") as f:
+    with open_regular(path, MISSING_HINT) as f:
         head = f.read(4096).lstrip(b"\xef\xbb\xbf \t\r\n")
     return head[:1]
 
@@ -305,52 +382,3 @@ def _read_csv(shown: str, reader: Any, columns: list[str]) -> Iterator[Record]:
         else:  # a short row lacks its last columns: reported as missing fields by the caller
             yield Record(where, index, start, dict(zip(columns, values, strict=False)), values)
         index += 1
-
-
-# --------------------------------------------------------------------------------------- Parquet
-def _open_parquet(path: Path) -> SourceReader:
-    import pyarrow.parquet as pq
-
-    try:
-        pf = pq.ParquetFile(path)
-    except Exception as exc:  # pyarrow raises ArrowInvalid/OSError for truncated or foreign files
-        raise DataError(f"{display_path(path)}: not a readable Parquet file: {exc}") from None
-    return SourceReader(path, "parquet", list(pf.schema_arrow.names), _read_parquet(path, pf))
-
-
-def _read_parquet(path: Path, pf: Any) -> Iterator[Record]:
-    shown = display_path(path)
-    index = 0
-    for batch in pf.iter_batches(batch_size=4096):
-        for row in batch.to_pylist():
-            yield Record(f"{shown} row {index}", index, None, row, row)
-            index += 1
-
-
-# ------------------------------------------------------------------- datasets save_to_disk folder
-def _open_hf_disk(path: Path) -> SourceReader:
-    import datasets
-
-    try:
-        loaded = datasets.load_from_disk(str(path))
-    except Exception as exc:  # FileNotFoundError for a plain folder, others for damaged ones
-        raise DataError(
-            f"{display_path(path)}: not a `datasets` save_to_disk folder: {exc}",
-            hint="write it with Dataset.save_to_disk(folder), or point at a .jsonl/.csv/.parquet file",
-        ) from None
-    # A DatasetDict is read split by split in name order; normalize makes its own train/val split.
-    splits = [(None, loaded)] if isinstance(loaded, datasets.Dataset) else sorted(loaded.items())
-    columns = sorted({c for _, ds in splits for c in ds.column_names})
-    return SourceReader(path, "hf_disk", columns, _read_hf_splits(path, splits))
-
-
-def _read_hf_splits(path: Path, splits: list[tuple[str | None, Any]]) -> Iterator[Record]:
-    shown = display_path(path)
-    index = 0
-    for split_name, ds in splits:
-        label = shown if split_name is None else f"{shown}[{split_name}]"
-        table = ds.with_format("arrow")
-        for start in range(0, len(ds), 4096):
-            for offset, row in enumerate(table[start : start + 4096].to_pylist()):
-                yield Record(f"{label} row {start + offset}", index, None, row, row)
-                index += 1
