@@ -26,6 +26,7 @@ from typing import Any
 
 from filelock import FileLock
 
+from legalbuild.code_digest import attach_memo
 from legalbuild.hashing import HashMemo, tree_manifest
 
 ENV_VAR = "LEGALBUILD_CACHE"
@@ -52,6 +53,7 @@ class Store:
     def __init__(self, root: str | Path):
         self.root = Path(root)
         HashMemo.attach(self.root / "hash-memo.json")
+        attach_memo(self.root / "code-memo.json")
 
     @classmethod
     def open(cls, cache_dir: str | Path | None = None) -> Store:

