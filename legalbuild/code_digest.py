@@ -20,7 +20,7 @@ import os
 from functools import cache
 from pathlib import Path
 
-from legalbuild.hashing import sha256_bytes
+from legalbuild.hashing import digest_json, sha256_bytes
 
 PACKAGE = "legalbuild"
 PACKAGE_DIR = Path(__file__).resolve().parent
@@ -76,6 +76,11 @@ def code_files(module: str) -> dict[str, str]:
             todo.extend(imports)
     save_memo()
     return dict(sorted(found.items()))
+
+
+def code_version(module: str) -> str:
+    """A short digest of `code_files(module)`: names a folder of outputs made by that code."""
+    return digest_json(code_files(module))[:12]
 
 
 @cache

@@ -629,4 +629,3 @@ def generate_pairs(
     candidates, stats = candidate_pairs(documents, rulebook, settings, log=log)
     stats["candidates"] = Counter(p.task for p in candidates)
     return select_pairs(candidates, settings), stats
-
