@@ -200,9 +200,14 @@ def file_changes(old: dict[str, str] | None, new: dict[str, str], old_count: Any
         ("removed", [n for n in old if n not in new]),
     ):
         if names:
-            more = f" and {len(names) - _SHOWN} more" if len(names) > _SHOWN else ""
-            parts.append(f"{', '.join(sorted(names)[:_SHOWN])}{more} {verb}")
+            parts.append(f"{first_names(names)} {verb}")
     return "; ".join(parts) or "files renamed"
+
+
+def first_names(names: list[str]) -> str:
+    """ "a, b, c and 4 more": the first few names in order, then how many others."""
+    shown = ", ".join(sorted(names)[:_SHOWN])
+    return shown + (f" and {len(names) - _SHOWN} more" if len(names) > _SHOWN else "")
 
 
 def _short(value: Any) -> str:

@@ -27,6 +27,7 @@ from legalbuild.errors import (
 from legalbuild.graph import StageNode, build_graph, downstream_of
 from legalbuild.lock import (
     diff_inputs,
+    first_names,
     flatten,
     lock_path,
     locked_stage,
@@ -209,10 +210,9 @@ def _lock_for_build(loaded: Loaded, locked: bool, log: Callable[[str], None]) ->
 
 
 def _numerics_note(stage: str, locked: dict[str, str], produced: dict[str, str]) -> str:
-    differ = sorted(n for n in locked.keys() | produced.keys() if locked.get(n) != produced.get(n))
-    more = f" and {len(differ) - 3} more" if len(differ) > 3 else ""
+    differ = [n for n in locked.keys() | produced.keys() if locked.get(n) != produced.get(n)]
     return (
-        f"{stage:<10} note: same key as the lock, but {', '.join(differ[:3])}{more} differ from "
+        f"{stage:<10} note: same key as the lock, but {first_names(differ)} differ from "
         "the locked digests (numerics differ on this machine, e.g. another CPU); the lock keeps "
         f"its digests (to record this build's, delete [stages.{stage}] from the lock and build)"
     )

@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from helpers import REPO, write_jsonl, write_recipe
+from helpers import REPO, write_json, write_jsonl, write_recipe
 
 from legalbuild import pipeline
 from legalbuild.cache import Store
@@ -166,3 +166,19 @@ def test_no_cached_output_holds_a_machine_path(tmp_path, tiny_model_dir):
     base = json.loads((result.outputs["base"] / "base.json").read_text())
     assert adapter["base_model_name_or_path"] == base["identity"]
     assert base["identity"].startswith("folder@sha256:")
+
+
+def test_the_adapter_records_its_base_by_identity(tmp_path):
+    from legalbuild.training.adapter import record_base_identity
+
+    base_entry = tmp_path / "entries" / "base" / "k" / "out"
+    write_json(base_entry / "base.json", {"kind": "folder", "sha256": "b" * 64})
+    model_dir = str(base_entry / "model")
+    adapter = tmp_path / "adapter"
+    write_json(adapter / "adapter_config.json", {"base_model_name_or_path": model_dir, "r": 8})
+    (adapter / "README.md").write_text(f"---\nbase_model: {model_dir}\n---\n# Model Card\n")
+    (adapter / "adapter_model.safetensors").write_bytes(model_dir.encode())  # binary: untouched
+    assert record_base_identity(adapter, base_entry) == ["README.md", "adapter_config.json"]
+    config = json.loads((adapter / "adapter_config.json").read_text())
+    assert config == {"base_model_name_or_path": f"folder@sha256:{'b' * 64}", "r": 8}
+    assert model_dir not in (adapter / "README.md").read_text()

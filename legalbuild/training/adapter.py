@@ -28,7 +28,10 @@ def base_identity_of(base_entry: Path) -> str:
 
 def record_base_identity(adapter_dir: Path, base_entry: Path) -> list[str]:
     """Replace the base's local folder with its identity in every text file of `adapter_dir`.
-    Returns the names of the files rewritten."""
+    Returns the names of the files rewritten. A base folder not made by the base stage (no
+    base.json: hand-built test contexts) has no identity, and the adapter keeps PEFT's text."""
+    if not (base_entry / "base.json").is_file():
+        return []
     identity = base_identity_of(base_entry)
     folders = {str(base_entry / "model"), str((base_entry / "model").resolve())}
     rewritten = []
