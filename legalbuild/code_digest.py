@@ -6,9 +6,10 @@ name; each package `__init__.py` on the way too (Python runs it on import). Impo
 `if TYPE_CHECKING:` never run and do not count. Nothing is imported: the files are parsed with
 `ast`, so computing a plan stays light.
 
-A file's digest is the sha256 of its syntax tree without docstrings: comments, docstrings and
-formatting (`ruff format`) change no key, any other edit does. Parsing costs ~3 ms a file, so
-what a file's content gave (digest, imports) is remembered by the sha256 of its bytes, in this
+A file's digest is the sha256 of its bytes, as `sha256sum` prints it: the same on every machine
+and Python version (a digest of the syntax tree would ignore comments, but differ between Python
+versions, and a lock must reproduce anywhere). Any edit counts, a comment too. Parsing costs
+~3 ms a file, so the imports found in a file are remembered by the sha256 of its bytes, in this
 process and in `code-memo.json` at the cache root (`attach_memo`): a cached plan parses nothing.
 """
 
@@ -26,8 +27,8 @@ PACKAGE = "legalbuild"
 PACKAGE_DIR = Path(__file__).resolve().parent
 _MEMO_MAX = 4000  # entries; one per version of a file, ~150 bytes each
 
-# "module sha256-of-bytes" -> (digest of the tree, legalbuild modules imported)
-_parsed: dict[str, tuple[str, frozenset[str]]] = {}
+# "module sha256-of-bytes" -> the legalbuild modules it imports
+_parsed: dict[str, frozenset[str]] = {}
 _memo_path: Path | None = None
 _memo_dirty = False
 
@@ -38,7 +39,7 @@ def attach_memo(path: Path) -> None:
     _memo_path = path
     try:
         stored = json.loads(path.read_text())
-        _parsed.update({k: (v[0], frozenset(v[1])) for k, v in stored.items()})
+        _parsed.update({k: frozenset(v) for k, v in stored.items() if isinstance(v, list)})
     except (OSError, ValueError, TypeError, IndexError, AttributeError):
         pass  # no memo yet, or an unreadable one: parse again
 
@@ -48,7 +49,7 @@ def save_memo() -> None:
     if _memo_path is None or not _memo_dirty:
         return
     items = list(_parsed.items())[-_MEMO_MAX:]
-    data = {k: [digest, sorted(imports)] for k, (digest, imports) in items}
+    data = {k: sorted(imports) for k, imports in items}
     try:
         _memo_path.parent.mkdir(parents=True, exist_ok=True)
         tmp = _memo_path.with_name(f".{_memo_path.name}.tmp{os.getpid()}")
@@ -103,16 +104,16 @@ def _parents(module: str) -> list[str]:
 
 
 def _parse(module: str, path: Path) -> tuple[str, frozenset[str]]:
+    """(sha256 of the file, the legalbuild modules it imports)."""
     global _memo_dirty
     data = path.read_bytes()
-    memo_key = f"{module} {sha256_bytes(data)}"
+    digest = sha256_bytes(data)
+    memo_key = f"{module} {digest}"
     if memo_key not in _parsed:
         tree = ast.parse(data, filename=str(path))
-        imports = frozenset(_imports(tree, module, is_package=path.name == "__init__.py"))
-        _strip_docstrings(tree)
-        _parsed[memo_key] = (sha256_bytes(ast.dump(tree).encode()), imports)
+        _parsed[memo_key] = frozenset(_imports(tree, module, path.name == "__init__.py"))
         _memo_dirty = True
-    return _parsed[memo_key]
+    return digest, _parsed[memo_key]
 
 
 def _imports(tree: ast.Module, module: str, is_package: bool) -> set[str]:
@@ -162,16 +163,3 @@ def _is_type_checking(test: ast.expr) -> bool:
     return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
         isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING"
     )
-
-
-def _strip_docstrings(tree: ast.Module) -> None:
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Module | ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef):
-            body = node.body
-            if (
-                body
-                and isinstance(body[0], ast.Expr)
-                and isinstance(body[0].value, ast.Constant)
-                and isinstance(body[0].value.value, str)
-            ):
-                node.body = body[1:] or [ast.Pass()]
