@@ -145,6 +145,7 @@ VARIANTS = {v for pair in COMPARISONS.values() for v in pair}
 # ---------------------------------------------------------------------------------- preparation
 def prepare(args: argparse.Namespace) -> Path:
     """A base-stage output folder (`model/` inside) for the requested model, converted once."""
+    from legalbuild.code_digest import code_version
     from legalbuild.recipe import Recipe
     from legalbuild.stages import base
     from legalbuild.stages.context import StageContext
@@ -158,7 +159,7 @@ def prepare(args: argparse.Namespace) -> Path:
             (out / "model").symlink_to(location)
         return out
     digest = base.base_key_inputs(recipe.model, Path.cwd())["digest"][:16]
-    out = CACHE / f"base-{digest}-v{base.VERSION}"
+    out = CACHE / f"base-{digest}-{code_version(base.__name__)}"
     if not (out / "model" / "config.json").exists():
         tmp = out.with_name(out.name + ".tmp")
         tmp.mkdir(parents=True, exist_ok=True)

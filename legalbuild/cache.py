@@ -36,8 +36,9 @@ from typing import Any
 
 from filelock import FileLock, Timeout
 
+from legalbuild.code_digest import attach_memo
 from legalbuild.errors import CacheCorruptError
-from legalbuild.graph import ALL_STAGES
+from legalbuild.graph import STAGES as ALL_STAGES
 from legalbuild.hashing import HashMemo, tree_manifest
 from legalbuild.ownership import (
     KEY,
@@ -80,8 +81,11 @@ class Store:
     def __init__(self, root: str | Path):
         self.root = Path(root)
         self._claimed = False
-        # plan's digest memo is kept on disk only in a folder legalbuild owns
-        HashMemo.attach(self.root / "hash-memo.json" if self.is_marked() else None)
+        # plan's digest memos are kept on disk only in a folder legalbuild owns
+        marked = self.is_marked()
+        HashMemo.attach(self.root / "hash-memo.json" if marked else None)
+        if marked:
+            attach_memo(self.root / "code-memo.json")
 
     @classmethod
     def open(cls, cache_dir: str | Path | None = None) -> Store:

@@ -62,6 +62,9 @@ Until = Annotated[
 ]
 
 
+AsJson = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
+
+
 def _store(cache_dir: Path | None):
     from legalbuild.cache import Store
 
@@ -72,6 +75,12 @@ def _loaded(recipe: Path):
     from legalbuild.pipeline import Loaded
 
     return Loaded.from_path(recipe)
+
+
+def _open(recipe: Path, cache_dir: Path | None):
+    """The store first (its memos make computing the keys cheap), then the recipe's graph."""
+    store = _store(cache_dir)
+    return _loaded(recipe), store
 
 
 # ------------------------------------------------------------------------------- recipes
@@ -119,16 +128,26 @@ def plan(
         list[str] | None, typer.Option("--force", help="Pretend these stages are forced.")
     ] = None,
     cache_dir: CacheDir = None,
+    as_json: AsJson = False,
 ) -> None:
     """Show each stage as cached or to-build, and WHY (which input changed since the lock)."""
-    from legalbuild import pipeline
+    from legalbuild.status import stage_states
 
-    plans = pipeline.plan(_loaded(recipe), _store(cache_dir), until, force or [])
+    loaded, store = _open(recipe, cache_dir)
+    states = stage_states(loaded, store, until, force or [])
+    if as_json:
+        return _print_json(loaded, store, states)
     table = Table("stage", "action", "key", "why", box=None)
-    for p in plans:
-        action = "[green]cached[/]" if p.cached else "[yellow]build[/]"
-        table.add_row(p.name, action, p.key[:12], escape("\n".join(p.reasons)))
+    for s in states:
+        action = "[green]cached[/]" if s.cached else "[yellow]build[/]"
+        table.add_row(s.stage, action, s.key[:12], escape("\n".join(s.reasons)))
     console.print(table)
+
+
+def _print_json(loaded, store, states) -> None:
+    from legalbuild.status import as_json
+
+    print(json.dumps(as_json(loaded, store, states), indent=2))
 
 
 @app.command()
@@ -152,8 +171,7 @@ def build(
     """Build the recipe: every stage that is not cached, in order, then print the eval table."""
     from legalbuild import pipeline
 
-    loaded = _loaded(recipe)
-    store = _store(cache_dir)
+    loaded, store = _open(recipe, cache_dir)
     result = pipeline.build(
         loaded, store, until=until, force=force or [], locked=locked, log=_log, console=console
     )
@@ -177,28 +195,24 @@ def _print_build_summary(result) -> None:
 
 
 @app.command()
-def status(recipe: RecipeArg, cache_dir: CacheDir = None) -> None:
+def status(recipe: RecipeArg, cache_dir: CacheDir = None, as_json: AsJson = False) -> None:
     """Each stage's key, whether it is cached and locked, when it was built, and its headline metrics."""
-    from legalbuild.lock import locked_stage, read_lock
+    from legalbuild.status import stage_states
 
-    loaded = _loaded(recipe)
-    store = _store(cache_dir)
-    lock = read_lock(loaded.recipe_path)
+    loaded, store = _open(recipe, cache_dir)
+    states = stage_states(loaded, store)
+    if as_json:
+        return _print_json(loaded, store, states)
     table = Table("stage", "key", "cached", "locked", "built", "seconds", "metrics", box=None)
-    for name, node in loaded.nodes.items():
-        manifest = store.manifest(name, node.key) or {}
-        in_lock = (locked_stage(lock, name) or {}).get("key") == node.key
-        metrics = manifest.get("metrics", {})
-        brief = ", ".join(
-            f"{k}={_fmt(v)}" for k, v in list(metrics.items())[:4] if not isinstance(v, dict | list)
-        )
+    for s in states:
+        brief = ", ".join(f"{k}={_fmt(v)}" for k, v in list(s.metrics.items())[:4])
         table.add_row(
-            name,
-            node.key[:12],
-            "yes" if manifest else "no",
-            "yes" if in_lock else "no",
-            manifest.get("timings", {}).get("started", ""),
-            str(manifest.get("timings", {}).get("seconds", "")),
+            s.stage,
+            s.key[:12],
+            "yes" if s.output else "no",
+            "yes" if s.locked else "no",
+            s.built or "",
+            "" if s.seconds is None else str(s.seconds),
             brief,
         )
     console.print(table)
@@ -244,8 +258,7 @@ def clean(
     """Remove this recipe's current cache entries (all stages, or --stage ones)."""
     from legalbuild.cache import StrayError
 
-    loaded = _loaded(recipe)
-    store = _store(cache_dir)
+    loaded, store = _open(recipe, cache_dir)
     if store.root.exists():
         store.claim()  # refuses a folder that is not a legalbuild cache
     for name, node in loaded.nodes.items():
@@ -451,13 +464,11 @@ def export(
     cache_dir: CacheDir = None,
 ) -> None:
     """Copy the merged model out of the cache with a manifest (recipe, keys, digests, licences)."""
+    from legalbuild import pipeline
     from legalbuild.export import export_artifact
     from legalbuild.provenance import build_manifest
 
-    loaded = _loaded(recipe)
-    store = _store(cache_dir)
-    from legalbuild import pipeline
-
+    loaded, store = _open(recipe, cache_dir)
     merged = pipeline.locate_output(loaded, store, "merge") / "model"
     # the copy is checked against the digests the merge entry recorded: a corrupted cache never ships
     expected = store.output_digests("merge", loaded.nodes["merge"].key, under="model")
@@ -482,22 +493,9 @@ def report(
     cache_dir: CacheDir = None,
 ) -> None:
     """Write a self-contained HTML report (and Markdown summary) of the last build."""
-    from legalbuild.lock import read_lock
-    from legalbuild.report import write_report
+    from legalbuild.report import write_build_report
 
-    loaded = _loaded(recipe)
-    store = _store(cache_dir)
-    stage_dirs = {
-        n: store.out_dir(n, node.key) for n, node in loaded.nodes.items() if store.has(n, node.key)
-    }
-    dest = out or loaded.recipe_path.with_name(f"{loaded.recipe_path.stem}-report")
-    html, md = write_report(
-        loaded.recipe_path,
-        loaded.recipe_path.read_text(encoding="utf-8"),
-        read_lock(loaded.recipe_path),
-        stage_dirs,
-        dest,
-    )
+    html, md = write_build_report(*_open(recipe, cache_dir), out)
     console.print(f"wrote {html}\nwrote {md}")
     if open_browser:
         import webbrowser

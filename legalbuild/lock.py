@@ -2,12 +2,16 @@
 
 It sits beside the recipe, is TOML so that it reads well in a diff, and is committed with the
 recipe: `build --locked` refuses to build anything whose key differs from it, and `plan` compares
-current inputs with the locked ones to say WHY a stage must be rebuilt.
+current inputs with the locked ones to say WHY a stage must be rebuilt. The files a stage reads
+(each data source, the legalbuild code it runs) appear as a digest and a file count
+(`sources[0].data.digest`, `code.files`); their per-file digests are in the entry's manifest
+(`input_files`), where `plan` looks to name the files that changed.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -15,10 +19,16 @@ from typing import Any
 import tomli_w
 
 from legalbuild import __version__
-from legalbuild.errors import RecipeError
+from legalbuild.errors import LockFileError
+from legalbuild.graph import STAGES
 
 LOCK_VERSION = 1
 HEADER = "# legalbuild.lock: written by `legalbuild build`. Commit it with the recipe.\n"
+REGENERATE = (
+    "delete it, or run `legalbuild build` without --locked: either way the build writes a new one"
+)
+_DIGEST = re.compile(r"[0-9a-f]{64}")
+_SHOWN = 3  # file names a reason lists before "and N more"
 
 
 def lock_path(recipe_path: Path) -> Path:
@@ -27,30 +37,70 @@ def lock_path(recipe_path: Path) -> Path:
     return recipe_path.with_name(name)
 
 
+# ----------------------------------------------------------------------------------- reading
 def read_lock(recipe_path: Path) -> dict[str, Any]:
+    """The lock beside the recipe ({} when there is none); LockFileError when it is unreadable."""
     path = lock_path(recipe_path)
+    if path.is_dir():
+        raise LockFileError(
+            f"{path}: is a folder, not a lock file",
+            hint="delete it; the next `legalbuild build` writes a new lock",
+        )
     if not path.exists():
         return {}
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as exc:
+        problem = f"not UTF-8 text (byte {exc.start})"
+    except OSError as exc:
+        problem = exc.strerror or str(exc)
     except tomllib.TOMLDecodeError as exc:
-        raise RecipeError(
-            f"{path}: unreadable lock file: {exc}", hint="delete it and rebuild to write a new one"
-        ) from None
-    if data.get("version") != LOCK_VERSION:
-        raise RecipeError(f"{path}: lock version {data.get('version')!r}, expected {LOCK_VERSION}")
+        problem = f"not valid TOML ({exc})"
+    else:
+        problem = lock_problem(data)
+    if problem:
+        raise LockFileError(f"{path}: unreadable lock file: {problem}", hint=REGENERATE)
     return data
+
+
+def lock_problem(data: dict[str, Any]) -> str | None:
+    """What makes a parsed lock unusable (wrong types, missing keys), or None."""
+    version = data.get("version")
+    if type(version) is not int or version != LOCK_VERSION:
+        return f"version = {version!r}, expected {LOCK_VERSION}"
+    if not isinstance(data.get("legalbuild", ""), str):
+        return "`legalbuild` must be a string"
+    stages = data.get("stages", {})
+    if not isinstance(stages, dict):
+        return "`stages` must be a table of [stages.<name>] tables"
+    for name, entry in stages.items():
+        where = f"[stages.{name}]"
+        if not isinstance(entry, dict):
+            return f"{where} must be a table"
+        key = entry.get("key")
+        if not isinstance(key, str) or not _DIGEST.fullmatch(key):
+            return f"{where} key = {key!r}: expected a 64-hex-digit digest"
+        for table in ("inputs", "outputs"):
+            if not isinstance(entry.get(table, {}), dict):
+                return f"{where} {table} must be a table"
+        for k, v in entry.get("inputs", {}).items():
+            if not isinstance(v, str | int | float | bool):
+                return f"{where} inputs.{k} = {v!r}: expected a string, number or boolean"
+        for k, v in entry.get("outputs", {}).items():
+            if not isinstance(v, str):
+                return f"{where} outputs.{k} = {v!r}: expected a digest string"
+    return None
 
 
 def locked_stage(lock: dict[str, Any], stage: str) -> dict[str, Any] | None:
     return lock.get("stages", {}).get(stage)
 
 
-def update_lock(
-    recipe_path: Path, stage: str, key: str, inputs: dict[str, Any], outputs: dict[str, str]
+# ----------------------------------------------------------------------------------- writing
+def record_stage(
+    lock: dict[str, Any], stage: str, key: str, inputs: dict[str, Any], outputs: dict[str, str]
 ) -> None:
-    """Record one stage; stages no longer in the recipe are kept until `prune_lock`."""
-    lock = read_lock(recipe_path) or {"version": LOCK_VERSION}
+    """Record one stage in `lock` (in memory; `write_lock` saves it)."""
     lock["version"] = LOCK_VERSION
     lock["legalbuild"] = __version__
     lock.setdefault("stages", {})[stage] = {
@@ -58,26 +108,24 @@ def update_lock(
         "inputs": flatten(inputs),
         "outputs": outputs,
     }
-    write_lock(recipe_path, lock)
 
 
-def prune_lock(recipe_path: Path, stages: list[str]) -> None:
-    lock = read_lock(recipe_path)
-    if lock and set(lock.get("stages", {})) - set(stages):
-        lock["stages"] = {k: v for k, v in lock["stages"].items() if k in stages}
-        write_lock(recipe_path, lock)
-
-
-def write_lock(recipe_path: Path, lock: dict[str, Any]) -> None:
+def write_lock(recipe_path: Path, lock: dict[str, Any]) -> bool:
+    """Save the lock, stages in build order; only when its text changed. True when written."""
     path = lock_path(recipe_path)
-    order = ["curate", "normalize", "base", "train", "merge", "eval"]
     stages = lock.get("stages", {})
-    lock["stages"] = {
-        k: stages[k] for k in sorted(stages, key=lambda s: order.index(s) if s in order else 99)
-    }
+    order = {name: i for i, name in enumerate(STAGES)}
+    lock["stages"] = {k: stages[k] for k in sorted(stages, key=lambda s: order.get(s, len(order)))}
+    text = HEADER + tomli_w.dumps(lock)
+    try:
+        if path.read_text(encoding="utf-8") == text:
+            return False
+    except (OSError, UnicodeDecodeError):
+        pass  # no lock yet, or an unreadable one to replace
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(HEADER + tomli_w.dumps(lock), encoding="utf-8")
+    tmp.write_text(text, encoding="utf-8")
     os.replace(tmp, path)
+    return True
 
 
 def flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
@@ -101,9 +149,33 @@ def flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def diff_inputs(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
-    """Human-readable reasons: which flattened inputs changed, appeared or disappeared."""
+# ------------------------------------------------------------------------------------ reasons
+def diff_inputs(
+    old: dict[str, Any],
+    new: dict[str, Any],
+    old_files: dict[str, dict[str, str]] | None = None,
+    new_files: dict[str, dict[str, str]] | None = None,
+) -> list[str]:
+    """Human-readable reasons: which flattened inputs changed, appeared or disappeared. A file set
+    (`X.digest` + `X.files`) is told as the files that changed, named from `old_files` (the
+    locked entry's manifest, when the cache still has it) and `new_files`."""
+    old, new = dict(old), dict(new)
     reasons = []
+    sets = {k[: -len(".digest")] for k in old.keys() | new.keys() if k.endswith(".digest")}
+    for name in sorted(s for s in sets if f"{s}.files" in old or f"{s}.files" in new):
+        before = (old.pop(f"{name}.digest", None), old.pop(f"{name}.files", None))
+        after = (new.pop(f"{name}.digest", None), new.pop(f"{name}.files", None))
+        if before[0] is None:
+            reasons.append(f"{name} added ({after[1]} files)")
+        elif after[0] is None:
+            reasons.append(f"{name} removed (was {before[1]} files)")
+        elif before[0] != after[0]:
+            reasons.append(
+                f"{name}: "
+                + file_changes(
+                    (old_files or {}).get(name), (new_files or {}).get(name, {}), before[1]
+                )
+            )
     for k in sorted(old.keys() | new.keys()):
         if k not in new:
             reasons.append(f"{k} removed (was {_short(old[k])})")
@@ -114,8 +186,32 @@ def diff_inputs(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     return reasons
 
 
+def file_changes(old: dict[str, str] | None, new: dict[str, str], old_count: Any) -> str:
+    """ "a.py changed; b.py added", naming the first few files of each kind."""
+    if old is None:
+        return (
+            f"files changed ({old_count} -> {len(new)} files; the locked entry is not in this "
+            "cache to name them)"
+        )
+    parts = []
+    for verb, names in (
+        ("changed", [n for n in new if n in old and old[n] != new[n]]),
+        ("added", [n for n in new if n not in old]),
+        ("removed", [n for n in old if n not in new]),
+    ):
+        if names:
+            parts.append(f"{first_names(names)} {verb}")
+    return "; ".join(parts) or "files renamed"
+
+
+def first_names(names: list[str]) -> str:
+    """ "a, b, c and 4 more": the first few names in order, then how many others."""
+    shown = ", ".join(sorted(names)[:_SHOWN])
+    return shown + (f" and {len(names) - _SHOWN} more" if len(names) > _SHOWN else "")
+
+
 def _short(value: Any) -> str:
     text = repr(value)
-    if isinstance(value, str) and len(value) == 64 and all(c in "0123456789abcdef" for c in value):
+    if isinstance(value, str) and _DIGEST.fullmatch(value):
         return value[:12]  # a digest
     return text if len(text) <= 60 else text[:57] + "..."

@@ -8,7 +8,6 @@ from __future__ import annotations
 import importlib
 import os
 import platform
-import sys
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -17,9 +16,24 @@ from typing import Any
 
 from legalbuild import __version__
 from legalbuild.cache import Store, VerifiedInputs
-from legalbuild.errors import LegalbuildError, LockMismatchError, NotBuiltError, StageFailedError
+from legalbuild.errors import (
+    LegalbuildError,
+    LockFileError,
+    LockMismatchError,
+    NotBuiltError,
+    StageFailedError,
+)
 from legalbuild.graph import StageNode, build_graph, downstream_of
-from legalbuild.lock import diff_inputs, flatten, locked_stage, prune_lock, read_lock, update_lock
+from legalbuild.lock import (
+    diff_inputs,
+    first_names,
+    flatten,
+    lock_path,
+    locked_stage,
+    read_lock,
+    record_stage,
+    write_lock,
+)
 from legalbuild.recipe import Recipe, load_recipe
 from legalbuild.stages.context import StageContext
 
@@ -31,10 +45,6 @@ class StagePlan:
     cached: bool
     locked_key: str | None
     reasons: list[str] = field(default_factory=list)
-
-    @property
-    def action(self) -> str:
-        return "cached" if self.cached else "build"
 
 
 @dataclass
@@ -64,10 +74,15 @@ class Loaded:
 
 # ------------------------------------------------------------------------------------ plan
 def plan(
-    loaded: Loaded, store: Store, until: str | None = None, force: Iterable[str] = ()
+    loaded: Loaded,
+    store: Store,
+    until: str | None = None,
+    force: Iterable[str] = (),
+    lock: dict[str, Any] | None = None,
 ) -> list[StagePlan]:
-    """Each stage as cached or to-build, and why (compared with the lock file)."""
-    lock = read_lock(loaded.recipe_path)
+    """Each stage as cached or to-build, and why (compared with the lock file, read from beside
+    the recipe unless given)."""
+    lock = read_lock(loaded.recipe_path) if lock is None else lock
     forced = _forced(loaded, force)
     plans = []
     for name in loaded.select(until):
@@ -110,7 +125,8 @@ def _reasons(
             if cached
             else ["same key as the lock, but not in this cache (new machine or cleaned cache)"]
         )
-    changed = diff_inputs(locked.get("inputs", {}), flatten(node.inputs))
+    old_files = (store.manifest(node.name, locked["key"]) or {}).get("input_files")
+    changed = diff_inputs(locked.get("inputs", {}), flatten(node.inputs), old_files, node.files)
     upstream = [r for r in changed if r.startswith("upstream.")]
     own = [r for r in changed if not r.startswith("upstream.")]
     reasons = own + (
@@ -140,10 +156,12 @@ def build(
     log: Callable[[str], None] = print,
     console: Any = None,
 ) -> BuildResult:
-    """Build every stage up to `until` that is not cached. `locked`: refuse keys the lock does not have."""
-    plans = plan(loaded, store, until, force)
+    """Build every stage up to `until` that is not cached. `locked`: refuse keys the lock does not
+    have. Without it, the lock records every stage built or found (an unreadable lock is replaced)."""
+    lock = _lock_for_build(loaded, locked, log)
+    plans = plan(loaded, store, until, force, lock)
     if locked:
-        _check_locked(loaded, plans)
+        _check_locked(loaded, plans, lock)
     store.claim()  # refuses a folder that is not a legalbuild cache before anything is written
     if stale := store.clean_tmp():
         log(f"removed {len(stale)} temp folder(s) left by builds that were killed")
@@ -163,18 +181,46 @@ def build(
                 built.append(p.name)
                 log(f"{p.name:<10} done      {p.key[:12]}  in {elapsed:.1f} s")
         outputs[p.name] = store.out_dir(p.name, node.key)
+        produced = (store.manifest(p.name, node.key) or {}).get("outputs", {})
+        previous = locked_stage(lock, p.name) or {}
+        if (
+            previous.get("key") == node.key
+            and produced
+            and previous.get("outputs", produced) != produced
+        ):
+            log(_numerics_note(p.name, previous["outputs"], produced))
+            produced = previous["outputs"]  # the committed lock keeps the digests it has
         if not locked:
-            manifest = store.manifest(p.name, node.key) or {}
-            update_lock(
-                loaded.recipe_path, p.name, node.key, node.inputs, manifest.get("outputs", {})
-            )
-    if not locked and until is None:
-        prune_lock(loaded.recipe_path, list(loaded.nodes))
+            record_stage(lock, p.name, node.key, node.inputs, produced)
+            write_lock(loaded.recipe_path, lock)
+    if not locked and until is None and set(lock.get("stages", {})) - set(loaded.nodes):
+        lock["stages"] = {k: v for k, v in lock["stages"].items() if k in loaded.nodes}
+        write_lock(loaded.recipe_path, lock)
     return BuildResult(plans, built, outputs, seconds)
 
 
-def _check_locked(loaded: Loaded, plans: list[StagePlan]) -> None:
-    lock = read_lock(loaded.recipe_path)
+def _lock_for_build(loaded: Loaded, locked: bool, log: Callable[[str], None]) -> dict[str, Any]:
+    """The lock a build starts from. Without --locked an unreadable lock (not a folder) is only
+    a warning: this build writes a new one."""
+    try:
+        return read_lock(loaded.recipe_path)
+    except LockFileError as exc:
+        if locked or lock_path(loaded.recipe_path).is_dir():
+            raise
+        log(f"warning: {exc.message}; this build writes a new one")
+        return {}
+
+
+def _numerics_note(stage: str, locked: dict[str, str], produced: dict[str, str]) -> str:
+    differ = [n for n in locked.keys() | produced.keys() if locked.get(n) != produced.get(n)]
+    return (
+        f"{stage:<10} note: same key as the lock, but {first_names(differ)} differ from "
+        "the locked digests (numerics differ on this machine, e.g. another CPU); the lock keeps "
+        f"its digests (to record this build's, delete [stages.{stage}] from the lock and build)"
+    )
+
+
+def _check_locked(loaded: Loaded, plans: list[StagePlan], lock: dict[str, Any]) -> None:
     if not lock:
         raise LockMismatchError(
             f"--locked: no lock file beside {loaded.recipe_path.name}",
@@ -244,6 +290,7 @@ def _manifest(
         "stage": node.name,
         "key": node.key,
         "inputs": node.inputs,
+        "input_files": node.files,
         "metrics": metrics,
         "facts": ctx.facts,
         "versions": {
@@ -326,12 +373,6 @@ def gc(store: Store, keep: set[tuple[str, str]], dry_run: bool = False) -> GcRes
     if not dry_run:
         result.scratch += [f"tmp/{name}" for name in store.clean_tmp()]
     return result
-
-
-def heavy_modules_loaded() -> list[str]:
-    """Which heavy libraries this process has imported (used by tests and --debug)."""
-    heavy = ("torch", "transformers", "peft", "trl", "datasets", "vllm", "bitsandbytes")
-    return [m for m in heavy if m in sys.modules]
 
 
 __all__ = [

@@ -24,10 +24,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from legalbuild.evaluation.scoring import MODEL_ORDER
 from legalbuild.evaluation.table import comparison_header, comparison_rows
+
+if TYPE_CHECKING:
+    from legalbuild.cache import Store
+    from legalbuild.pipeline import Loaded
 
 MAX_SAMPLES = 6
 MAX_COUNT_ROWS = 25  # longest count table (rules: top 25 by count)
@@ -59,6 +63,26 @@ class Sources:
     def dir(self, stage: str) -> Path | None:
         path = self.stage_dirs.get(stage)
         return Path(path) if path is not None and Path(path).is_dir() else None
+
+
+def write_build_report(
+    loaded: Loaded, store: Store, dest_dir: Path | None = None
+) -> tuple[Path, Path]:
+    """The report of a recipe's current build: its cached stage outputs and its lock. Written to
+    `dest_dir` (default: `<recipe name>-report/` beside the recipe); returns (html, md) paths."""
+    from legalbuild.lock import read_lock
+
+    stage_dirs = {
+        n: store.out_dir(n, node.key) for n, node in loaded.nodes.items() if store.has(n, node.key)
+    }
+    path = loaded.recipe_path
+    return write_report(
+        path,
+        path.read_text(encoding="utf-8"),
+        read_lock(path),
+        stage_dirs,
+        dest_dir or path.with_name(f"{path.stem}-report"),
+    )
 
 
 def write_report(

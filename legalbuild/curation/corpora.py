@@ -74,7 +74,10 @@ def corpus_source_name(corpus) -> str:
 
 def corpus_files(corpus, base_dir: Path) -> list[Path]:
     """The files whose bytes a corpus's documents come from (for the cache key)."""
-    return [doc.path for doc in load_corpus(corpus, base_dir)]
+    files = [doc.path for doc in load_corpus(corpus, base_dir)]
+    if corpus.kind == "licensedcode":
+        files.append(licensedcode_cc_by_file())
+    return files
 
 
 def load_corpus(corpus, base_dir: Path) -> list[Document]:

@@ -617,14 +617,12 @@ def _balanced_order(candidates: list[Pair], seed: int) -> list[Pair]:
     rules, in seeded order."""
     shuffled = sorted(candidates, key=lambda p: rng_for(seed, p.task, p.instruction).random())
     rank_in_rule: Counter = Counter()
-    rank_in_source: Counter = Counter()
     size = Counter(p.source for p in candidates)
     keyed = []
     for i, p in enumerate(shuffled):
         group = p.rule_id or f"clean:{p.clause_type}"
         keyed.append((size[p.source], rank_in_rule[group], i, p))
         rank_in_rule[group] += 1
-        rank_in_source[p.source] += 1
     return [p for *_, p in sorted(keyed, key=lambda k: k[:3])]
 
 
@@ -655,9 +653,3 @@ def generate_pairs(
     candidates, stats = candidate_pairs(documents, rulebook, settings, log=log)
     stats["candidates"] = Counter(p.task for p in candidates)
     return select_pairs(candidates, settings), stats
-
-
-def split_side(doc_id: str, val_fraction: float, salt: str = "legalbuild") -> str:
-    """ "train" or "val" for a whole document, by a hash of its id (the way normalize groups rows)."""
-    digest = hashlib.sha256(f"{salt}:{doc_id}".encode()).hexdigest()
-    return "val" if int(digest[:12], 16) / 16**12 < val_fraction else "train"

@@ -29,12 +29,13 @@ from typing import TYPE_CHECKING, Any
 
 from legalbuild.errors import RecipeError, StageFailedError
 from legalbuild.hashing import file_digest, tree_digest
+from legalbuild.keys import library_versions
 
 if TYPE_CHECKING:
-    from legalbuild.recipe import ModelSection
+    from legalbuild.recipe import ModelSection, Recipe
     from legalbuild.stages.context import StageContext
 
-VERSION = "1"
+DEPENDS_ON: tuple[str, ...] = ()
 
 PACKAGE_PREFIX = "package:"
 # Licences of the files we embed; a recipe's `[model] licence` overrides them.
@@ -93,6 +94,15 @@ def _package_file(spec: str, field: str) -> Path:
     )
 
 
+def key_inputs(recipe: Recipe, recipe_path: Path) -> dict[str, Any]:
+    model = recipe.model
+    return {
+        "model": {"revision": model.revision, "trust_remote_code": model.trust_remote_code},
+        "source": base_key_inputs(model, recipe_path.parent),
+        "libraries": library_versions(("transformers", "gguf", "torch")),
+    }
+
+
 def base_key_inputs(model: ModelSection, recipe_dir: Path) -> dict[str, Any]:
     """What the base stage's output depends on, cheaply: a content digest for local sources, the
     id and pinned revision for the hub (no network call at key time)."""
@@ -107,6 +117,8 @@ def base_key_inputs(model: ModelSection, recipe_dir: Path) -> dict[str, Any]:
         inputs.update(repo_id=location, revision=model.revision)
     else:
         inputs["digest"] = tree_digest(location) if kind == "folder" else file_digest(location)
+    if kind == "package":
+        inputs["package"] = model.base  # the file's name, the same on every machine
     if model.tokenizer:
         tok_kind, tok_location = _resolve_source(
             model.tokenizer, recipe_dir, field="model.tokenizer"
@@ -152,6 +164,9 @@ def run(ctx: StageContext) -> dict[str, Any]:
         "architecture": architecture,
         "end_of_turn_token": end_token,
     }
+    if kind == "package":
+        info["package"] = model_settings.base
+    info["identity"] = base_identity(info)
     (ctx.out_dir / "base.json").write_text(json.dumps(info, indent=2) + "\n")
     ctx.log(f"{architecture}, {params:,} parameters, licence {info['licence']}, eos {end_token!r}")
     return {"parameters": params, "architecture": architecture, "kind": kind}
@@ -173,6 +188,17 @@ def _materialise(
     path = Path(location)
     digest = tree_digest(path) if kind == "folder" else file_digest(path)
     return {"path": str(path), "revision": None, "sha256": digest}
+
+
+def base_identity(info: dict[str, Any]) -> str:
+    """What the base model is, the same on every machine (never where its files lie):
+    `org/name@<commit>` for the hub, `package:<module>/<file>@sha256:<digest>` for a packaged file,
+    `gguf@sha256:<digest>` or `folder@sha256:<digest>` for a local one. Adapters record it in
+    place of the folder they were trained on."""
+    if info["kind"] == "hub":
+        return f"{info['repo_id']}@{info['resolved_revision']}"
+    name = info["package"] if info["kind"] == "package" else info["kind"]
+    return f"{name}@sha256:{info['sha256']}"
 
 
 def download_hub_model(repo_id: str, revision: str | None) -> tuple[Path, str]:

@@ -1,9 +1,10 @@
 """What the pipeline hands a stage's `run(ctx)` function.
 
-Contract for every stage module `legalbuild/stages/<name>.py`:
+Contract for every stage module `legalbuild/stages/<name>.py` (see legalbuild/graph.py):
 
-    VERSION = "1"          # bump when the stage's output for the same inputs changes
-    def run(ctx: StageContext) -> dict: ...   # returns metrics recorded in the manifest
+    DEPENDS_ON = ("normalize", "base")                 # stages whose outputs it reads
+    def key_inputs(recipe, recipe_path) -> dict: ...    # what else its cache key covers
+    def run(ctx: StageContext) -> dict: ...             # returns metrics recorded in the manifest
 
 `run` writes everything it produces under `ctx.out_dir` (a fresh temporary folder: the pipeline
 renames it into the cache only after `run` returns, so a crash never leaves a complete-looking
@@ -11,7 +12,7 @@ entry). Long work that must survive a crash (training checkpoints) goes in `ctx.
 is stable for the stage key and removed after the entry is committed. Upstream outputs are read
 from `ctx.inputs[stage_name]` (a committed cache entry's output folder; read-only; the pipeline
 re-hashes it against its manifest the first time the stage asks for it, see cache.VerifiedInputs).
-No heavy import (torch, transformers, peft, trl, datasets, vllm) at module top level.
+No heavy import (torch, transformers, peft, trl, datasets, vllm, bitsandbytes) at module top level.
 """
 
 from __future__ import annotations

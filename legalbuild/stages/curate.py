@@ -2,7 +2,11 @@
 
 Reads `[curate]` (legalbuild.recipe.CurateSection); nothing upstream. The pairs depend only on the
 settings, the seed and the bytes of the files `curate_input_files` lists, so the cache key hashes
-exactly those.
+exactly those: per source a digest and a file count (what the lock shows), and the per-file list
+in the entry's manifest.
+
+The curation modules (YAML, ~70 ms to import) are imported by the functions that use them: every
+`plan` imports this module to ask `enabled`, also for recipes without `[curate]`.
 """
 
 from __future__ import annotations
@@ -10,22 +14,41 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from legalbuild.curation.card import build_card, render_card_markdown
-from legalbuild.curation.corpora import (
-    Document,
-    licensedcode_cc_by_file,
-    load_corpus,
-)
-from legalbuild.curation.pairs import generate_pairs
-from legalbuild.curation.rulebook import load_rulebooks, rulebook_files
 from legalbuild.errors import DataError
+from legalbuild.keys import file_set
+from legalbuild.recipe import key_settings
 
-VERSION = "4"
+if TYPE_CHECKING:
+    from legalbuild.curation.corpora import Document
+
+DEPENDS_ON: tuple[str, ...] = ()
 PREVIEW_DOCUMENTS_PER_CORPUS = 12
 
 
+def enabled(recipe) -> bool:
+    return recipe.curate is not None
+
+
+def key_inputs(recipe, recipe_path: Path) -> dict:
+    settings = key_settings(recipe.curate)
+    for corpus in settings["corpora"]:
+        corpus.pop("path", None)  # a folder's bytes are hashed below; its location is not
+    settings["rulebooks"] = [r for r in settings["rulebooks"] if r.startswith("package:")]
+    files = curate_input_files(recipe, recipe_path)
+    return {
+        "settings": settings,
+        "rulebooks": file_set(files["rulebooks"]),
+        "corpora": [file_set(paths) for paths in files["corpora"]],
+    }
+
+
 def run(ctx) -> dict:
+    from legalbuild.curation.card import build_card, render_card_markdown
+    from legalbuild.curation.pairs import generate_pairs
+    from legalbuild.curation.rulebook import load_rulebooks
+
     settings = ctx.recipe.curate
     if settings is None:
         raise DataError("the curate stage needs a [curate] section in the recipe")
@@ -64,6 +87,8 @@ def run(ctx) -> dict:
 
 
 def load_documents(corpora, base_dir: Path, per_corpus: int | None = None) -> list[Document]:
+    from legalbuild.curation.corpora import load_corpus
+
     docs: list[Document] = []
     for corpus in corpora:
         found = load_corpus(corpus, base_dir)
@@ -73,6 +98,9 @@ def load_documents(corpora, base_dir: Path, per_corpus: int | None = None) -> li
 
 def preview_pairs(recipe, recipe_path: Path, n: int) -> list[dict]:
     """N sample pairs from a small subset of the documents; builds and caches nothing."""
+    from legalbuild.curation.pairs import generate_pairs
+    from legalbuild.curation.rulebook import load_rulebooks
+
     settings = recipe.curate
     if settings is None:
         raise DataError(f"{recipe_path}: no [curate] section to preview")
@@ -84,15 +112,15 @@ def preview_pairs(recipe, recipe_path: Path, n: int) -> list[dict]:
     return [p.row() for p in pairs[:n]]
 
 
-def curate_input_files(recipe, recipe_path: Path) -> list[Path]:
-    """Every file whose bytes the pairs depend on: the contracts read, the rulebook files."""
+def curate_input_files(recipe, recipe_path: Path) -> dict[str, list]:
+    """Every file whose bytes the pairs depend on, per source: {"rulebooks": [...] (the playbook
+    files), "corpora": [[...] per `[[curate.corpora]]` entry, in recipe order]}."""
+    from legalbuild.curation.corpora import corpus_files
+    from legalbuild.curation.rulebook import rulebook_files
+
     settings = recipe.curate
-    if settings is None:
-        return []
     base_dir = Path(recipe_path).parent
-    files = set(rulebook_files(list(settings.rulebooks), base_dir))
-    for corpus in settings.corpora:
-        files.update(doc.path for doc in load_corpus(corpus, base_dir))
-        if corpus.kind == "licensedcode":
-            files.add(licensedcode_cc_by_file())
-    return sorted(files)
+    return {
+        "rulebooks": rulebook_files(list(settings.rulebooks), base_dir),
+        "corpora": [corpus_files(corpus, base_dir) for corpus in settings.corpora],
+    }

