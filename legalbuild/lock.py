@@ -56,6 +56,8 @@ def read_lock(recipe_path: Path) -> dict[str, Any]:
         problem = exc.strerror or str(exc)
     except tomllib.TOMLDecodeError as exc:
         problem = f"not valid TOML ({exc})"
+    except RecursionError:
+        problem = "arrays or tables nested too deeply to read"
     else:
         problem = lock_problem(data)
     if problem:

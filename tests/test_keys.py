@@ -105,17 +105,17 @@ def test_editing_a_module_rebuilds_exactly_the_stages_that_run_it(tmp_path, tiny
     after = {s: v["key"] for s, v in _plan_json(pkg, recipe, cache).items()}
     assert [s for s in keys if after[s] != keys[s]] == ["eval"]
 
-    # data_io.py is run by normalize: normalize and everything reading it, and plan says why
+    # data/readers.py is run by normalize: normalize and everything reading it, and plan says why
     env = {**os.environ, "PYTHONPATH": str(pkg), "LEGALBUILD_CACHE": str(cache)}
     subprocess.run(
         [sys.executable, "-m", "legalbuild", "build", str(recipe), "--until", "normalize"],
         env=env, cwd=pkg, check=True, capture_output=True, timeout=300,
     )  # fmt: skip
-    _edit(pkg / "legalbuild/data_io.py", "import csv", "import csv\n\nPROBE = 1")
+    _edit(pkg / "legalbuild/data/readers.py", "import csv", "import csv\n\nPROBE = 1")
     plan = _plan_json(pkg, recipe, cache)
     changed = [s for s in keys if plan[s]["key"] != after[s]]
     assert changed == ["normalize", "train", "merge", "eval"]
-    assert plan["normalize"]["reasons"] == ["code: legalbuild/data_io.py changed"]
+    assert plan["normalize"]["reasons"] == ["code: legalbuild/data/readers.py changed"]
 
 
 # ------------------------------------------------------------------------------------- data

@@ -70,11 +70,6 @@ base = "{base}"
     return recipe
 
 
-@pytest.fixture
-def project(tmp_path, tiny_model_dir):
-    return write_project(tmp_path, tiny_model_dir)
-
-
 def _keys(recipe: Path) -> dict[str, str]:
     return {n: node.key for n, node in pipeline.Loaded.from_path(recipe).nodes.items()}
 

@@ -12,8 +12,10 @@ import pytest
 from helpers import random_adapter, write_json
 
 from legalbuild.answer_format import Audit, Finding, parse_audit, render_audit
+from legalbuild.evaluation.generate import Answer
+from legalbuild.evaluation.rows import EvalRow
+from legalbuild.evaluation.scoring import summarise, write_answers
 from legalbuild.report import write_report
-from legalbuild.stages import eval as eval_stage
 
 RECIPE = """\
 [project]
@@ -71,7 +73,7 @@ def make_eval_dir(dest: Path) -> None:
         }
         clause = f"Clause {i}: the Supplier's liability is unlimited. {HOSTILE}"
         rows.append(
-            eval_stage.EvalRow(
+            EvalRow(
                 f"r{i}",
                 "val",
                 f"Audit:\n\n{clause}",
@@ -84,15 +86,15 @@ def make_eval_dir(dest: Path) -> None:
         )
         for name, text in (("base", base), ("merged", merged), ("regex", ref)):
             loss = (2.5 if name == "base" else 0.7, 40) if name != "regex" else None
-            answer = eval_stage.Answer(text, tokens=len(text) // 4, seconds=0.05)
+            answer = Answer(text, tokens=len(text) // 4, seconds=0.05)
             if loss:
                 answer.loss, answer.loss_tokens = loss
             answers[name].append(answer)
-    result = eval_stage.summarise(
-        rows, answers, engine="transformers", available=4, baseline_note="1 rule"
+    result = summarise(
+        rows, answers, engine="transformers", available=4, baseline_note="1 rule", split="test"
     )
     write_json(dest / "eval.json", result)
-    eval_stage.write_answers(dest / "answers.jsonl", rows, answers)
+    write_answers(dest / "answers.jsonl", rows, answers)
 
 
 @pytest.fixture(scope="module")
