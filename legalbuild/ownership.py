@@ -20,7 +20,8 @@ MARKER_TEXT = (
 )
 _STAGES = "|".join(ALL_STAGES)
 TOP_NAMES = re.compile(
-    r"entries|tmp|work|failed|locks|hash-memo\.json|hash-memo\.tmp\d+|CACHEDIR\.TAG(\.tmp\d+)?"
+    r"entries|tmp|work|failed|locks|hash-memo\.json|hash-memo\.tmp\d+|code-memo\.json"
+    r"|\.code-memo\.json\.tmp\d+|CACHEDIR\.TAG(\.tmp\d+)?"
 )
 KEY = re.compile(r"[0-9a-f]{64}")
 WORK_NAME = re.compile(rf"(?:{_STAGES})-[0-9a-f]{{64}}")
@@ -29,7 +30,7 @@ FAILED_NAME = re.compile(rf"(?:{_STAGES})-[0-9a-f]{{16}}")
 TMP_NAME = re.compile(
     rf"(?:trash-)?(?:{_STAGES})-[0-9a-f]{{16}}(?:-(\d+)(?:-(\d+))?)?-[0-9a-f]{{8}}"
 )
-ROOT_TMP_NAME = re.compile(r"(?:hash-memo|CACHEDIR\.TAG)\.tmp(\d+)")
+ROOT_TMP_NAME = re.compile(r"(?:hash-memo|\.code-memo\.json|CACHEDIR\.TAG)\.tmp(\d+)")
 NAMES = {  # the names legalbuild writes in each of its folders
     "entries": lambda name: name in ALL_STAGES,
     "tmp": TMP_NAME.fullmatch,
@@ -94,7 +95,7 @@ class NotAStoreError(LegalbuildError):
         super().__init__(
             f"{root} is not a legalbuild cache: it has no legalbuild {MARKER} and holds {shown}",
             hint="point --cache-dir or LEGALBUILD_CACHE at a new or empty folder, or at a legalbuild "
-            "cache (a cache holds only entries/, tmp/, work/, failed/, locks/, hash-memo.json and "
+            "cache (a cache holds only entries/, tmp/, work/, failed/, locks/, hash-memo.json, code-memo.json and "
             f"{MARKER}); legalbuild neither builds into nor deletes from any other folder",
         )
 

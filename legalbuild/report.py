@@ -480,11 +480,9 @@ def samples_section(src: Sources) -> Section:
     eval_dir = src.dir("eval")
     if eval_dir is None or not (eval_dir / "answers.jsonl").is_file():
         return not_built("samples", "Qualitative samples", "eval")
-    records = [
-        json.loads(line)
-        for line in (eval_dir / "answers.jsonl").read_text(encoding="utf-8").splitlines()
-        if line.strip()
-    ]
+    from legalbuild.data.readers import read_jsonl
+
+    records = [record for _, record in read_jsonl(eval_dir / "answers.jsonl")]
     picked = pick_samples(records, MAX_SAMPLES)
     parts, md = [], []
     for r in picked:

@@ -224,6 +224,7 @@ def test_an_unmarked_store_laid_out_by_legalbuild_is_adopted(tmp_path):
     _entry(Store(root), "normalize", K1, {"train.jsonl": b"{}\n"})
     (root / MARKER).unlink()  # as a legalbuild from before the marker left it
     (root / "hash-memo.json").write_text("{}")
+    (root / "code-memo.json").write_text("{}")  # plan's memo of the imports of the code
     result = pipeline.gc(Store(root), set())
     assert [k for _, k, _ in result.removed] == [K1]
     assert "created by legalbuild" in (root / MARKER).read_text()

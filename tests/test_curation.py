@@ -8,6 +8,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+from helpers import stage_context
 
 from legalbuild.answer_format import parse_audit
 from legalbuild.curation.clauses import classify_clause, split_clauses
@@ -17,7 +18,6 @@ from legalbuild.curation.pairs import generate_pairs
 from legalbuild.curation.rulebook import PACKAGED_REDLINE, load_playbook, load_rulebooks
 from legalbuild.errors import DataError
 from legalbuild.recipe import ContractCorpus, CurateSection, Recipe
-from legalbuild.stages.context import StageContext
 
 HERE = Path(__file__).parent
 
@@ -328,18 +328,8 @@ def test_user_folder_and_rulebook(tmp_path):
         corpora=[ContractCorpus(kind="folder", path="contracts", licence="CC-BY-4.0")],
         rulebooks=["rules.yaml"], target_pairs=20, max_rule_share=1.0,
     )  # fmt: skip
-    recipe = Recipe(project={"name": "t"}, curate=settings)
-    out = tmp_path / "out"
-    out.mkdir()
-    ctx = StageContext(
-        "curate",
-        "k",
-        recipe,
-        tmp_path / "recipe.toml",
-        out,
-        tmp_path / "work",
-        log_fn=lambda m: None,
-    )
+    ctx = stage_context(tmp_path, "curate", Recipe(project={"name": "t"}, curate=settings))
+    out = ctx.out_dir
     metrics = run(ctx)
     rows = [json.loads(line) for line in (out / "pairs.jsonl").read_text().splitlines()]
     assert metrics["pairs"] == len(rows) > 0
@@ -356,13 +346,10 @@ def test_default_settings_give_2000_to_5000_pairs(tmp_path):
     settings = CurateSection(
         corpora=[ContractCorpus(kind="licensedcode"), ContractCorpus(kind="nda_review")]
     )
-    recipe = Recipe(project={"name": "t"}, curate=settings)
-    ctx = StageContext(
-        "curate", "k", recipe, tmp_path / "recipe.toml", tmp_path, tmp_path / "w", log_fn=print
-    )
+    ctx = stage_context(tmp_path, "curate", Recipe(project={"name": "t"}, curate=settings))
     metrics = run(ctx)
     assert 2000 <= metrics["pairs"] <= 5000
-    card = json.loads((tmp_path / "card.json").read_text())
+    card = json.loads((ctx.out_dir / "card.json").read_text())
     assert card["shares"]["max_rule"] <= settings.max_rule_share + 1e-9
     assert card["shares"]["max_source"] <= settings.max_source_share + 1e-9
     assert (
@@ -370,4 +357,4 @@ def test_default_settings_give_2000_to_5000_pairs(tmp_path):
         <= settings.max_severity_share * settings.target_pairs / card["pairs"] + 1e-9
     )
     assert sum(card["counts"]["verified_by"].values()) == card["pairs"]
-    assert "CC-BY-4.0" in (tmp_path / "card.md").read_text()
+    assert "CC-BY-4.0" in (ctx.out_dir / "card.md").read_text()

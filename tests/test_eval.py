@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import pytest
+from helpers import make_recipe, stage_context, write_jsonl
 
 from legalbuild.answer_format import Audit, Finding, audit_regex, render_audit
 from legalbuild.errors import DataError, StageFailedError
@@ -71,47 +71,20 @@ VAL_ROWS = [
 ]
 
 
-def write_jsonl(path: Path, rows: list[dict]) -> Path:
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
-    return path
-
-
-def make_ctx(tmp_path: Path, base_dir: Path, merged_dir: Path, **eval_settings) -> StageContext:
+def make_ctx(tmp_path: Path, base_model: Path, merged_model: Path, **eval_settings) -> StageContext:
+    """The eval stage over VAL_ROWS, with the test playbook as its rulebook."""
     (tmp_path / "rules.yaml").write_text(PLAYBOOK)
-    normalize = tmp_path / "normalize"
-    normalize.mkdir(exist_ok=True)
-    write_jsonl(normalize / "val.jsonl", VAL_ROWS)
-    recipe = Recipe.model_validate(
-        {
-            "project": {"name": "t"},
-            "curate": {"corpora": [{"kind": "folder", "path": "c"}], "rulebooks": ["rules.yaml"]},
-            "eval": {
-                "batch_size": 3,
-                "max_new_tokens": 24,
-                "engine": "transformers",
-                **eval_settings,
-            },
-        }
+    val = write_jsonl(tmp_path / "split" / "val.jsonl", VAL_ROWS)
+    recipe = make_recipe(
+        curate={"corpora": [{"kind": "folder", "path": "c"}], "rulebooks": ["rules.yaml"]},
+        eval={"batch_size": 3, "max_new_tokens": 24, "engine": "transformers", **eval_settings},
     )
-    out = tmp_path / "out"
-    out.mkdir(exist_ok=True)
-    return StageContext(
-        name="eval",
-        key="k",
-        recipe=recipe,
-        recipe_path=tmp_path / "recipe.toml",
-        out_dir=out,
-        work_dir=tmp_path / "work",
-        inputs={"normalize": normalize, "base": base_dir.parent, "merge": merged_dir.parent},
-        log_fn=lambda msg: None,
-    )
-
-
-def model_entry(tmp_path: Path, name: str, source: Path) -> Path:
-    """An upstream entry folder holding `model/` (the layout of the base and merge stages)."""
-    dest = tmp_path / name / "model"
-    shutil.copytree(source, dest)
-    return dest
+    inputs = {
+        "normalize": {"val.jsonl": val},
+        "base": {"model": base_model},
+        "merge": {"model": merged_model},
+    }
+    return stage_context(tmp_path, "eval", recipe, inputs)
 
 
 @pytest.fixture(scope="module")
@@ -256,8 +229,7 @@ def test_regex_baseline_uses_the_curation_rulebook(tmp_path):
 
 # ------------------------------------------------------------------------------- the stage
 def test_eval_stage_compares_models_and_traces_rows(tmp_path, tiny_model_dir, clean_answer_model):
-    base = model_entry(tmp_path, "base", tiny_model_dir)
-    merged = model_entry(tmp_path, "merge", clean_answer_model)
+    base, merged = tiny_model_dir, clean_answer_model
     extra = write_jsonl(
         tmp_path / "extra.jsonl",
         [
@@ -310,8 +282,7 @@ def test_eval_stage_compares_models_and_traces_rows(tmp_path, tiny_model_dir, cl
 
 
 def test_fail_if_worse_raises_when_merged_regresses(tmp_path, tiny_model_dir, clean_answer_model):
-    base = model_entry(tmp_path, "base", clean_answer_model)
-    merged = model_entry(tmp_path, "merge", tiny_model_dir)
+    base, merged = clean_answer_model, tiny_model_dir
     ctx = make_ctx(tmp_path, base, merged, fail_if_worse=True, max_new_tokens=16)
     with pytest.raises(StageFailedError, match="REGRESSION"):
         eval_stage.run(ctx)
@@ -322,8 +293,7 @@ def test_fail_if_worse_raises_when_merged_regresses(tmp_path, tiny_model_dir, cl
 def test_eval_reports_on_the_test_split_when_there_is_one(
     tmp_path, tiny_model_dir, clean_answer_model
 ):
-    base = model_entry(tmp_path, "base", tiny_model_dir)
-    merged = model_entry(tmp_path, "merge", clean_answer_model)
+    base, merged = tiny_model_dir, clean_answer_model
     ctx = make_ctx(tmp_path, base, merged, compare_base=False, max_new_tokens=8)
     write_jsonl(ctx.inputs["normalize"] / "test.jsonl", VAL_ROWS[:2])
     eval_stage.run(ctx)
@@ -371,8 +341,7 @@ def test_constrained_generation_follows_the_regex(tiny_model_dir):
 def test_eval_reports_constrained_answers_beside_the_free_ones(
     tmp_path, tiny_model_dir, clean_answer_model
 ):
-    base = model_entry(tmp_path, "base", tiny_model_dir)
-    merged = model_entry(tmp_path, "merge", clean_answer_model)
+    base, merged = tiny_model_dir, clean_answer_model
     ctx = make_ctx(tmp_path, base, merged, compare_base=False, constrained=True, max_new_tokens=40)
     eval_stage.run(ctx)
     result = json.loads((ctx.out_dir / "eval.json").read_text())

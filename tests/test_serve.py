@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 import pytest
+from helpers import random_adapter
 
 from legalbuild.errors import ServeError
 from legalbuild.recipe import DEFAULT_SYSTEM_PROMPT, MergeSection, ServeSection
@@ -55,24 +56,6 @@ def build_servable_base(tiny_model_dir: Path, dest: Path) -> Path:
     LlamaForCausalLM(config).save_pretrained(dest)
     AutoTokenizer.from_pretrained(tiny_model_dir).save_pretrained(dest)
     GenerationConfig.from_pretrained(tiny_model_dir).save_pretrained(dest)
-    return dest
-
-
-def make_random_adapter(base_dir: Path, dest: Path) -> Path:
-    import torch
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
-
-    model = get_peft_model(
-        AutoModelForCausalLM.from_pretrained(base_dir),
-        LoraConfig(r=4, target_modules=["q_proj", "v_proj"]),
-    )
-    generator = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            if "lora_B" in name:
-                param.copy_(torch.randn(param.shape, generator=generator) * 0.1)
-    model.save_pretrained(dest)
     return dest
 
 
@@ -296,7 +279,7 @@ def test_sigterm_during_startup_leaves_no_vllm_process(merged_dir, tmp_path, mom
 def merged_dir(tiny_model_dir, tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("serve")
     base = build_servable_base(tiny_model_dir, root / "base")
-    adapter = make_random_adapter(base, root / "adapter")
+    adapter = random_adapter(base, root / "adapter")
     report = merge_adapter(
         base,
         adapter,

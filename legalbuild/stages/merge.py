@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from legalbuild.errors import StageFailedError
+from legalbuild.hardware import torch_device
 from legalbuild.prompting import chat_messages
 
 if TYPE_CHECKING:
@@ -103,7 +104,7 @@ def merge_adapter(
             hint='list at least one prompt, e.g. probe_prompts = ["Audit this clause: ..."]',
         )
     dtype = getattr(torch, settings.dtype)
-    device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch_device()
     tokenizer = load_tokenizer(base_dir, adapter_dir)
     prompts = render_probe_prompts(tokenizer, settings.probe_prompts, system_prompt)
 

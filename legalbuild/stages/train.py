@@ -66,17 +66,14 @@ def key_inputs(recipe: Recipe, recipe_path: Path) -> dict[str, Any]:
 # ------------------------------------------------------------------------------------------ data
 def read_rows(path: Path) -> list[dict[str, Any]]:
     """Rows of a normalized split (`id`, `instruction`, `output`, ...)."""
+    from legalbuild.data.readers import read_jsonl
+
     if not path.exists():
         raise DataError(f"{path}: missing (the normalize stage writes it)")
     rows = []
-    for line_no, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-            row["instruction"], row["output"]  # noqa: B018 - both fields are required
-        except (ValueError, KeyError, TypeError) as exc:
-            raise DataError(f"{path}:{line_no}: not a normalized row ({exc})") from None
+    for line_no, row in read_jsonl(path):
+        if not isinstance(row.get("instruction"), str) or not isinstance(row.get("output"), str):
+            raise DataError(f"{path}:{line_no}: not a normalized row (instruction and output)")
         rows.append(row)
     return rows
 
