@@ -178,7 +178,9 @@ def test_stop_kills_the_whole_group_even_when_sigterm_is_ignored():
 
 
 def test_ctrl_c_is_forwarded_to_the_server_group():
-    handle = process_group("sleep 300 & wait")
+    # a trapped signal ends `wait` at once; without the trap, bash waiting on a background child
+    # (which ignores SIGINT) may go on waiting, which made this test flaky on a loaded machine
+    handle = process_group("trap 'exit 130' INT; sleep 300 & wait")
     with stop_signals(handle) as signals:
         os.kill(os.getpid(), signal.SIGINT)  # what a terminal's Ctrl-C sends to us
         assert handle.process.wait(timeout=10) != 0  # bash died of the forwarded SIGINT

