@@ -394,7 +394,7 @@ def audit(
     playbook: Annotated[
         str | None,
         typer.Option(
-            help="Rulebook playbook to audit against, e.g. saas-customer: the question lists its "
+            help="Rulebook playbook to audit against, e.g. saas-vendor: the question lists its "
             "rules that apply to each clause, as in training (needs --recipe for the rulebooks)."
         ),
     ] = None,
