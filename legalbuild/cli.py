@@ -358,7 +358,8 @@ def serve(
     store = _store(cache_dir)
     if build_first:
         pipeline.build(loaded, store, until="merge", log=_log, console=console)
-    merged = pipeline.locate_output(loaded, store, "merge") / "model"
+    # what vLLM will load is checked byte for byte first, as build and export check what they read
+    merged = pipeline.locate_output(loaded, store, "merge", verify=True) / "model"
     handle = serve_model(
         merged,
         loaded.recipe.serve,
@@ -469,7 +470,8 @@ def export(
     from legalbuild.provenance import build_manifest
 
     loaded, store = _open(recipe, cache_dir)
-    merged = pipeline.locate_output(loaded, store, "merge") / "model"
+    # what vLLM will load is checked byte for byte first, as build and export check what they read
+    merged = pipeline.locate_output(loaded, store, "merge", verify=True) / "model"
     # the copy is checked against the digests the merge entry recorded: a corrupted cache never ships
     expected = store.output_digests("merge", loaded.nodes["merge"].key, under="model")
     out = export_artifact(

@@ -307,8 +307,9 @@ def _manifest(
 
 
 # ------------------------------------------------------------------------- other commands
-def locate_output(loaded: Loaded, store: Store, stage: str) -> Path:
-    """The cached output folder of a stage, or NotBuiltError saying how to build it."""
+def locate_output(loaded: Loaded, store: Store, stage: str, verify: bool = False) -> Path:
+    """The cached output folder of a stage, or NotBuiltError saying how to build it. With
+    `verify`, every byte is re-hashed against the entry's manifest first (CacheCorruptError)."""
     if stage not in loaded.nodes:
         raise NotBuiltError(f"this recipe has no {stage!r} stage")
     key = loaded.nodes[stage].key
@@ -316,6 +317,15 @@ def locate_output(loaded: Loaded, store: Store, stage: str) -> Path:
         raise NotBuiltError(
             f"the {stage} stage of {loaded.recipe_path.name} is not built (key {key[:12]})",
             hint=f"run `legalbuild build {loaded.recipe_path.name} --until {stage}` first",
+        )
+    if verify and (problems := store.verify(stage, key)):
+        from legalbuild.errors import CacheCorruptError
+
+        raise CacheCorruptError(
+            f"the cached {stage} output (key {key[:12]}) differs from its manifest: "
+            + "; ".join(problems[:3])
+            + (f" and {len(problems) - 3} more" if len(problems) > 3 else ""),
+            hint=f"`legalbuild build {loaded.recipe_path.name} --force {stage}` rebuilds it",
         )
     return store.out_dir(stage, key)
 

@@ -84,6 +84,23 @@ def test_status_plan_and_verify_agree(built):
     assert "6 entries verified" in verify
 
 
+def test_serve_refuses_a_corrupted_merged_model(built):
+    import tomllib
+
+    from test_cache import flip_byte_keeping_mtime
+
+    key = tomllib.loads(built["recipe"].with_name("ci.lock").read_text())["stages"]["merge"]["key"]
+    weights = built["cache"] / "entries" / "merge" / key / "out" / "model" / "model.safetensors"
+    flip_byte_keeping_mtime(weights, 4096)
+    try:
+        refused = run_cli("serve", str(built["recipe"]), cache=built["cache"], check=False)
+    finally:
+        flip_byte_keeping_mtime(weights, 4096)  # the same flip again restores the byte
+    assert refused.returncode == 8, refused.stdout + refused.stderr
+    assert "model/model.safetensors" in refused.stdout + refused.stderr
+    assert "vllm" not in (refused.stdout + refused.stderr).lower()  # refused before any start
+
+
 def test_report_and_export(built, tmp_path):
     run_cli("report", str(built["recipe"]), "--out", str(tmp_path / "report"), cache=built["cache"])
     html = (tmp_path / "report" / "report.html").read_text()
