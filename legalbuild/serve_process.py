@@ -126,8 +126,24 @@ def spawn_group(argv: list[str], env: dict[str, str]) -> subprocess.Popen:
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         start_new_session=True,  # own session and process group: we signal the whole tree at once
-        preexec_fn=_parent_death_signal(),
+        preexec_fn=_child_setup(),
     )
+
+
+def _child_setup() -> Callable[[], None] | None:
+    """The child's set-up before exec: SIGINT back to its default (a CLI started from a background
+    job, by nohup or by some CI runners ignores SIGINT, the child would inherit that and never hear
+    the Ctrl-C we forward), then the parent-death signal. Main thread only, like signal handling."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    arm = _parent_death_signal()
+
+    def setup() -> None:
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        if arm is not None:
+            arm()
+
+    return setup
 
 
 def _parent_death_signal() -> Callable[[], None] | None:

@@ -34,7 +34,7 @@ from legalbuild.serve import (
     start_server,
 )
 from legalbuild.serve_preflight import check_vllm_installed, host_kind
-from legalbuild.serve_process import ServerHandle, group_alive, stop_signals
+from legalbuild.serve_process import ServerHandle, group_alive, spawn_group, stop_signals
 from legalbuild.stages.merge import merge_adapter, raise_on_failed_checks
 
 API_KEY = "test-key-0123"
@@ -164,7 +164,7 @@ def test_curl_example_is_valid_shell(tmp_path):
 # ------------------------------------------------------------------- process-group handling
 def process_group(script: str) -> ServerHandle:
     """A real process tree in its own session, as start_server makes for vLLM (bash + children)."""
-    process = subprocess.Popen(["bash", "-c", script], start_new_session=True)
+    process = spawn_group(["bash", "-c", script], dict(os.environ))  # as vLLM is started
     time.sleep(0.5)  # let bash start its children
     return ServerHandle(process, "http://127.0.0.1:1/v1", "m", None, Path(os.devnull))
 
@@ -178,8 +178,8 @@ def test_stop_kills_the_whole_group_even_when_sigterm_is_ignored():
 
 
 def test_ctrl_c_is_forwarded_to_the_server_group():
-    # a trapped signal ends `wait` at once; without the trap, bash waiting on a background child
-    # (which ignores SIGINT) may go on waiting, which made this test flaky on a loaded machine
+    # a trapped signal ends `wait` at once; spawn_group restores SIGINT in the child, so this also
+    # holds when the tests themselves run with SIGINT ignored (a background job, some CI runners)
     handle = process_group("trap 'exit 130' INT; sleep 300 & wait")
     with stop_signals(handle) as signals:
         os.kill(os.getpid(), signal.SIGINT)  # what a terminal's Ctrl-C sends to us
