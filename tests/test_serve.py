@@ -181,13 +181,14 @@ def test_ctrl_c_is_forwarded_to_the_server_group():
     # a trapped signal ends `wait` at once; spawn_group restores SIGINT in the child, so this also
     # holds when the tests themselves run with SIGINT ignored (a background job, some CI runners)
     handle = process_group("trap 'exit 130' INT; sleep 300 & wait")
+    before = signal.getsignal(signal.SIGINT)
     with stop_signals(handle) as signals:
         os.kill(os.getpid(), signal.SIGINT)  # what a terminal's Ctrl-C sends to us
         assert handle.process.wait(timeout=10) != 0  # bash died of the forwarded SIGINT
         assert signals.received == [signal.SIGINT]
     handle.stop(grace_s=1)
     assert not group_alive(handle.pid)
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # our handler is gone
+    assert signal.getsignal(signal.SIGINT) is before  # our handler is gone, the previous is back
 
 
 # ------------------------------------------------------------ `legalbuild serve` stopped early
