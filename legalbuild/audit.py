@@ -109,20 +109,15 @@ def playbook_questions(
     """One question per clause: the playbook's applicable rules listed (as in training) and, when
     `constrained`, the audit-format regex citing only those rules."""
     from legalbuild.answer_format import audit_regex
+    from legalbuild.curation.pairs import rules_for_text
 
     out = []
     for clause in clauses:
-        applicable = rules_for_clause(clause, rules) if rules else []
+        applicable = rules_for_text(clause, rules) if rules else []
         catalogue = [(r.id, r.title, r.severity) for r in applicable]
         regex = audit_regex([(r.id, r.severity) for r in applicable]) if constrained else None
         out.append(Question(audit_instruction(clause, playbook, catalogue), regex))
     return out
-
-
-def rules_for_clause(clause: str, rules: list[Any]) -> list[Any]:
-    from legalbuild.curation.pairs import rules_for_text
-
-    return rules_for_text(clause, rules)
 
 
 def playbook_rules(rulebook_specs: list[str], base_dir: Path, playbook: str) -> list[Any]:

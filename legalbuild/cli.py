@@ -430,7 +430,9 @@ def audit(
         system_prompt, key_env = r.data.system_prompt, r.serve.api_key_env
         model_name = model or r.served_model_name
         if playbook:
-            specs = r.curate.rulebooks if r.curate else ["package:redline-buddy"]
+            from legalbuild.curation.rulebook import PACKAGED_REDLINE
+
+            specs = r.curate.rulebooks if r.curate else [PACKAGED_REDLINE]
             rules = playbook_rules(list(specs), recipe.resolve().parent, playbook)
     elif playbook:
         raise LegalbuildError(
