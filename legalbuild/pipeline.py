@@ -322,7 +322,7 @@ def locate_output(loaded: Loaded, store: Store, stage: str, verify: bool = False
         from legalbuild.errors import CacheCorruptError
 
         raise CacheCorruptError(
-            f"the cached {stage} output (key {key[:12]}) differs from its manifest: "
+            f"the cached {stage} output (key {key[:12]}) is corrupted, it differs from its manifest: "
             + "; ".join(problems[:3])
             + (f" and {len(problems) - 3} more" if len(problems) > 3 else ""),
             hint=f"`legalbuild build {loaded.recipe_path.name} --force {stage}` rebuilds it",
