@@ -79,7 +79,8 @@ def build_tiny_merged(root: Path) -> Path:
     from conftest import TEST_CACHE, TINY_VERSION, build_tiny_model
     from test_serve import build_servable_base, make_random_adapter
 
-    from legalbuild.stages.merge import merge_adapter, raise_on_failed_checks
+    from legalbuild.merging.checks import raise_on_failed_checks
+    from legalbuild.merging.merge import merge_adapter
 
     tiny = TEST_CACHE / f"tiny-llama-v{TINY_VERSION}"
     if not (tiny / "config.json").exists():

@@ -147,20 +147,21 @@ VARIANTS = {v for pair in COMPARISONS.values() for v in pair}
 # ---------------------------------------------------------------------------------- preparation
 def prepare(args: argparse.Namespace) -> Path:
     """A base-stage output folder (`model/` inside) for the requested model, converted once."""
+    from legalbuild.basemodel import sources
     from legalbuild.code_digest import code_version
     from legalbuild.recipe import Recipe
     from legalbuild.stages import base
     from legalbuild.stages.context import StageContext
 
     recipe = Recipe.model_validate(recipe_dict(args))
-    kind, location = base.resolve_base_location(recipe.model, Path.cwd())
+    kind, location = sources.resolve_base_location(recipe.model, Path.cwd())
     if kind == "folder":
         out = CACHE / f"folder-{hashlib.sha256(str(location).encode()).hexdigest()[:16]}"
         out.mkdir(parents=True, exist_ok=True)
         if not (out / "model").exists():
             (out / "model").symlink_to(location)
         return out
-    digest = base.base_key_inputs(recipe.model, Path.cwd())["digest"][:16]
+    digest = sources.base_key_inputs(recipe.model, Path.cwd())["digest"][:16]
     out = CACHE / f"base-{digest}-{code_version(base.__name__)}"
     if not (out / "model" / "config.json").exists():
         tmp = out.with_name(out.name + ".tmp")

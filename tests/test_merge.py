@@ -12,6 +12,7 @@ from helpers import make_recipe, random_adapter, stage_context, write_json
 
 from legalbuild.errors import LegalbuildError, StageFailedError
 from legalbuild.export import MANIFEST_NAME, export_artifact
+from legalbuild.merging import checks
 from legalbuild.stages import merge
 from legalbuild.stages.context import StageContext
 
@@ -69,7 +70,7 @@ def test_merged_folder_is_a_plain_model(merged_fp32):
         and "chat_template.jinja" in names
         and "tokenizer.json" in names
     )
-    assert not names & set(merge.ADAPTER_FILES)
+    assert not names & set(checks.ADAPTER_FILES)
     generation = json.loads((model_dir / "generation_config.json").read_text())
     eos = generation["eos_token_id"]
     assert IM_END_ID in (eos if isinstance(eos, list) else [eos])
@@ -102,10 +103,10 @@ def test_adapter_files_left_in_folder_fail_the_check(merged_fp32, tmp_path):
     folder = tmp_path / "model"
     shutil.copytree(merged_fp32[0].out_dir / "model", folder)
     (folder / "adapter_config.json").write_text("{}")
-    result = merge.check_no_adapter_files(folder)
+    result = checks.check_no_adapter_files(folder)
     assert not result["ok"] and "adapter_config.json" in result["detail"]
     with pytest.raises(StageFailedError, match="no_adapter_files"):
-        merge.raise_on_failed_checks({"checks": [result]})
+        checks.raise_on_failed_checks({"checks": [result]})
 
 
 def test_missing_adapter_is_a_clear_error(tiny_model_dir, tmp_path):

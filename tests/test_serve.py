@@ -23,6 +23,8 @@ import pytest
 from helpers import random_adapter
 
 from legalbuild.errors import ServeError
+from legalbuild.merging.checks import raise_on_failed_checks
+from legalbuild.merging.merge import merge_adapter
 from legalbuild.recipe import DEFAULT_SYSTEM_PROMPT, MergeSection, ServeSection
 from legalbuild.serve import (
     SERVER_MARKER_ENV,
@@ -35,7 +37,6 @@ from legalbuild.serve import (
 )
 from legalbuild.serve_preflight import check_vllm_installed, host_kind
 from legalbuild.serve_process import ServerHandle, group_alive, spawn_group, stop_signals
-from legalbuild.stages.merge import merge_adapter, raise_on_failed_checks
 
 API_KEY = "test-key-0123"
 MODEL_NAME = "legal-tiny"

@@ -20,7 +20,7 @@ _TEXT_SUFFIXES = {".json", ".md", ".txt", ".jinja"}
 
 def base_identity_of(base_entry: Path) -> str:
     """The identity recorded in a base stage output folder's base.json."""
-    from legalbuild.stages.base import base_identity
+    from legalbuild.basemodel.sources import base_identity
 
     info = json.loads((base_entry / "base.json").read_text(encoding="utf-8"))
     return info.get("identity") or base_identity(info)
