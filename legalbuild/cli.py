@@ -103,7 +103,7 @@ def init(
 def validate(recipe: RecipeArg) -> None:
     """Check a recipe: TOML syntax, every key and value (errors name file, line and key)."""
     from legalbuild.graph import stage_names
-    from legalbuild.recipe import load_recipe
+    from legalbuild.recipe_loading import load_recipe
 
     r = load_recipe(recipe)
     console.print(
@@ -420,7 +420,8 @@ def audit(
         playbook_questions,
         playbook_rules,
     )
-    from legalbuild.recipe import DEFAULT_SYSTEM_PROMPT, load_recipe
+    from legalbuild.recipe import DEFAULT_SYSTEM_PROMPT
+    from legalbuild.recipe_loading import load_recipe
 
     clauses = load_clauses(source)
     system_prompt, model_name, key_env = DEFAULT_SYSTEM_PROMPT, model, "LEGALBUILD_API_KEY"

@@ -34,7 +34,8 @@ from legalbuild.lock import (
     record_stage,
     write_lock,
 )
-from legalbuild.recipe import Recipe, load_recipe
+from legalbuild.recipe import Recipe
+from legalbuild.recipe_loading import load_recipe
 from legalbuild.stages.context import StageContext
 
 

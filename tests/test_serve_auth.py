@@ -175,7 +175,7 @@ def test_recipe_with_a_managed_flag_is_a_recipe_error(tmp_path):
     recipe = tmp_path / "recipe.toml"
     recipe.write_text(
         '[project]\nname = "t"\n[[data.sources]]\nname = "d"\npath = "data.jsonl"\n\n'
-        '[serve]\nport = 8001\nextra_args = ["--seed", "1", "--host", "0.0.0.0", "--api_key=k"]\n'
+        '[serve]\nport = 8001\nextra_args = ["--seed", "1", "--host", "0.0.0.0", "--api_key=sk-SECRET-9f3a"]\n'
     )
     done = subprocess.run(
         [sys.executable, "-m", "legalbuild", "validate", str(recipe)],
@@ -190,6 +190,7 @@ def test_recipe_with_a_managed_flag_is_a_recipe_error(tmp_path):
     assert "--host is managed by legalbuild: set [serve] host" in message
     assert "--api_key (read by vLLM as --api-key)" in message
     assert "[serve] api_key_env" in message and "Traceback" not in done.stderr
+    assert "sk-SECRET-9f3a" not in done.stderr + done.stdout  # a key put there is never echoed
 
 
 def test_server_command_puts_managed_flags_last(tmp_path):
