@@ -105,6 +105,19 @@ class Store:
         if self._claimed or self.is_marked():
             self._claimed = True
             return
+        self.check_claimable()
+        self.root.mkdir(parents=True, exist_ok=True)
+        tmp = self.root / f"{MARKER}.tmp{os.getpid()}"
+        tmp.write_text(MARKER_TEXT)
+        os.replace(tmp, self.root / MARKER)
+        self._claimed = True
+        HashMemo.attach(self.root / "hash-memo.json")
+
+    def check_claimable(self) -> None:
+        """NotAStoreError unless the folder is a store, absent, or laid out as legalbuild lays out
+        stores; writes nothing (what a dry run checks)."""
+        if self.is_marked():
+            return
         if self.root.exists() and not real_dir(self.root):
             raise NotAStoreError(self.root, ["it is a file or a symlink, not a folder"])
         foreign = [
@@ -117,12 +130,6 @@ class Store:
         ]
         if foreign:
             raise NotAStoreError(self.root, foreign)
-        self.root.mkdir(parents=True, exist_ok=True)
-        tmp = self.root / f"{MARKER}.tmp{os.getpid()}"
-        tmp.write_text(MARKER_TEXT)
-        os.replace(tmp, self.root / MARKER)
-        self._claimed = True
-        HashMemo.attach(self.root / "hash-memo.json")
 
     # ----------------------------------------------------------------------------- locations
     def entry_dir(self, stage: str, key: str) -> Path:

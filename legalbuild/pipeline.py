@@ -360,7 +360,10 @@ def gc(store: Store, keep: set[tuple[str, str]], dry_run: bool = False) -> GcRes
     result = GcResult()
     if not store.root.exists():
         return result
-    store.claim()
+    if dry_run:
+        store.check_claimable()  # a dry run writes nothing, not even the store's marker
+    else:
+        store.claim()
     result.skipped = store.strays()
     for e in list(store.entries()):
         if (e.stage, e.key) in keep:

@@ -213,6 +213,8 @@ def test_a_folder_that_is_not_a_legalbuild_cache_is_refused(tmp_path):
     store = Store(photos)
     with pytest.raises(NotAStoreError, match="not a legalbuild cache.*holiday.jpg"):
         pipeline.gc(store, set())
+    with pytest.raises(NotAStoreError, match="holiday.jpg"):
+        pipeline.gc(store, set(), dry_run=True)
     with pytest.raises(NotAStoreError):
         store.new_tmp("normalize", K1)
     assert sorted(p.name for p in photos.iterdir()) == ["holiday.jpg", "tmp"]
@@ -225,6 +227,10 @@ def test_an_unmarked_store_laid_out_by_legalbuild_is_adopted(tmp_path):
     (root / MARKER).unlink()  # as a legalbuild from before the marker left it
     (root / "hash-memo.json").write_text("{}")
     (root / "code-memo.json").write_text("{}")  # plan's memo of the imports of the code
+    before = sorted(p.relative_to(root) for p in root.rglob("*"))
+    dry = pipeline.gc(Store(root), set(), dry_run=True)
+    assert [k for _, k, _ in dry.removed] == [K1]
+    assert sorted(p.relative_to(root) for p in root.rglob("*")) == before  # not even the marker
     result = pipeline.gc(Store(root), set())
     assert [k for _, k, _ in result.removed] == [K1]
     assert "created by legalbuild" in (root / MARKER).read_text()
