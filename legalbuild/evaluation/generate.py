@@ -11,6 +11,7 @@ Validation loss is teacher-forced on the reference answers, averaged over answer
 
 from __future__ import annotations
 
+import functools
 import gc
 import importlib.util
 import os
@@ -71,11 +72,9 @@ def evaluate_model(
     """(free answers with their reference loss, constrained answers or None) for one model
     folder. `constraints` holds one regular expression per row (see answer_format.audit_regex)."""
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    if tokenizer.pad_token_id is None:
-        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer = tokenizer_of(model_dir)
     device = torch_device()
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype).to(device).eval()
@@ -107,6 +106,18 @@ def evaluate_model(
         if loss is not None:
             answer.loss, answer.loss_tokens = loss
     return free, constrained
+
+
+@functools.lru_cache(maxsize=4)
+def tokenizer_of(model_dir: Path) -> Any:
+    """The model folder's tokenizer, loaded once per folder (generation, losses and the regex
+    baseline's token counts share it), with a pad token for batching."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
 
 
 def prompt_text(tokenizer: Any, system_prompt: str, instruction: str) -> str:

@@ -26,7 +26,7 @@ from typing import Any
 from legalbuild.answer_format import audit_regex
 from legalbuild.errors import DataError, StageFailedError
 from legalbuild.evaluation.baseline import load_regex_baseline, run_baseline
-from legalbuild.evaluation.generate import Answer, choose_engine, evaluate_model
+from legalbuild.evaluation.generate import Answer, choose_engine, evaluate_model, tokenizer_of
 from legalbuild.evaluation.rows import EvalRow, load_extra_set, load_split_rows, select_rows
 from legalbuild.evaluation.scoring import summarise, write_answers
 from legalbuild.prompting import catalogue_rules
@@ -146,7 +146,5 @@ def run(ctx: StageContext) -> dict:
 
 
 def _token_counter(model_dir: Path) -> Callable[[str], int]:
-    from transformers import AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    tokenizer = tokenizer_of(model_dir)
     return lambda text: len(tokenizer(text, add_special_tokens=False)["input_ids"])
