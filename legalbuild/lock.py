@@ -21,6 +21,7 @@ import tomli_w
 from legalbuild import __version__
 from legalbuild.errors import LockFileError
 from legalbuild.graph import STAGES
+from legalbuild.ownership import owner_alive
 
 LOCK_VERSION = 1
 HEADER = "# legalbuild.lock: written by `legalbuild build`. Commit it with the recipe.\n"
@@ -124,10 +125,26 @@ def write_lock(recipe_path: Path, lock: dict[str, Any]) -> bool:
             return False
     except (OSError, UnicodeDecodeError):
         pass  # no lock yet, or an unreadable one to replace
+    remove_stale_temps(path)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)  # after a failed write; gone already after the replace
     return True
+
+
+def remove_stale_temps(path: Path) -> list[Path]:
+    """Remove `.<lock>.tmp<pid>` files beside the lock whose writer is gone (killed between
+    writing and renaming); a live writer's file stays."""
+    removed = []
+    for tmp in path.parent.glob(f".{path.name}.tmp*"):
+        pid = tmp.name.rsplit(".tmp", 1)[1]
+        if pid.isdigit() and not tmp.is_symlink() and not owner_alive(int(pid), None):
+            tmp.unlink(missing_ok=True)
+            removed.append(tmp)
+    return removed
 
 
 def flatten(obj: Any, prefix: str = "") -> dict[str, Any]:

@@ -5,6 +5,7 @@ error (never a traceback) when it is malformed. Also `plan --json` / `status --j
 from __future__ import annotations
 
 import json
+import os
 import sys
 import tomllib
 from pathlib import Path
@@ -14,7 +15,7 @@ from helpers import REPO, write_jsonl, write_recipe
 
 from legalbuild import cli, pipeline
 from legalbuild.cache import Store
-from legalbuild.lock import diff_inputs, lock_path, read_lock
+from legalbuild.lock import diff_inputs, lock_path, read_lock, write_lock
 
 ROWS = [
     {"instruction": f"Audit clause {i}: fees may rise.", "output": f"Risk: low {i}"}
@@ -125,6 +126,21 @@ def test_the_lock_is_written_only_when_its_content_changes(project, tmp_path):
     write_jsonl(project.parent / "data.jsonl", ROWS[:20])
     _build(project, store)
     assert path.read_text() != text
+
+
+def test_a_lock_writer_killed_before_its_rename_leaves_no_temp_behind(tmp_path):
+    import subprocess
+
+    recipe = tmp_path / "r.toml"
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], text=True,
+                          capture_output=True)  # fmt: skip
+    stale = tmp_path / f".r.lock.tmp{int(gone.stdout)}"  # what a writer killed mid-write left
+    stale.write_text("half a lock")
+    live = tmp_path / f".r.lock.tmp{os.getppid()}"  # a writer still running: not ours to remove
+    live.write_text("being written")
+    assert write_lock(recipe, {"version": 1, "stages": {}})
+    assert not stale.exists() and live.exists()
+    assert lock_path(recipe).read_text().count("[stages]") == 1
 
 
 def test_other_numerics_keep_the_locked_digests_with_a_note(project, tmp_path):
