@@ -334,3 +334,34 @@ class OpenAIStub:
     def __exit__(self, *exc) -> None:
         self.server.shutdown()
         self.server.server_close()
+
+
+# ------------------------------------------------------------------------------------ browser
+def chromium() -> str | None:
+    """Debian's headless Chromium (scripts/setup.sh installs it); required in CI."""
+    import pytest
+
+    found = shutil.which("chromium") or shutil.which("chromium-browser")
+    if found is None and os.environ.get("CI"):
+        pytest.fail("chromium is required in CI (apt-get install -y chromium)")
+    return found
+
+
+def render_in_chromium(browser: str, html_path: Path, shot: Path, profile: Path) -> list[str]:
+    """Render a page headless with networking off and take a screenshot; the console errors and
+    uncaught exceptions it logged (an assertion fails when Chromium itself fails)."""
+    import subprocess
+
+    cmd = [
+        browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+        "--disable-background-networking", "--disable-component-update", "--disable-sync",
+        f"--user-data-dir={profile}", "--enable-logging=stderr", "--v=0",
+        f"--screenshot={shot}", "--window-size=1280,2000", html_path.resolve().as_uri(),
+    ]  # fmt: skip
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return [
+        ln
+        for ln in proc.stderr.splitlines()
+        if "Uncaught" in ln or "ERROR:CONSOLE" in ln or ":CONSOLE(" in ln
+    ]

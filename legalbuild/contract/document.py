@@ -23,7 +23,7 @@ import zipfile
 from pathlib import Path
 
 from legalbuild.data.files import decode_utf8
-from legalbuild.errors import DataError
+from legalbuild.errors import DataError, LegalbuildError
 
 PDF_MAGIC = b"%PDF-"
 ZIP_MAGIC = b"PK\x03\x04"
@@ -34,6 +34,18 @@ _CLAUSE_START = re.compile(
     r"^(?:\d+(?:\.\d+)+\.?|\d+\.|\([a-z0-9]{1,4}\)|(?:section|article)\s+\d)\s", re.I
 )
 _HEADING_STYLE = re.compile(r"^(?:heading\s*(\d)|title)$", re.I)
+
+
+def need(module: str, package: str):
+    """`module` imported, or an error naming the extra that installs it."""
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise LegalbuildError(
+            f"this needs the {package} package", hint="pip install 'legalbuild[audit]'"
+        ) from None
 
 
 @dataclasses.dataclass
@@ -120,7 +132,7 @@ def decode_text(data: bytes, name: str, encoding: str | None) -> str:
 
 # -------------------------------------------------------------------------------------------- PDF
 def read_pdf(data: bytes, name: str) -> Document:
-    import pypdf
+    pypdf = need("pypdf", "pypdf")
     from pypdf.errors import PdfReadError
 
     if not data.startswith(PDF_MAGIC):
@@ -187,7 +199,7 @@ def read_docx(data: bytes, name: str) -> Document:
 
 def open_docx(data: bytes, name: str):
     """python-docx's Document of `data`; DataError when it is not a Word document."""
-    import docx
+    docx = need("docx", "python-docx")
 
     if not data.startswith(ZIP_MAGIC):
         raise DataError(

@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from legalbuild.contract.document import open_docx
+from legalbuild.contract.document import need, open_docx
 from legalbuild.contract.record import comment_text, flagged
 
 AUTHOR, INITIALS = "legalbuild audit", "LB"
@@ -44,7 +44,7 @@ def _runs(paragraph) -> list[Any]:
 
 
 def _clauses_document(record: dict[str, Any]):
-    import docx
+    docx = need("docx", "python-docx")
 
     document = docx.Document()
     document.add_heading(f"Audit of {record['document']['name']}", level=0)

@@ -9,6 +9,7 @@ the clause type by keyword (a heading word counts three times a body word).
 
 from __future__ import annotations
 
+import bisect
 import dataclasses
 import re
 from dataclasses import dataclass
@@ -137,8 +138,9 @@ def document_paragraphs(text: str) -> list[Paragraph]:
     `legalbuild audit` keeps every prose paragraph)."""
     out: list[Paragraph] = []
     heading, heading_number = "", ""
-    for first, block in _blocks(_clean(text)):
-        numbered = [(first + i, ln.strip()) for i, ln in enumerate(block.split("\n"))]
+    cleaned, line_map = _clean(text)
+    for first, block in _blocks(cleaned):
+        numbered = [(line_map[first + i], ln.strip()) for i, ln in enumerate(block.split("\n"))]
         lines = [(n, ln) for n, ln in numbered if ln and not ln.startswith("|")]  # md tables
         while lines and _is_heading(lines[0][1]):
             heading, heading_number = _heading_parts(lines.pop(0)[1])
@@ -157,14 +159,30 @@ def document_paragraphs(text: str) -> list[Paragraph]:
     return out
 
 
-def _clean(text: str) -> str:
-    """Markup removed line for line: the result has the lines of `text` (after "\r\n" -> "\n"),
-    so paragraph line numbers point into the original. Markdown table rows stay (lines starting
-    with "|"); `document_paragraphs` skips them."""
-    text = text.replace("\r\n", "\n").replace("\r", "\n")
-    text = _COMMENT.sub(lambda m: "\n" * m.group(0).count("\n"), text)
+def _clean(text: str) -> tuple[str, list[int]]:
+    """Markup removed, and for each line of the result the line of `text` (after "\r\n" -> "\n")
+    it starts on, so paragraph line numbers point into the original. Markdown table rows stay
+    (lines starting with "|"); `document_paragraphs` skips them."""
+    original = text.replace("\r\n", "\n").replace("\r", "\n")
+    kept, cuts, start = [], [], 0  # cuts: (offset in the cleaned text, characters cut so far)
+    for m in _COMMENT.finditer(original):  # a comment is cut out as if it had never been there
+        kept.append(original[start : m.start()])
+        start = m.end()
+        removed = cuts[-1][1] if cuts else 0
+        cuts.append((m.start() - removed, removed + m.end() - m.start()))
+    kept.append(original[start:])
+    text = "".join(kept)
+    newlines = [m.start() for m in re.finditer("\n", original)]
+    line_map, offset, cut = [], 0, 0
+    pending = iter(cuts)
+    upcoming = next(pending, None)
+    for line in text.split("\n"):
+        while upcoming is not None and upcoming[0] <= offset:
+            cut, upcoming = upcoming[1], next(pending, None)
+        line_map.append(bisect.bisect_left(newlines, offset + cut))
+        offset += len(line) + 1
     text = _MD_LINK.sub(r"\1", text).replace("**", "").replace("__", "")
-    return "\n".join(ln.replace("\t", " ").rstrip() for ln in text.split("\n"))
+    return "\n".join(ln.replace("\t", " ").rstrip() for ln in text.split("\n")), line_map
 
 
 def _blocks(text: str) -> list[tuple[int, str]]:
