@@ -448,48 +448,25 @@ def audit(
     import contextlib
     import os
 
-    from legalbuild.audit import playbook_questions, playbook_rules
-    from legalbuild.contract import run
+    from legalbuild.audit import playbook_questions
+    from legalbuild.contract import run, terminal
     from legalbuild.contract.client import Endpoint, EndpointUnreachable, audit_concurrently
     from legalbuild.errors import ServeError
-    from legalbuild.recipe import DEFAULT_SYSTEM_PROMPT, load_recipe
 
     job = run.prepare(source, out or [], encoding, max_clauses)
-    system_prompt, model_name, key_env, rules, url = (
-        DEFAULT_SYSTEM_PROMPT,
-        model,
-        "LEGALBUILD_API_KEY",
-        [],
-        endpoint,
-    )
-    r = load_recipe(recipe) if recipe else None
-    if r:
-        system_prompt, key_env = r.data.system_prompt, r.serve.api_key_env
-        model_name = model or r.served_model_name
-        url = endpoint or run.default_endpoint(r.serve)
-        if playbook:
-            from legalbuild.curation.rulebook import PACKAGED_REDLINE
-
-            specs = r.curate.rulebooks if r.curate else [PACKAGED_REDLINE]
-            rules = playbook_rules(list(specs), recipe.resolve().parent, playbook)
-    elif playbook or serve:
-        raise LegalbuildError(
-            f"--{'playbook' if playbook else 'serve'} needs --recipe",
-            hint="legalbuild audit FILE --recipe RECIPE ...",
-        )
-    if not model_name:
-        raise LegalbuildError("no model name", hint="pass --recipe RECIPE or --model NAME")
-    _say_clauses(job, concurrency)
-    api_key = os.environ.get(key_env)
-    questions = playbook_questions(job.texts, playbook, rules, constrained)
+    asked = run.resolve(recipe, model, endpoint, playbook, serve)
+    for line in terminal.clause_count(job, concurrency):
+        err_console.print(line)
+    api_key = os.environ.get(asked.key_env)
+    questions = playbook_questions(job.texts, playbook, asked.rules, constrained)
     with contextlib.ExitStack() as stack:
+        url = asked.url
         if serve:
             url = stack.enter_context(run.serving(recipe, cache_dir, api_key, err_console))
-        target = Endpoint(
-            url or "http://127.0.0.1:8000/v1", model_name, system_prompt, api_key, max_tokens
-        )
+        target = Endpoint(url, asked.model, asked.system_prompt, api_key, max_tokens)
         try:
-            outcome = _with_progress(
+            outcome = terminal.with_progress(
+                err_console,
                 len(job.clauses),
                 lambda on_done: audit_concurrently(
                     job.texts,
@@ -508,7 +485,7 @@ def audit(
                 "it for this audit), or point --endpoint at a running one",
             ) from None
     meta = {
-        "model": model_name, "endpoint": target.base_url,
+        "model": asked.model, "endpoint": target.base_url,
         "recipe": str(recipe) if recipe else None,
         "recipe_key": run.recipe_key(recipe) if recipe else None,
         "playbook": playbook, "constrained": constrained, "max_tokens": max_tokens,
@@ -520,7 +497,8 @@ def audit(
         for row in record["clauses"]:
             print(json.dumps(row, ensure_ascii=False))
     else:
-        _print_audit_summary(record)
+        console.print(terminal.summary_table(record))
+        console.print(terminal.summary_line(record))
     for path, what in written:
         err_console.print(f"wrote {escape(str(path))}: {what}")
     failed = record["summary"]["failed"]
@@ -536,69 +514,6 @@ def audit(
             "failed in the outputs; the other clauses are there)",
             hint="check the server's log; rerun to retry them",
         )
-
-
-def _say_clauses(job, concurrency: int) -> None:
-    from legalbuild.contract import run
-
-    found, n = job.found, len(job.clauses)
-    capped = f" (auditing the first {n}: --max-clauses)" if n < found else ""
-    err_console.print(f"{escape(job.document.name)}: {found} clauses{capped}")
-    if n > run.LARGE_DOCUMENT:
-        minutes = run.estimated_seconds(n, concurrency) / 60
-        err_console.print(
-            f"[yellow]warning:[/] {n} clauses: about {minutes:.0f} min on a 2-core CPU server at "
-            f"--concurrency {concurrency}; --max-clauses N audits the first N"
-        )
-
-
-def _with_progress(total: int, start):
-    """Run `start(on_done)` under a progress bar (clauses done, rate, time left) on stderr."""
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
-
-    columns = (
-        TextColumn("auditing"), BarColumn(), MofNCompleteColumn(),
-        TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TimeRemainingColumn(),
-    )  # fmt: skip
-    with Progress(*columns, console=err_console, transient=False) as progress:
-        task = progress.add_task("audit", total=total, rate="")
-
-        def on_done(_index: int, _result: dict) -> None:
-            elapsed = progress.tasks[0].elapsed or 0.0
-            done = progress.tasks[0].completed + 1
-            rate = f"{done / elapsed * 60:.1f} clauses/min" if elapsed else ""
-            progress.update(task, advance=1, rate=rate)
-
-        return start(on_done)
-
-
-def _print_audit_summary(record: dict) -> None:
-    from legalbuild.audit import shorten
-    from legalbuild.contract.record import by_severity, clause_label, location_text, rank_of
-
-    colours = {"high": "red", "medium": "dark_orange", "low": "yellow", "none": "green"}
-    table = Table(title=f"Audit of {record['document']['name']}, worst first")
-    for name in ("risk", "clause", "where", "findings"):
-        table.add_column(name)
-    for row in by_severity(record["clauses"]):
-        rank = rank_of(row)
-        findings = "; ".join(f["title"] for f in row["findings"] or []) or (row["error"] or "")
-        table.add_row(
-            f"[{colours.get(rank, 'dim')}]{rank.replace('_', ' ')}[/]",
-            escape(shorten(clause_label(row), 40)),
-            location_text(row["location"]),
-            escape(shorten(findings, 80)),
-        )
-    console.print(table)
-    counts = ", ".join(f"{n} {k.replace('_', ' ')}" for k, n in record["summary"].items() if n)
-    console.print(f"{len(record['clauses'])} clauses: {counts} ({record['elapsed_s']:.1f} s)")
 
 
 @app.command()

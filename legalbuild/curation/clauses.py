@@ -187,11 +187,12 @@ def _clean(text: str) -> tuple[str, list[int]]:
 
 def _blocks(text: str) -> list[tuple[int, str]]:
     """(first line number, block) for the blocks of text between blank lines."""
-    out, start = [], 0
+    out, start, line = [], 0, 0
     for m in _BLOCK_BREAK.finditer(text):
-        out.append((text.count("\n", 0, start), text[start : m.start()]))
+        out.append((line, text[start : m.start()]))
+        line += text.count("\n", start, m.end())
         start = m.end()
-    out.append((text.count("\n", 0, start), text[start:]))
+    out.append((line, text[start:]))
     return out
 
 
