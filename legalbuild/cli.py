@@ -487,7 +487,7 @@ def audit(
     meta = {
         "model": asked.model, "endpoint": target.base_url,
         "recipe": str(recipe) if recipe else None,
-        "recipe_key": run.recipe_key(recipe) if recipe else None,
+        "recipe_key": asked.recipe_key,
         "playbook": playbook, "constrained": constrained, "max_tokens": max_tokens,
         "temperature": target.temperature, "concurrency": concurrency,
     }  # fmt: skip

@@ -38,7 +38,7 @@ from legalbuild.contract.document import read_document
 from legalbuild.contract.record import SCHEMA_PATH
 from legalbuild.contract.split import document_clauses
 from legalbuild.curation.clauses import document_paragraphs
-from legalbuild.errors import DataError
+from legalbuild.errors import DataError, LegalbuildError
 from legalbuild.serve import free_port
 
 CLAUSES = contract_clauses()
@@ -362,3 +362,23 @@ def test_ctrl_c_stops_and_still_writes_what_finished(tmp_path):
     assert record["interrupted"] is True
     statuses = [r["status"] for r in record["clauses"]]
     assert statuses[:2] == ["audited", "audited"] and set(statuses[2:]) == {"not_audited"}
+
+
+def test_recipe_gives_endpoint_model_prompt_and_the_locked_model_key(tmp_path):
+    from legalbuild.contract.run import resolve
+
+    recipe = write_recipe(
+        tmp_path / "r.toml", serve={"port": 8123, "served_model_name": "legal-x"},
+        data={"sources": [{"name": "x", "path": "x.jsonl"}], "system_prompt": "Be careful."},
+    )  # fmt: skip
+    (tmp_path / "r.lock").write_text(f'version = 1\n[stages.merge]\nkey = "{"ab" * 32}"\n')
+    asked = resolve(recipe, None, None, None, serve=False)
+    assert (asked.url, asked.model, asked.system_prompt) == (
+        "http://127.0.0.1:8123/v1",
+        "legal-x",
+        "Be careful.",
+    )
+    assert asked.recipe_key == "ab" * 32
+    assert resolve(recipe, "other", "http://h:1", None, serve=False).model == "other"
+    with pytest.raises(LegalbuildError, match="--serve needs --recipe"):
+        resolve(None, "m", None, None, serve=True)

@@ -58,10 +58,11 @@ def render_html(record: dict[str, Any]) -> str:
         warning = (
             '<p class="warning">Interrupted: clauses marked "not audited" were not finished.</p>'
         )
-    counts = [
-        [badge(rank), n] for rank, n in record["summary"].items() if n
-    ]  # badge html is built here, so the table cells below are written unescaped
-    summary_rows = "".join(f"<tr><td>{b}</td><td class='num'>{n}</td></tr>" for b, n in counts)
+    summary_rows = "".join(  # badge() escapes its text
+        f"<tr><td>{badge(rank)}</td><td class='num'>{n}</td></tr>"
+        for rank, n in record["summary"].items()
+        if n
+    )
     worst = [r for r in by_severity(rows) if flagged(r)]
     flagged_table = html_table(
         ["risk", "clause", "where", "findings"],

@@ -125,6 +125,7 @@ class Asked:
     key_env: str  # the environment variable holding the API key
     url: str
     rules: list[Any]  # the playbook's rules (empty without --playbook)
+    recipe_key: str | None = None  # the merge key in the recipe's lock (read before any request)
 
 
 def resolve(
@@ -161,6 +162,7 @@ def resolve(
         recipe.serve.api_key_env,
         endpoint or default_endpoint(recipe.serve),
         rules,
+        recipe_key(recipe_path),
     )
 
 
