@@ -121,6 +121,10 @@ def test_stdin_and_other_encodings(tmp_path, monkeypatch):
     assert [c.text for c in document_clauses(read_document("-"))] == CLAUSES
     (tmp_path / "utf16.txt").write_bytes(text.encode("utf-16"))  # with its byte-order mark
     assert len(document_clauses(read_document(tmp_path / "utf16.txt"))) == len(CLAUSES)
+    (tmp_path / "mac.txt").write_bytes(text.replace("\n", "\r").encode())  # old Mac line ends
+    assert [c.first for c in document_clauses(read_document(tmp_path / "mac.txt"))] == [
+        c.first for c in document_clauses(read_document(tmp_path / "utf16.txt"))
+    ]
     latin = tmp_path / "latin.txt"
     latin.write_bytes(
         ("Le Fournisseur doit payer la redevance annuelle à échéance.\n").encode("cp1252")

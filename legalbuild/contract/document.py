@@ -96,7 +96,8 @@ def read_document(source: str | Path, encoding: str | None = None) -> Document:
 
 
 def read_text(data: bytes, name: str, encoding: str | None = None) -> Document:
-    text = decode_text(data, name, encoding)
+    # the splitter's lines: "\r\n" and a lone "\r" (old Mac files) both end a line
+    text = decode_text(data, name, encoding).replace("\r\n", "\n").replace("\r", "\n")
     return Document(name, "text", text, list(range(1, text.count("\n") + 2)))
 
 

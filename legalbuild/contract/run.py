@@ -25,8 +25,8 @@ OUTPUT_KINDS = (".docx", ".html", ".md", ".json")
 # Measured with the default recipe's merged SmolLM2-135M on a 2-core CPU (bench/audit_bench.py,
 # 2026-11-30): 11.5 s a clause one at a time, 7.9x faster 8 at a time.
 SECONDS_PER_CLAUSE = 11.5
-LARGE_DOCUMENT = 100
-DEFAULT_ENDPOINT = "http://127.0.0.1:8000/v1"  # without a recipe  # clauses: above this the CLI warns with the count and an estimated time
+LARGE_DOCUMENT = 100  # clauses: above this the CLI warns with the count and an estimated time
+DEFAULT_ENDPOINT = "http://127.0.0.1:8000/v1"  # without a recipe
 
 
 @dataclasses.dataclass
