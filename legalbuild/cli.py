@@ -6,7 +6,7 @@ Typical session:
     legalbuild plan recipe.toml          # what would be built, and why
     legalbuild build recipe.toml         # curate -> normalize -> base -> train -> merge -> eval
     legalbuild serve recipe.toml         # vLLM OpenAI-compatible endpoint on the merged model
-    legalbuild audit clauses.txt --endpoint http://127.0.0.1:8000/v1
+    legalbuild audit contract.pdf --recipe recipe.toml --out reviewed.docx
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ app = typer.Typer(
     epilog=(
         "Example: legalbuild init recipe.toml && legalbuild plan recipe.toml && "
         "legalbuild build recipe.toml && legalbuild serve recipe.toml, then in another shell "
-        "legalbuild audit clauses.txt --recipe recipe.toml. "
+        "legalbuild audit contract.pdf --recipe recipe.toml --out reviewed.docx. "
         "Exit codes: 2 recipe, 3 data, 4 lock mismatch, 5 not built, 6 stage check, 7 serving, 8 corrupt cache."
     ),
     no_args_is_help=True,
@@ -376,15 +376,48 @@ def serve(
 @app.command()
 def audit(
     source: Annotated[
-        str, typer.Argument(help="File of clauses (blank-line separated), or - for stdin.")
+        str,
+        typer.Argument(
+            help="The contract: .pdf, .docx, .md or .txt (a file of clauses separated by blank "
+            "lines too), or - for standard input."
+        ),
     ],
-    endpoint: Annotated[
-        str, typer.Option(help="OpenAI-compatible base URL (with or without /v1).")
-    ] = "http://127.0.0.1:8000/v1",
     recipe: Annotated[
         Path | None,
-        typer.Option(help="Recipe: gives the system prompt, model name and API key variable."),
+        typer.Option(
+            help="Recipe: gives the system prompt, model name, API key variable and endpoint."
+        ),
     ] = None,
+    endpoint: Annotated[
+        str | None,
+        typer.Option(
+            help="OpenAI-compatible base URL (default: the recipe's [serve] host and port, "
+            "else http://127.0.0.1:8000/v1)."
+        ),
+    ] = None,
+    out: Annotated[
+        list[Path] | None,
+        typer.Option(
+            help="Write the findings; the extension picks the kind, several allowed: .docx (the "
+            "contract with a Word comment on each flagged clause), .html, .md, .json."
+        ),
+    ] = None,
+    concurrency: Annotated[
+        int, typer.Option(min=1, max=256, help="Requests in flight at once.")
+    ] = 8,
+    retries: Annotated[
+        int, typer.Option(min=0, max=10, help="Retries of a failed request (with backoff).")
+    ] = 2,
+    max_clauses: Annotated[
+        int | None, typer.Option(min=1, help="Audit only the first N clauses.")
+    ] = None,
+    encoding: Annotated[
+        str | None, typer.Option(help="Encoding of a text input that is not UTF-8, e.g. cp1252.")
+    ] = None,
+    serve: Annotated[
+        bool,
+        typer.Option("--serve", help="Start the recipe's server for the audit and stop it after."),
+    ] = False,
     model: Annotated[
         str | None, typer.Option(help="Served model name (default: from the recipe).")
     ] = None,
@@ -406,56 +439,81 @@ def audit(
             "structured_outputs regex; with --playbook, rule ids limited to its listed rules)."
         ),
     ] = False,
+    cache_dir: CacheDir = None,
 ) -> None:
-    """Send each clause to a served model and print its findings.
+    """Audit a contract clause by clause against a served model and write the findings.
 
-    Example: legalbuild audit clauses.txt --recipe recipes/legal-audit-smollm2.toml --playbook
-    software-license --json"""
+    Example: legalbuild audit contract.pdf --recipe recipes/legal-audit-smollm2.toml --out
+    reviewed.docx --out findings.html"""
+    import contextlib
     import os
 
-    from legalbuild.audit import (
-        audit_clauses,
-        format_results,
-        load_clauses,
-        playbook_questions,
-        playbook_rules,
-    )
-    from legalbuild.recipe import DEFAULT_SYSTEM_PROMPT
-    from legalbuild.recipe_loading import load_recipe
+    from legalbuild.audit import playbook_questions
+    from legalbuild.contract import run, terminal
+    from legalbuild.contract.client import Endpoint, EndpointUnreachable, audit_concurrently
+    from legalbuild.errors import ServeError
 
-    clauses = load_clauses(source)
-    system_prompt, model_name, key_env = DEFAULT_SYSTEM_PROMPT, model, "LEGALBUILD_API_KEY"
-    rules: list = []
-    if recipe:
-        r = load_recipe(recipe)
-        system_prompt, key_env = r.data.system_prompt, r.serve.api_key_env
-        model_name = model or r.served_model_name
-        if playbook:
-            from legalbuild.curation.rulebook import PACKAGED_REDLINE
-
-            specs = r.curate.rulebooks if r.curate else [PACKAGED_REDLINE]
-            rules = playbook_rules(list(specs), recipe.resolve().parent, playbook)
-    elif playbook:
-        raise LegalbuildError(
-            "--playbook needs --recipe (its rulebooks list the playbook's rules)",
-            hint="legalbuild audit FILE --recipe RECIPE --playbook NAME",
-        )
-    if not model_name:
-        raise LegalbuildError("no model name", hint="pass --recipe RECIPE or --model NAME")
-    results = audit_clauses(
-        clauses,
-        endpoint,
-        model_name,
-        system_prompt,
-        os.environ.get(key_env),
-        max_tokens=max_tokens,
-        questions=playbook_questions(clauses, playbook, rules, constrained),
-    )
+    job = run.prepare(source, out or [], encoding, max_clauses)
+    asked = run.resolve(recipe, model, endpoint, playbook, serve)
+    for line in terminal.clause_count(job, concurrency):
+        err_console.print(line)
+    api_key = os.environ.get(asked.key_env)
+    questions = playbook_questions(job.texts, playbook, asked.rules, constrained)
+    with contextlib.ExitStack() as stack:
+        url = asked.url
+        if serve:
+            url = stack.enter_context(run.serving(recipe, cache_dir, api_key, err_console))
+        target = Endpoint(url, asked.model, asked.system_prompt, api_key, max_tokens)
+        try:
+            outcome = terminal.with_progress(
+                err_console,
+                len(job.clauses),
+                lambda on_done: audit_concurrently(
+                    job.texts,
+                    questions,
+                    target,
+                    concurrency=concurrency,
+                    retries=retries,
+                    on_done=on_done,
+                ),
+            )
+        except EndpointUnreachable as exc:
+            command = f"legalbuild serve {recipe}" if recipe else "legalbuild serve RECIPE"
+            raise ServeError(
+                exc.message,
+                hint=f"start the server in another shell: `{command}` (or pass --serve to start "
+                "it for this audit), or point --endpoint at a running one",
+            ) from None
+    meta = {
+        "model": asked.model, "endpoint": target.base_url,
+        "recipe": str(recipe) if recipe else None,
+        "recipe_key": asked.recipe_key,
+        "playbook": playbook, "constrained": constrained, "max_tokens": max_tokens,
+        "temperature": target.temperature, "concurrency": concurrency,
+    }  # fmt: skip
+    record = job.record(outcome, meta)
+    written = run.write_outputs(job, record)
     if as_json:
-        for res in results:
-            print(json.dumps(res, ensure_ascii=False))
+        for row in record["clauses"]:
+            print(json.dumps(row, ensure_ascii=False))
     else:
-        console.print(format_results(results), markup=False)
+        console.print(terminal.summary_table(record))
+        console.print(terminal.summary_line(record))
+    for path, what in written:
+        err_console.print(f"wrote {escape(str(path))}: {what}")
+    failed = record["summary"]["failed"]
+    if outcome.interrupted:
+        err_console.print(
+            f"interrupted: {outcome.finished} of {len(job.clauses)} clauses audited; the outputs "
+            "hold those (the rest are marked not audited)"
+        )
+        raise typer.Exit(130)
+    if failed:
+        raise ServeError(
+            f"{failed} of {len(job.clauses)} requests failed after {retries} retries (marked "
+            "failed in the outputs; the other clauses are there)",
+            hint="check the server's log; rerun to retry them",
+        )
 
 
 @app.command()

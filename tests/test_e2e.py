@@ -158,7 +158,7 @@ def test_serve_the_merged_model_and_audit_through_the_cli(built, tmp_path):
             timeout=600,
         )
         results = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
-        assert [r["clause"][:15] for r in results] == ["The Supplier's ", "This Agreement "]
+        assert [r["text"][:15] for r in results] == ["The Supplier's ", "This Agreement "]
         assert all(
             r["answer"] and r["completion_tokens"] > 0 and r["error"] is None for r in results
         )

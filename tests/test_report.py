@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
-from helpers import random_adapter, write_json
+from helpers import chromium, random_adapter, render_in_chromium, write_json
 
 from legalbuild.answer_format import Audit, Finding, parse_audit, render_audit
 from legalbuild.evaluation.generate import Answer
@@ -205,13 +203,6 @@ def test_report_degrades_when_stages_are_missing_or_broken(tmp_path, stage_dirs)
     assert "not built" in md_path.read_text(encoding="utf-8")
 
 
-def chromium() -> str | None:
-    found = shutil.which("chromium") or shutil.which("chromium-browser")
-    if found is None and os.environ.get("CI"):
-        pytest.fail("chromium is required in CI (apt-get install -y chromium)")
-    return found
-
-
 def test_report_renders_in_headless_chromium_without_console_errors(tmp_path, stage_dirs):
     browser = chromium()
     if browser is None:
@@ -220,18 +211,6 @@ def test_report_renders_in_headless_chromium_without_console_errors(tmp_path, st
         tmp_path / "recipe.toml", RECIPE, LOCK, stage_dirs, tmp_path / "report"
     )
     shot = Path(os.environ.get("LEGALBUILD_REPORT_SCREENSHOT", tmp_path / "report.png"))
-    cmd = [
-        browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-        "--disable-background-networking", "--disable-component-update", "--disable-sync",
-        f"--user-data-dir={tmp_path / 'profile'}", "--enable-logging=stderr", "--v=0",
-        f"--screenshot={shot}", "--window-size=1280,2000", html_path.resolve().as_uri(),
-    ]  # fmt: skip
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    console = [
-        ln
-        for ln in proc.stderr.splitlines()
-        if "Uncaught" in ln or "ERROR:CONSOLE" in ln or ":CONSOLE(" in ln
-    ]
+    console = render_in_chromium(browser, html_path, shot, tmp_path / "profile")
     assert not console, console
     assert shot.is_file() and shot.stat().st_size > 20_000  # a rendered page, not a blank one

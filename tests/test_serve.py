@@ -278,6 +278,29 @@ def test_sigterm_during_startup_leaves_no_vllm_process(merged_dir, tmp_path, mom
     assert orphans_mentioning(str(model_dir)) == []
 
 
+@pytest.mark.slow
+def test_audit_with_serve_starts_the_server_and_stops_it(merged_dir, tmp_path):
+    """`legalbuild audit --serve` serves the recipe's merged model for the audit, then stops it:
+    the clauses are answered, and no process of the server remains, orphaned or not."""
+    from helpers import REPO, contract_markdown
+
+    recipe, model_dir = recipe_with_merged_model(merged_dir, tmp_path, merged_dir)
+    (tmp_path / "contract.md").write_text(contract_markdown())
+    env = {**os.environ, "LEGALBUILD_CACHE": str(tmp_path / "cache"), "PYTHONPATH": str(REPO)}
+    env.pop("LEGALBUILD_API_KEY", None)
+    done = subprocess.run(
+        [sys.executable, "-m", "legalbuild", "audit", str(tmp_path / "contract.md"), "--recipe",
+         str(recipe), "--serve", "--max-tokens", "4", "--out", str(tmp_path / "audit.json")],
+        capture_output=True, text=True, env=env, timeout=900,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    record = json.loads((tmp_path / "audit.json").read_text())
+    assert record["summary"]["failed"] == 0 and record["model"] == MODEL_NAME
+    assert all(row["answer"] for row in record["clauses"])
+    assert server_processes(model_dir) == []
+    assert orphans_mentioning(str(model_dir)) == []
+
+
 # -------------------------------------------------------------------------------- a real server
 @pytest.fixture(scope="module")
 def merged_dir(tiny_model_dir, tmp_path_factory) -> Path:
@@ -469,7 +492,7 @@ def test_bad_requests_get_4xx_and_the_server_survives(client, request_kwargs):
 
 @pytest.mark.slow
 def test_audit_clauses_against_the_server(server):
-    from legalbuild.audit import audit_clauses
+    from legalbuild.contract.client import audit_clauses
 
     clauses = ["The Supplier's liability is unlimited.", "This Agreement renews automatically."]
     results = audit_clauses(
@@ -509,6 +532,38 @@ def test_example_client_of_the_serving_folder(server, merged_dir):
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.count("### ") == 2 and "### Second clause." in done.stdout
+
+
+@pytest.mark.slow
+def test_audit_a_docx_contract_through_the_cli(server, tmp_path):
+    """`legalbuild audit contract.docx` against the real server: every clause asked, concurrently,
+    answers in document order, the JSON valid against its schema, the DOCX written."""
+    import docx
+    import jsonschema
+    from helpers import REPO, contract_clauses, write_contract_docx
+
+    from legalbuild.contract.record import SCHEMA_PATH
+
+    contract = write_contract_docx(tmp_path / "contract.docx")
+    outs = [tmp_path / "audit.json", tmp_path / "reviewed.docx"]
+    env = {**os.environ, "PYTHONPATH": str(REPO), "LEGALBUILD_API_KEY": API_KEY}
+    done = subprocess.run(
+        [sys.executable, "-m", "legalbuild", "audit", str(contract), "--endpoint", server["url"],
+         "--model", MODEL_NAME, "--concurrency", "4", "--max-tokens", "8",
+         "--out", str(outs[0]), "--out", str(outs[1])],
+        capture_output=True, text=True, env=env, timeout=600,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    record = json.loads(outs[0].read_text())
+    jsonschema.validate(record, json.loads(SCHEMA_PATH.read_text()))
+    assert [r["text"] for r in record["clauses"]] == contract_clauses()
+    for row in record["clauses"]:
+        assert row["status"] in ("audited", "unparsed") and row["answer"], row
+        assert 0 < row["completion_tokens"] <= 8 and row["model"] == MODEL_NAME
+    # a random tiny model flags nothing, so the contract comes back unchanged and uncommented
+    assert [p.text for p in docx.Document(str(outs[1])).paragraphs] == [
+        p.text for p in docx.Document(str(contract)).paragraphs
+    ]
 
 
 @pytest.mark.slow

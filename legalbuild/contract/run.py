@@ -1,0 +1,205 @@
+"""One contract audit from end to end, for the CLI (which only parses options and prints):
+read and split the document, check the outputs asked for, optionally start the recipe's server
+for the duration, ask about every clause concurrently, and write the outputs.
+
+    job = prepare("contract.pdf", outs=[Path("reviewed.docx")])
+    outcome = audit_concurrently(job.texts, questions, endpoint, concurrency=8)
+    record = job.record(outcome, meta); written = write_outputs(job, record)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from legalbuild.contract.client import Outcome
+from legalbuild.contract.document import Document, read_document
+from legalbuild.contract.record import audit_record, write_json, write_markdown
+from legalbuild.contract.split import ContractClause, document_clauses
+from legalbuild.errors import DataError
+
+OUTPUT_KINDS = (".docx", ".html", ".md", ".json")
+# Measured with the default recipe's merged SmolLM2-135M on a 2-core CPU (bench/audit_bench.py,
+# 2026-11-30): 11.5 s a clause one at a time, 7.9x faster 8 at a time.
+SECONDS_PER_CLAUSE = 11.5
+LARGE_DOCUMENT = 100  # clauses: above this the CLI warns with the count and an estimated time
+DEFAULT_ENDPOINT = "http://127.0.0.1:8000/v1"  # without a recipe
+
+
+@dataclasses.dataclass
+class Job:
+    document: Document
+    clauses: list[ContractClause]  # those to audit (the first max_clauses)
+    found: int  # clauses in the document
+    outs: list[Path]
+
+    @property
+    def texts(self) -> list[str]:
+        return [c.text for c in self.clauses]
+
+    def record(self, outcome: Outcome, meta: dict[str, Any]) -> dict[str, Any]:
+        doc = self.document
+        document = {"name": doc.name, "kind": doc.kind, "unit": doc.unit, "clauses": self.found}
+        meta = {"document": document, **meta}
+        meta.update(elapsed_s=outcome.elapsed_s, interrupted=outcome.interrupted)
+        return audit_record(self.clauses, outcome.results, meta)
+
+
+def prepare(
+    source: str | Path,
+    outs: list[Path] = (),
+    encoding: str | None = None,
+    max_clauses: int | None = None,
+) -> Job:
+    """The document read and split, the outputs checked: every error a user can fix comes before
+    any request is sent."""
+    outs = [Path(o) for o in outs]
+    check_outputs(outs)
+    document = read_document(source, encoding)
+    clauses = document_clauses(document)
+    if not clauses:
+        raise DataError(
+            f"{document.name}: no clause found (no paragraph of contract prose)",
+            hint="check that this is the contract; a scanned PDF needs OCR first",
+        )
+    chosen = clauses[:max_clauses] if max_clauses else clauses
+    return Job(document, chosen, len(clauses), outs)
+
+
+def check_outputs(outs: list[Path]) -> None:
+    for out in outs:
+        if out.suffix.lower() not in OUTPUT_KINDS:
+            raise DataError(
+                f"--out {out}: unknown kind {out.suffix or '(no extension)'!r}",
+                hint=f"end the name with one of {', '.join(OUTPUT_KINDS)}",
+            )
+        if not out.parent.is_dir():
+            raise DataError(f"--out {out}: no folder {out.parent}", hint="create it first")
+        if out.is_dir():
+            raise DataError(f"--out {out}: is a folder", hint="give a file name")
+
+
+def estimated_seconds(clauses: int, concurrency: int) -> float:
+    return clauses * SECONDS_PER_CLAUSE / estimated_speedup(concurrency)
+
+
+def estimated_speedup(concurrency: int) -> float:
+    """How much faster `concurrency` requests at a time finish than one by one, a little under
+    the bench's 7.9x at 8 (2-core CPU); beyond 8 not counted."""
+    return 1 + 0.85 * (min(concurrency, 8) - 1)
+
+
+def write_outputs(job: Job, record: dict[str, Any]) -> list[tuple[Path, str]]:
+    """Each --out written by its extension; (path, what) pairs."""
+    from legalbuild.contract.docx_out import write_docx
+    from legalbuild.contract.html import write_html
+
+    written = []
+    for out in job.outs:
+        kind = out.suffix.lower()
+        if kind == ".docx":
+            n = write_docx(record, out, job.document.raw)
+            source = "the contract" if job.document.raw else "the clauses"
+            written.append((out, f"{source} with {n} comment(s)"))
+        elif kind == ".html":
+            write_html(record, out)
+            written.append((out, "HTML report"))
+        elif kind == ".md":
+            write_markdown(record, out)
+            written.append((out, "Markdown report"))
+        else:
+            write_json(record, out)
+            written.append((out, "JSON record (schema legalbuild/contract/audit.schema.json)"))
+    return written
+
+
+@dataclasses.dataclass
+class Asked:
+    """Who is asked and how: from the recipe when there is one, else the defaults."""
+
+    system_prompt: str
+    model: str
+    key_env: str  # the environment variable holding the API key
+    url: str
+    rules: list[Any]  # the playbook's rules (empty without --playbook)
+    recipe_key: str | None = None  # the merge key in the recipe's lock (read before any request)
+
+
+def resolve(
+    recipe_path: Path | None,
+    model: str | None,
+    endpoint: str | None,
+    playbook: str | None,
+    serve: bool,
+) -> Asked:
+    from legalbuild.audit import playbook_rules
+    from legalbuild.errors import LegalbuildError
+    from legalbuild.recipe import DEFAULT_SYSTEM_PROMPT
+    from legalbuild.recipe_loading import load_recipe
+
+    if recipe_path is None:
+        if playbook or serve:
+            raise LegalbuildError(
+                f"--{'playbook' if playbook else 'serve'} needs --recipe",
+                hint="legalbuild audit FILE --recipe RECIPE ...",
+            )
+        if not model:
+            raise LegalbuildError("no model name", hint="pass --recipe RECIPE or --model NAME")
+        url = endpoint or DEFAULT_ENDPOINT
+        return Asked(DEFAULT_SYSTEM_PROMPT, model, "LEGALBUILD_API_KEY", url, [])
+    recipe = load_recipe(recipe_path)
+    rules = []
+    if playbook:
+        from legalbuild.curation.rulebook import PACKAGED_REDLINE
+
+        specs = recipe.curate.rulebooks if recipe.curate else [PACKAGED_REDLINE]
+        rules = playbook_rules(list(specs), recipe_path.resolve().parent, playbook)
+    return Asked(
+        recipe.data.system_prompt,
+        model or recipe.served_model_name,
+        recipe.serve.api_key_env,
+        endpoint or default_endpoint(recipe.serve),
+        rules,
+        recipe_key(recipe_path),
+    )
+
+
+def recipe_key(recipe_path: Path) -> str | None:
+    """The merge stage's key in the recipe's lock file: which built model the recipe serves."""
+    from legalbuild.lock import locked_stage, read_lock
+
+    merge = locked_stage(read_lock(recipe_path.resolve()), "merge")
+    return merge.get("key") if merge else None
+
+
+def default_endpoint(serve_settings: Any) -> str:
+    from legalbuild.serve import client_host
+
+    return f"http://{client_host(serve_settings.host)}:{serve_settings.port}/v1"
+
+
+@contextlib.contextmanager
+def serving(
+    recipe_path: Path, cache_dir: Path | None, api_key: str | None, console: Any
+) -> Iterator[str]:
+    """The recipe's merged model served by vLLM on a free loopback port for the `with` block, then
+    stopped (the whole process group; `legalbuild serve`'s machinery). Yields the base URL."""
+    from legalbuild import pipeline
+    from legalbuild.cache import Store
+    from legalbuild.serve import free_port, running_server
+
+    store = Store.open(cache_dir)
+    loaded = pipeline.Loaded.from_path(recipe_path)
+    merged = pipeline.locate_output(loaded, store, "merge", verify=True) / "model"
+    recipe = loaded.recipe
+    # Start-up has its own stop-signal handling; during the audit, Ctrl-C is the audit's (it
+    # finishes cleanly) and the `with` stops the server after. The server dies with this process
+    # (parent-death signal) should it be killed outright.
+    with running_server(
+        merged, recipe.serve, recipe.served_model_name, host="127.0.0.1", port=free_port(),
+        api_key=api_key, console=console,
+    ) as url:  # fmt: skip
+        yield url
