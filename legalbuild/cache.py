@@ -38,7 +38,7 @@ from filelock import FileLock, Timeout
 
 from legalbuild.code_digest import attach_memo
 from legalbuild.errors import CacheCorruptError
-from legalbuild.graph import STAGES as ALL_STAGES
+from legalbuild.graph import STORED as ALL_STAGES
 from legalbuild.hashing import HashMemo, tree_manifest
 from legalbuild.ownership import (
     KEY,
