@@ -272,6 +272,26 @@ def test_ollama_modelfile_template_renders_the_chat_template(built, tmp_path):
     )
 
 
+def test_a_chat_template_ollama_cannot_express_is_refused():
+    """Llama 2's template folds the system prompt into the first user turn: no per-message
+    wrapper reproduces it, so no Modelfile is written rather than a wrong one."""
+    from legalbuild.export.ollama import TemplateError, derive_wrappers
+
+    def llama2(messages: list[dict[str, str]], generation: bool) -> str:
+        system = messages[0]["content"] if messages[0]["role"] == "system" else ""
+        out = ""
+        for m in (m for m in messages if m["role"] != "system"):
+            if m["role"] == "user":
+                sys_block = f"<<SYS>>\n{system}\n<</SYS>>\n\n" if system and not out else ""
+                out += f"<s>[INST] {sys_block}{m['content']} [/INST]"
+            else:
+                out += f" {m['content']} </s>"
+        return out
+
+    with pytest.raises(TemplateError, match="cannot be written as an Ollama TEMPLATE"):
+        derive_wrappers(llama2)
+
+
 # ------------------------------------------------------------------------------ model card
 def test_hf_export_has_a_model_card_with_metadata_and_eval_results(built, tmp_path):
     from huggingface_hub import ModelCard

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from legalbuild.errors import CacheCorruptError, LegalbuildError
-from legalbuild.export.hf import copy_model, staged, write_manifest
+from legalbuild.export.hf import check_destination, copy_model, staged, write_manifest
 
 if TYPE_CHECKING:
     from legalbuild.cache import Store
@@ -58,7 +58,16 @@ def export_recipe(
             f"unknown export format {', '.join(unknown) or '(none)'}",
             hint=f"--format takes {', '.join(FORMATS)} (repeat it for several)",
         )
+    check_destination(Path(dest), force, [store.root])  # before any work
+    if "gguf" in formats or "ollama" in formats:
+        from legalbuild.export.gguf import check_out_type
+
+        check_out_type(gguf_type)
     merged = pipeline.locate_output(loaded, store, "merge", verify=True) / "model"
+    name = loaded.recipe.served_model_name or loaded.recipe.project.name
+    gguf_name = f"{_safe(name)}.{gguf_type}.gguf"
+    # the Modelfile first: a chat template Ollama cannot express fails before the GGUF is written
+    ollama_text = ollama_modelfile(loaded, merged, gguf_name) if "ollama" in formats else None
     sources, gguf_dir, key = [merged], None, None
     if "gguf" in formats or "ollama" in formats:
         from legalbuild.export.gguf_entry import cached_gguf, llama_cpp_dir
@@ -66,8 +75,6 @@ def export_recipe(
         gguf_dir, key = cached_gguf(loaded, store, merged, gguf_type, llama_cpp_dir(llama_cpp), log)
         sources.append(gguf_dir)
     manifest = build_manifest(loaded, store)
-    name = loaded.recipe.served_model_name or loaded.recipe.project.name
-    gguf_name = f"{_safe(name)}.{gguf_type}.gguf"
     with staged(Path(dest), force, sources) as staging:
         if "hf" in formats:
             expected = store.output_digests("merge", loaded.nodes["merge"].key, under="model")
@@ -75,10 +82,8 @@ def export_recipe(
         if gguf_dir is not None:
             _copy_checked(gguf_dir / "model.gguf", staging / gguf_name, store, key)
             manifest["gguf"] = {"key": key, "type": gguf_type, "file": gguf_name}
-        if "ollama" in formats:
-            (staging / "Modelfile").write_text(
-                ollama_modelfile(loaded, merged, gguf_name), encoding="utf-8"
-            )
+        if ollama_text is not None:
+            (staging / "Modelfile").write_text(ollama_text, encoding="utf-8")
         if "hf" in formats:
             from legalbuild.export.card import model_card
 
@@ -96,7 +101,7 @@ def ollama_modelfile(loaded: Loaded, merged: Path, gguf_name: str) -> str:
     from transformers import AutoTokenizer
 
     from legalbuild.export.ollama import check_wrappers, derive_wrappers, modelfile
-    from legalbuild.prompting import chat_messages
+    from legalbuild.prompting import audit_instruction, chat_messages
 
     tokenizer = AutoTokenizer.from_pretrained(merged)
 
@@ -107,7 +112,7 @@ def ollama_modelfile(loaded: Loaded, merged: Path, gguf_name: str) -> str:
 
     wrappers = derive_wrappers(render)
     system = loaded.recipe.data.system_prompt
-    question = "Audit this contract clause:\n\nEither party may terminate on 30 days notice."
+    question = audit_instruction("Either party may terminate on 30 days notice.")
     check_wrappers(
         wrappers,
         render,

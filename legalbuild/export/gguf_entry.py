@@ -3,9 +3,9 @@
 `legalbuild verify` re-hashes it like any stage output.
 
 Its key hashes the merge key, the GGUF type, the converter (built in: the legalbuild code it runs
-and the gguf/torch/safetensors/numpy versions; llama.cpp: the digest of its convert_hf_to_gguf.py
-and gguf-py) and nothing about paths. The file is written into a temp entry and renamed into place
-only when complete: a failure (a full disk too) leaves nothing behind.
+and the gguf/torch/safetensors/numpy versions; llama.cpp: the digests of its convert_hf_to_gguf.py,
+conversion/ and gguf-py/) and nothing about paths. The file is written into a temp entry and
+renamed into place only when complete: a failure (a full disk too) leaves nothing behind.
 """
 
 from __future__ import annotations
@@ -36,8 +36,6 @@ if TYPE_CHECKING:
 STAGE = "gguf"
 FILE = "model.gguf"
 LLAMA_CPP_ENV = "LEGALBUILD_LLAMA_CPP"
-# the types llama.cpp's converter writes itself (the same as the built-in writer's)
-LLAMA_CPP_TYPES = ("f16", "bf16", "q8_0")
 
 
 def llama_cpp_dir(option: Path | None) -> Path | None:
@@ -58,23 +56,18 @@ def llama_cpp_dir(option: Path | None) -> Path | None:
 def key_inputs(merge_key: str, out_type: str, llama_cpp: Path | None) -> dict[str, Any]:
     from legalbuild.code_digest import code_files
 
+    check_out_type(out_type)  # llama.cpp's converter writes the same three types itself
     if llama_cpp is None:
-        check_out_type(out_type)
         converter: dict[str, Any] = {
             "builtin": digest_json(code_files(__name__)),
             "libraries": library_versions(("gguf", "torch", "safetensors", "numpy")),
         }
     else:
-        if out_type not in LLAMA_CPP_TYPES:
-            raise LegalbuildError(
-                f"llama.cpp's convert_hf_to_gguf.py does not write {out_type}",
-                hint=f"use one of {', '.join(LLAMA_CPP_TYPES)}",
-            )
         converter = {
-            "llama.cpp": tree_digest(llama_cpp / "convert_hf_to_gguf.py"),
-            "gguf-py": tree_digest(llama_cpp / "gguf-py" / "gguf")
-            if (llama_cpp / "gguf-py" / "gguf").is_dir()
-            else "absent",
+            f"llama.cpp/{part}": tree_digest(llama_cpp / part)
+            if (llama_cpp / part).exists()
+            else "absent"
+            for part in ("convert_hf_to_gguf.py", "conversion", "gguf-py/gguf")
         }
     return {"stage": STAGE, "upstream": {"merge": merge_key}, "out_type": out_type, **converter}
 

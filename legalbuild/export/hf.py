@@ -54,15 +54,7 @@ def staged(dest: Path, force: bool, sources: list[Path]) -> Iterator[Path]:
     """A fresh sibling folder to write the export in; renamed to `dest` when the block succeeds,
     removed whatever happens. A full disk (ENOSPC, EFBIG, EDQUOT) becomes an ExportError."""
     dest = dest.resolve()
-    for source in sources:
-        check_destination(source.resolve(), dest)
-    if dest.is_file():
-        raise LegalbuildError(f"export destination {dest} is a file", hint="name a folder")
-    if dest.is_dir() and any(dest.iterdir()) and not force:
-        raise LegalbuildError(
-            f"export destination {dest} is not empty",
-            hint="choose an empty or new folder, or pass --force to replace it",
-        )
+    check_destination(dest, force, sources)
     dest.parent.mkdir(parents=True, exist_ok=True)
     for stale in dest.parent.glob(f".{dest.name}.partial-*"):  # left by killed exports
         pid = stale.name.rsplit("-", 1)[1]
@@ -113,11 +105,21 @@ def check_merged_folder(merged_dir: Path) -> None:
         )
 
 
-def check_destination(source: Path, dest: Path) -> None:
-    if dest == source or source in dest.parents or dest in source.parents:
+def check_destination(dest: Path, force: bool, sources: list[Path]) -> None:
+    """A new or empty folder (any folder with `force`) that overlaps none of the `sources`."""
+    dest = dest.resolve()
+    for source in (s.resolve() for s in sources):
+        if dest == source or source in dest.parents or dest in source.parents:
+            raise LegalbuildError(
+                f"export destination {dest} overlaps the cached folder {source}",
+                hint="export to a folder outside the build cache",
+            )
+    if dest.is_file():
+        raise LegalbuildError(f"export destination {dest} is a file", hint="name a folder")
+    if dest.is_dir() and any(dest.iterdir()) and not force:
         raise LegalbuildError(
-            f"export destination {dest} overlaps the cached folder {source}",
-            hint="export to a folder outside the build cache",
+            f"export destination {dest} is not empty",
+            hint="choose an empty or new folder, or pass --force to replace it",
         )
 
 
