@@ -126,6 +126,7 @@ def test_gguf_round_trip_through_transformers(built, tmp_path, gguf_type):
     assert fields["tokenizer.ggml.eot_token_id"].contents() == end
     assert fields["tokenizer.ggml.bos_token_id"].contents() == ref.bos_token_id
     assert fields["general.sampling.temp"].contents() == 0.0
+    assert fields["general.name"].contents() == "t"  # the recipe's served name (its project here)
     assert "<|im_start|>" in fields["tokenizer.chat_template"].contents()
 
 
@@ -380,11 +381,15 @@ def test_a_full_disk_leaves_no_partial_file(built, tmp_path):
     export folder is filled from a cached GGUF. Either way: exit 1 naming the lack of space, no
     temp entry, no GGUF entry, no partial folder, no destination."""
     store, cache = built["store"], built["store"].root
+    for entry in [e for e in store.entries() if e.stage == "gguf"]:  # other tests made some
+        store.remove(entry.stage, entry.key)
     before = set(store.entries())
     dest = tmp_path / "full"
     args = ["export", str(built["recipe"]), str(dest), "--format", "gguf", "--gguf-type", "bf16"]
     proc = cli(cache, *args, limit_bytes=1_000_000)  # the tiny bf16 GGUF is ~8 MB
-    assert proc.returncode == 1 and "no space" in proc.stderr, proc.stderr
+    assert proc.returncode == 1 and f"no space to write the export in {cache}" in proc.stderr, (
+        proc.stderr
+    )
     assert set(store.entries()) == before and not any(
         p.name.startswith("gguf-") for p in (cache / "tmp").iterdir()
     )
@@ -394,5 +399,5 @@ def test_a_full_disk_leaves_no_partial_file(built, tmp_path):
     dest2 = tmp_path / "full2"
     args[2] = str(dest2)
     proc = cli(cache, *args, limit_bytes=1_000_000)
-    assert proc.returncode == 1 and "no space" in proc.stderr, proc.stderr
+    assert proc.returncode == 1 and f"no space to write the export in {tmp_path}" in proc.stderr
     assert not dest2.exists() and not list(tmp_path.glob(".full2.partial-*"))

@@ -82,7 +82,13 @@ def permute(weights: Any, n_head: int, n_head_kv: int | None = None) -> Any:
 
 
 def write_gguf(
-    model_dir: Path, out_file: Path, out_type: str, *, name: str, temperature: float = 0.0
+    model_dir: Path,
+    out_file: Path,
+    out_type: str,
+    *,
+    name: str,
+    licence: str | None = None,
+    temperature: float = 0.0,
 ) -> dict[str, Any]:
     """Write `out_file` from the Hugging Face folder `model_dir`; returns what it wrote
     (architecture, tensor types, tokens, special token ids)."""
@@ -94,6 +100,8 @@ def write_gguf(
     writer = gguf.GGUFWriter(path=None, arch=arch)
     n_head, n_kv = config["num_attention_heads"], config.get("num_key_value_heads")
     _add_hparams(writer, config, name, out_type)
+    if licence:
+        writer.add_license(licence)
     tokens = _add_vocab(writer, model_dir, config)
     writer.add_sampling_temp(float(temperature))  # audits decode greedily
     counts = _add_tensors(writer, model_dir, config, out_type, n_head, n_kv or n_head)

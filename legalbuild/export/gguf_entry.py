@@ -53,7 +53,9 @@ def llama_cpp_dir(option: Path | None) -> Path | None:
     return chosen
 
 
-def key_inputs(merge_key: str, out_type: str, llama_cpp: Path | None) -> dict[str, Any]:
+def key_inputs(
+    merge_key: str, out_type: str, llama_cpp: Path | None, metadata: dict[str, Any]
+) -> dict[str, Any]:
     from legalbuild.code_digest import code_files
 
     check_out_type(out_type)  # llama.cpp's converter writes the same three types itself
@@ -69,7 +71,13 @@ def key_inputs(merge_key: str, out_type: str, llama_cpp: Path | None) -> dict[st
             else "absent"
             for part in ("convert_hf_to_gguf.py", "conversion", "gguf-py/gguf")
         }
-    return {"stage": STAGE, "upstream": {"merge": merge_key}, "out_type": out_type, **converter}
+    return {
+        "stage": STAGE,
+        "upstream": {"merge": merge_key},
+        "out_type": out_type,
+        "metadata": metadata,  # written into the file (built-in writer)
+        **converter,
+    }
 
 
 def refs_for(store: Store, merge_keys: set[str]) -> set[tuple[str, str]]:
@@ -92,10 +100,15 @@ def cached_gguf(
     log: Callable[[str], None],
 ) -> tuple[Path, str]:
     """The entry's out/ folder and key, built when missing (or when the cached one is corrupted)."""
-    name = loaded.recipe.served_model_name or loaded.recipe.project.name
+    metadata = {
+        "name": loaded.recipe.served_model_name or loaded.recipe.project.name,
+        "licence": loaded.recipe.model.licence,
+    }
     if llama_cpp is None:
         check_supported(merged_dir)  # before anything is written
-    inputs = key_inputs(loaded.nodes["merge"].key, out_type, llama_cpp)
+    else:
+        metadata = {}  # llama.cpp's converter names the model itself
+    inputs = key_inputs(loaded.nodes["merge"].key, out_type, llama_cpp, metadata)
     key = digest_json(inputs)
     with store.lock(STAGE, key):
         if store.has(STAGE, key):
@@ -109,7 +122,7 @@ def cached_gguf(
         try:
             out = tmp / "out"
             if llama_cpp is None:
-                info = write_gguf(merged_dir, out / FILE, out_type, name=name)
+                info = write_gguf(merged_dir, out / FILE, out_type, **metadata)
             else:
                 info = run_llama_cpp(llama_cpp, merged_dir, out / FILE, out_type)
             seconds = round(time.time() - started, 3)

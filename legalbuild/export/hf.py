@@ -52,7 +52,7 @@ def export_artifact(
 @contextmanager
 def staged(dest: Path, force: bool, sources: list[Path]) -> Iterator[Path]:
     """A fresh sibling folder to write the export in; renamed to `dest` when the block succeeds,
-    removed whatever happens. A full disk (ENOSPC, EFBIG, EDQUOT) becomes an ExportError."""
+    removed whatever happens. A full disk (ENOSPC, EFBIG, EDQUOT) becomes an error saying so."""
     dest = dest.resolve()
     check_destination(dest, force, sources)
     dest.parent.mkdir(parents=True, exist_ok=True)
