@@ -25,6 +25,12 @@ pytestmark = pytest.mark.slow
 CLAUSE = "The Supplier may terminate this Agreement at any time, for any reason, without notice."
 SAME_TOKENS = 16  # greedy decoding in f16 (llama.cpp) and fp32 (transformers) agree this far
 END = "<|im_end|>"
+TEXTS = [
+    "Fees of USD 1,250.00 are due within 30 (thirty) days; 1.5% monthly, 12345678, 2026-11-30.",
+    "§ 7.2 – Haftung: Die Parteien haften unbeschränkt. 日本語の契約書。 🙂",
+    "  leading spaces\n\n\ttabs   and    runs\r\n",
+    "don't won't I'll we've",
+]
 
 
 @pytest.fixture(scope="module")
@@ -46,6 +52,8 @@ def test_llama_cpp_greedy_answer_matches_transformers_and_stops_at_im_end(smollm
     ids = tok(prompt)["input_ids"]
     llm = llama_cpp.Llama(model_path=str(gguf_file), n_ctx=2048, n_threads=2, seed=0, verbose=False)
     assert llm.tokenize(prompt.encode(), add_bos=False, special=True) == ids
+    for text in TEXTS:  # digits, punctuation, non-Latin scripts, whitespace runs, contractions
+        assert llm.tokenize(text.encode(), add_bos=False, special=True) == tok(text)["input_ids"]
 
     end_id = tok.convert_tokens_to_ids(END)
     answer: list[int] = []
