@@ -4,7 +4,7 @@ Layout under the store root (every name legalbuild writes there):
 
     CACHEDIR.TAG                          marks the folder as a legalbuild store (backup tools skip it)
     entries/<stage>/<key>/manifest.json   key, inputs, output digests, versions, timings, metrics
-    entries/<stage>/<key>/out/            what the stage wrote
+    entries/<stage>/<key>/out/            what the stage wrote (and entries/gguf/: exported GGUF files)
     tmp/<stage>-<key16>-<pid>-<start>-<rand>/        an entry being built (renamed into entries/ when done)
     tmp/trash-<stage>-<key16>-<pid>-<start>-<rand>/  an old entry being deleted
     work/<stage>-<key>/                   scratch that survives a crash (training checkpoints)
@@ -38,7 +38,7 @@ from filelock import FileLock, Timeout
 
 from legalbuild.code_digest import attach_memo
 from legalbuild.errors import CacheCorruptError
-from legalbuild.graph import STAGES as ALL_STAGES
+from legalbuild.graph import STORED as ALL_STAGES
 from legalbuild.hashing import HashMemo, tree_manifest
 from legalbuild.ownership import (
     KEY,

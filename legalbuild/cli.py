@@ -235,7 +235,7 @@ def verify(
     from legalbuild.errors import CacheCorruptError
 
     store = _store(cache_dir)
-    refs = pipeline.current_refs([recipe]) if recipe else None
+    refs = pipeline.current_refs([recipe], store) if recipe else None
     results = pipeline.verify(store, refs)
     bad = {ref: probs for ref, probs in results.items() if probs}
     for (stage, key), probs in results.items():
@@ -285,7 +285,8 @@ def gc(
     legalbuild marked as its cache (CACHEDIR.TAG); anything else is listed as skipped."""
     from legalbuild import pipeline
 
-    result = pipeline.gc(_store(cache_dir), pipeline.current_refs(recipes), dry_run=dry_run)
+    store = _store(cache_dir)
+    result = pipeline.gc(store, pipeline.current_refs(recipes, store), dry_run=dry_run)
     verb = "would remove" if dry_run else "removed"
     for stage, key, size in result.removed:
         console.print(f"{verb} {stage} {key[:12]} ({size / 1e6:.1f} MB)")
@@ -520,25 +521,52 @@ def audit(
 def export(
     recipe: RecipeArg,
     dest: Annotated[Path, typer.Argument(help="Destination folder.")],
+    fmt: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--format",
+            help="hf (Hugging Face folder + model card), gguf (llama.cpp), ollama (GGUF + "
+            "Modelfile); repeat for several. Default: hf.",
+        ),
+    ] = None,
+    gguf_type: Annotated[
+        str,
+        typer.Option(
+            "--gguf-type",
+            help="GGUF weights: f16, bf16 or q8_0 (q4_0 is refused: too lossy for 135M).",
+        ),
+    ] = "f16",
+    llama_cpp: Annotated[
+        Path | None,
+        typer.Option(
+            "--llama-cpp",
+            help="A llama.cpp checkout: its convert_hf_to_gguf.py writes the GGUF "
+            "(default: $LEGALBUILD_LLAMA_CPP, else the built-in writer for Llama models).",
+        ),
+    ] = None,
     force: Annotated[
         bool, typer.Option("--force", help="Overwrite a non-empty destination.")
     ] = False,
     cache_dir: CacheDir = None,
 ) -> None:
-    """Copy the merged model out of the cache with a manifest (recipe, keys, digests, licences)."""
-    from legalbuild import pipeline
-    from legalbuild.export import export_artifact
-    from legalbuild.provenance import build_manifest
+    """Export the merged model: a Hugging Face folder with a model card, a GGUF file, an Ollama
+    Modelfile, with a manifest (recipe, keys, sha256 of every file, licences).
+
+    Example: legalbuild export recipes/legal-audit-smollm2.toml out --format hf --format ollama"""
+    from legalbuild.export.bundle import export_recipe
 
     loaded, store = _open(recipe, cache_dir)
-    # what vLLM will load is checked byte for byte first, as build and export check what they read
-    merged = pipeline.locate_output(loaded, store, "merge", verify=True) / "model"
-    # the copy is checked against the digests the merge entry recorded: a corrupted cache never ships
-    expected = store.output_digests("merge", loaded.nodes["merge"].key, under="model")
-    out = export_artifact(
-        merged, dest, build_manifest(loaded, store), force=force, expected=expected
+    result = export_recipe(
+        loaded,
+        store,
+        dest,
+        fmt or ["hf"],
+        force=force,
+        gguf_type=gguf_type,
+        llama_cpp=llama_cpp,
+        log=_log,
     )
-    console.print(f"exported to {out}")
+    console.print(f"exported to {result.dest} in {result.seconds:.1f} s: {', '.join(result.files)}")
 
 
 @app.command()

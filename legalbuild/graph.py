@@ -27,6 +27,8 @@ from legalbuild.keys import FileSet
 from legalbuild.recipe import Recipe
 
 STAGES = ("curate", "normalize", "base", "train", "merge", "eval")
+# outputs kept in the store beside the stages, made on demand (legalbuild/export/gguf_entry.py)
+STORED = (*STAGES, "gguf")
 
 
 @dataclass

@@ -9,7 +9,7 @@ import shutil
 from pathlib import Path
 
 from legalbuild.errors import LegalbuildError
-from legalbuild.graph import STAGES as ALL_STAGES
+from legalbuild.graph import STORED as ALL_STAGES
 
 MARKER = "CACHEDIR.TAG"
 MARKER_TEXT = (

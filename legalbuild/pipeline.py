@@ -339,11 +339,18 @@ def verify(
     return {(s, k): store.verify(s, k) for s, k in refs if store.has(s, k)}
 
 
-def current_refs(recipe_paths: Iterable[str | Path]) -> set[tuple[str, str]]:
+def current_refs(
+    recipe_paths: Iterable[str | Path], store: Store | None = None
+) -> set[tuple[str, str]]:
+    """The recipes' current entries; with `store`, also the GGUF exports of their merged models."""
     refs = set()
     for path in recipe_paths:
         loaded = Loaded.from_path(path)
         refs |= {(n.name, n.key) for n in loaded.nodes.values()}
+    if store is not None:
+        from legalbuild.export.gguf_entry import refs_for
+
+        refs |= refs_for(store, {key for stage, key in refs if stage == "merge"})
     return refs
 
 

@@ -4,15 +4,19 @@ The folder is a plain Hugging Face model (safetensors, config, tokenizer, chat t
 generation_config) that vLLM, transformers or TGI load as is, plus `legalbuild-manifest.json`:
 what the caller passes (recipe text, stage keys, digests, licences of the base model and the data)
 and, under "artifact", the sha256 and size of every exported file so a deployer can verify the copy.
-The copy is made in a sibling temporary folder and renamed into place, so an interrupted export
-never leaves a half-written artifact behind under the destination name.
+Every export is written in a sibling temporary folder (`staged`) and renamed into place, so an
+interrupted export, or one that runs out of disk space, never leaves a half-written artifact behind
+under the destination name, nor the temporary folder.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -37,10 +41,21 @@ def export_artifact(
     Refuses a non-empty `dest` unless `force` (then it is replaced once the new copy is complete).
     `expected` ({relative path: sha256}, from the cache entry's manifest): the copied bytes must
     match it file for file, or CacheCorruptError is raised and nothing is left under `dest`."""
-    merged_dir, dest = Path(merged_dir).resolve(), Path(dest).resolve()
+    merged_dir = Path(merged_dir).resolve()
     check_merged_folder(merged_dir)
-    check_destination(merged_dir, dest, force)
+    with staged(Path(dest), force, sources=[merged_dir]) as staging:
+        copy_model(merged_dir, staging, expected)
+        write_manifest(staging, manifest)
+    return Path(dest).resolve()
 
+
+@contextmanager
+def staged(dest: Path, force: bool, sources: list[Path]) -> Iterator[Path]:
+    """A fresh sibling folder to write the export in; renamed to `dest` when the block succeeds,
+    removed whatever happens. A full disk (ENOSPC, EFBIG, EDQUOT) becomes an error saying so."""
+    dest = dest.resolve()
+    check_destination(dest, force, sources)
+    dest.parent.mkdir(parents=True, exist_ok=True)
     for stale in dest.parent.glob(f".{dest.name}.partial-*"):  # left by killed exports
         pid = stale.name.rsplit("-", 1)[1]
         if pid.isdigit() and not stale.is_symlink() and not owner_alive(int(pid), None):
@@ -48,20 +63,38 @@ def export_artifact(
     staging = dest.with_name(f".{dest.name}.partial-{os.getpid()}")
     shutil.rmtree(staging, ignore_errors=True)
     try:
-        copy_tree(merged_dir, staging)
-        artifact = describe_files(staging)
-        if expected is not None:
-            check_copy(merged_dir, artifact["files"], expected)
-        document = {**manifest, "format": MANIFEST_FORMAT, "artifact": artifact}
-        (staging / MANIFEST_NAME).write_text(
-            json.dumps(document, indent=2, sort_keys=True) + "\n", encoding="utf-8"
-        )
+        staging.mkdir()
+        yield staging
         if dest.exists():
             shutil.rmtree(dest) if dest.is_dir() else dest.unlink()
         os.replace(staging, dest)
+    except OSError as exc:
+        if exc.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT):
+            raise no_space(dest.parent, exc) from exc
+        raise
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    return dest
+
+
+def no_space(where: Path, exc: OSError) -> LegalbuildError:
+    return LegalbuildError(
+        f"no space to write the export in {where} ({exc.strerror}); the partial files were removed",
+        hint="free some space or export to another disk",
+    )
+
+
+def copy_model(merged_dir: Path, staging: Path, expected: dict[str, str] | None) -> None:
+    copy_tree(merged_dir, staging)
+    if expected is not None:
+        check_copy(merged_dir, describe_files(staging)["files"], expected)
+
+
+def write_manifest(staging: Path, manifest: dict[str, Any]) -> None:
+    """The manifest, with the sha256 and size of every file already in `staging`."""
+    document = {**manifest, "format": MANIFEST_FORMAT, "artifact": describe_files(staging)}
+    (staging / MANIFEST_NAME).write_text(
+        json.dumps(document, indent=2, sort_keys=True) + "\n", encoding="utf-8"
+    )
 
 
 def check_merged_folder(merged_dir: Path) -> None:
@@ -72,12 +105,15 @@ def check_merged_folder(merged_dir: Path) -> None:
         )
 
 
-def check_destination(merged_dir: Path, dest: Path, force: bool) -> None:
-    if dest == merged_dir or merged_dir in dest.parents or dest in merged_dir.parents:
-        raise LegalbuildError(
-            f"export destination {dest} overlaps the merged model folder {merged_dir}",
-            hint="export to a folder outside the build cache",
-        )
+def check_destination(dest: Path, force: bool, sources: list[Path]) -> None:
+    """A new or empty folder (any folder with `force`) that overlaps none of the `sources`."""
+    dest = dest.resolve()
+    for source in (s.resolve() for s in sources):
+        if dest == source or source in dest.parents or dest in source.parents:
+            raise LegalbuildError(
+                f"export destination {dest} overlaps the cached folder {source}",
+                hint="export to a folder outside the build cache",
+            )
     if dest.is_file():
         raise LegalbuildError(f"export destination {dest} is a file", hint="name a folder")
     if dest.is_dir() and any(dest.iterdir()) and not force:
