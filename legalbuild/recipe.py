@@ -364,7 +364,7 @@ class DistributedSettings(Strict):
         description="`torchrun` (torch.distributed.run) or `accelerate launch` (its --multi_gpu "
         "mode; its --cpu mode starts one process, so legalbuild never uses it).",
     )
-    nproc_per_node: int | Literal["auto"] = Field(
+    nproc_per_node: Annotated[int, Field(ge=1)] | Literal["auto"] = Field(
         "auto",
         description="Processes per node; `auto` = the GPUs visible here (CUDA_VISIBLE_DEVICES or "
         "nvidia-smi), 1 on a host without GPUs. On a CPU host give a number (gloo ranks).",
@@ -588,7 +588,18 @@ class ServeSection(Strict):
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
         "auto", description="Serving dtype."
     )
-    tensor_parallel_size: int = Field(1, ge=1, description="GPUs to shard the model over.")
+    tensor_parallel_size: int = Field(
+        1, ge=1, description="GPUs each layer is split over (vLLM --tensor-parallel-size)."
+    )
+    pipeline_parallel_size: int = Field(
+        1, ge=1, description="Stages the layers are cut into (vLLM --pipeline-parallel-size)."
+    )
+    data_parallel_size: int = Field(
+        1,
+        ge=1,
+        description="Model replicas answering in parallel (vLLM --data-parallel-size). `legalbuild "
+        "serve` checks that tensor x pipeline x data parallel devices are visible on this host.",
+    )
     gpu_memory_utilization: float = Field(
         0.9, gt=0, le=1, description="Share of GPU memory vLLM may take."
     )

@@ -132,6 +132,8 @@ MANAGED_FLAGS: tuple[tuple[tuple[str, ...], str], ...] = (
     (("--max-model-len",), "set [serve] max_model_len"),
     (("--dtype",), "set [serve] dtype"),
     (("--tensor-parallel-size", "-tp"), "set [serve] tensor_parallel_size"),
+    (("--pipeline-parallel-size", "-pp"), "set [serve] pipeline_parallel_size"),
+    (("--data-parallel-size", "-dp"), "set [serve] data_parallel_size"),
     (
         ("--gpu-memory-utilization", "--device-memory-utilization"),
         "set [serve] gpu_memory_utilization",

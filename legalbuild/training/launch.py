@@ -244,7 +244,7 @@ def _failure(group: LaunchedGroup, code: int, size: int) -> Exception:
             cls = getattr(errors, error["type"], errors.StageFailedError)
             return cls(error["message"], hint=error.get("hint"))
     tail = "\n".join(group.tail)
-    died = FAILED_RANK.search(tail)
+    died = FAILED_RANK.search(tail.rsplit("Root Cause", 1)[-1])  # torchrun names the first death
     if died:
         exit_code = int(died.group(2))
         how = f"signal {signal.Signals(-exit_code).name}" if exit_code < 0 else f"exit {exit_code}"
