@@ -130,8 +130,9 @@ def check_port_free(host: str, port: int) -> None:
 
 
 def check_parallel_sizes(settings: Any, kind: str) -> None:
-    """tensor x pipeline x data parallel processes need as many GPUs on a GPU host (one host:
-    several hosts are vLLM's own `--nnodes`/Ray set-up, see the docs), and a core each on a CPU."""
+    """tensor x pipeline x data parallel processes need as many GPUs on a GPU host, and a core
+    each on a CPU. Across hosts (vLLM's own `--nnodes N` in extra_args) this host holds 1/N of
+    them; with Ray (`--distributed-executor-backend ray`) the cluster's devices are Ray's to place."""
     from legalbuild.hardware import visible_gpus
 
     sizes = (
@@ -140,8 +141,18 @@ def check_parallel_sizes(settings: Any, kind: str) -> None:
         settings.data_parallel_size,
     )
     wanted = sizes[0] * sizes[1] * sizes[2]
-    if wanted == 1:
+    args = settings.extra_args
+    if wanted == 1 or "ray" in args:  # a Ray cluster's devices are not this host's to count
         return
+    nnodes = next(
+        (
+            int(v)
+            for f, v in zip(args, args[1:], strict=False)
+            if f in ("--nnodes", "-n") and v.isdigit()
+        ),
+        1,
+    )
+    wanted = -(-wanted // nnodes)  # this host's share when vLLM spans nodes (--nnodes)
     shape = (
         f"[serve] tensor_parallel_size {sizes[0]} x pipeline_parallel_size {sizes[1]} x "
         f"data_parallel_size {sizes[2]} = {wanted} devices"

@@ -30,6 +30,13 @@ def test_sizes_are_checked_against_visible_devices(monkeypatch):
     with pytest.raises(ServeError, match="0 visible GPU"):
         check_parallel_sizes(ServeSection(tensor_parallel_size=2), "gpu")
     check_parallel_sizes(ServeSection(), "gpu")  # one device: nothing to check
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1,2,3,4,5,6,7")
+    two_nodes = ["--nnodes", "2", "--node-rank", "0", "--master-addr", "10.0.0.1"]
+    check_parallel_sizes(
+        ServeSection(tensor_parallel_size=8, pipeline_parallel_size=2, extra_args=two_nodes), "gpu"
+    )
+    with pytest.raises(ServeError, match="= 16 devices"):
+        check_parallel_sizes(ServeSection(tensor_parallel_size=8, pipeline_parallel_size=2), "gpu")
     cores = os.cpu_count() or 1
     with pytest.raises(ServeError, match=f"this host has {cores}"):
         check_parallel_sizes(ServeSection(data_parallel_size=cores + 1), "cpu")
