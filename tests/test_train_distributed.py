@@ -156,9 +156,16 @@ def rank_logs(work: Path) -> dict[int, str]:
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("strategy", ["ddp", "deepspeed"])
 def test_two_torchrun_ranks_train_like_one_process_with_the_same_global_batch(
-    tmp_path, tiny_model_dir
+    tmp_path, tiny_model_dir, strategy
 ):
+    """DeepSpeed is an optional extra (not installed in CI): its ZeRO-2 case runs where it is."""
+    if strategy == "deepspeed":
+        pytest.importorskip("deepspeed")
+    dist = {"nproc_per_node": 2, "strategy": strategy}
+    if strategy == "deepspeed":
+        dist["deepspeed"] = "zero2"
     base_out = base_output(tmp_path, tiny_model_dir)
     normalize = audit_split(tmp_path / "normalize")
     common = {"max_steps": 4, "precision": "fp32", "eval_steps": 2}
@@ -167,7 +174,7 @@ def test_two_torchrun_ranks_train_like_one_process_with_the_same_global_batch(
         tmp_path / "two",
         base_out,
         normalize,
-        {**common, "batch_size": 2, "distributed": {"nproc_per_node": 2}},
+        {**common, "batch_size": 2, "distributed": dist},
         lora=lora,
     )
     lines: list[str] = []
@@ -189,6 +196,8 @@ def test_two_torchrun_ranks_train_like_one_process_with_the_same_global_batch(
     assert sorted(p.name for p in two.out_dir.iterdir()) == sorted(
         p.name for p in one.out_dir.iterdir()
     )
+    adapter = sorted(p.name for p in (two.out_dir / "adapter").iterdir())
+    assert adapter == sorted(p.name for p in (one.out_dir / "adapter").iterdir())
     assert metrics["world_size"] == 2 and metrics["global_step"] == single["global_step"] == 4
 
     def losses(ctx):
@@ -198,7 +207,7 @@ def test_two_torchrun_ranks_train_like_one_process_with_the_same_global_batch(
     pairs = list(zip(losses(two), losses(one), strict=True))
     assert [a[0] for a, _ in pairs] == [1, 2, 3, 4]
     worst = max(abs(a[1] - b[1]) for a, b in pairs)
-    print(f"largest loss difference, 2 ranks vs 1 process: {worst:.3g}")
+    print(f"largest loss difference, 2 ranks ({strategy}) vs 1 process: {worst:.3g}")
     assert worst <= LOSS_TOLERANCE
     assert losses(two)[-1][1] < losses(two)[0][1]  # it trains
 
