@@ -212,6 +212,23 @@ def test_two_torchrun_ranks_train_like_one_process_with_the_same_global_batch(
     assert losses(two)[-1][1] < losses(two)[0][1]  # it trains
 
 
+@pytest.mark.slow
+def test_a_ranks_own_error_reaches_the_build_as_it_was(tmp_path, tiny_model_dir):
+    from test_train import write_split
+
+    from legalbuild.errors import StageFailedError
+
+    ctx = train_context(
+        tmp_path,
+        base_output(tmp_path, tiny_model_dir),
+        write_split(tmp_path / "normalize", [], []),
+        {"distributed": {"nproc_per_node": 2}},
+    )
+    with pytest.raises(StageFailedError, match="train.jsonl has no rows: nothing to train on"):
+        train.run(ctx)
+    assert not (ctx.out_dir / "adapter").exists()
+
+
 def alive(pid: int) -> bool:
     try:
         state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
