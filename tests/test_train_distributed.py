@@ -127,6 +127,20 @@ def test_fsdp_and_deepspeed_recipes_validate_and_plan(tmp_path, tiny_model_dir):
     assert args == {"deepspeed": str(tmp_path / "b" / "ds.json")}
 
 
+def test_planning_and_launching_code_imports_nothing_heavy():
+    code = (
+        "import sys\nfrom legalbuild.training import distributed, launch, worker\n"
+        "from legalbuild.recipe import Recipe\n"
+        "r = Recipe.model_validate({'project': {'name': 't'}, 'data': {'sources': "
+        "[{'name': 'x', 'path': 'x.jsonl'}]}, 'train': {'distributed': {'nproc_per_node': 2}}})\n"
+        "assert distributed.key_part(r, __import__('pathlib').Path('r.toml'))\n"
+        "print(sorted(m for m in ('torch', 'transformers', 'peft', 'trl', 'datasets', "
+        "'bitsandbytes', 'deepspeed', 'accelerate') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
 def test_launcher_commands(tmp_path):
     spec = tmp_path / "train-abc" / "launch" / "spec.json"
     one_node = launch.command(dist_recipe(nproc_per_node=2), spec, tmp_path / "logs")

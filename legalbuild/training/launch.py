@@ -180,6 +180,11 @@ def run(ctx: StageContext, resume_from: Path | None) -> dict[str, Any]:
     if code != 0:
         raise _failure(group, code, world_size(recipe))
     metrics_path = ctx.out_dir / "metrics.json"
+    if not metrics_path.is_file() and dist.node_rank == 0:
+        raise StageFailedError(
+            f"every rank exited 0 and rank 0 wrote no metrics.json into {ctx.out_dir}",
+            hint=f"read rank 0's log under {folder / 'logs'}",
+        )
     if not metrics_path.is_file():  # a node other than 0: its ranks trained, node 0 writes
         raise StageFailedError(
             f"node {dist.node_rank}: every rank exited 0; the adapter is written on node 0",
