@@ -38,4 +38,5 @@ report recipe=recipe:
 bench:
     .venv/bin/python bench/noop_build.py
     .venv/bin/python bench/train_throughput.py
+    .venv/bin/python bench/train_distributed.py
     .venv/bin/python bench/serve_bench.py

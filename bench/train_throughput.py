@@ -227,7 +227,8 @@ def run_plain(args: argparse.Namespace, base_out: Path, work: Path) -> dict:
     from trl import SFTConfig, SFTTrainer
 
     from legalbuild.recipe import Recipe
-    from legalbuild.stages.train import read_rows, resolve_precision, to_dataset, weights_dtype
+    from legalbuild.training.data import read_rows, to_dataset
+    from legalbuild.training.model import resolve_precision, weights_dtype
 
     recipe = Recipe.model_validate(recipe_dict(args))
     device = torch_device()
@@ -285,7 +286,7 @@ def run_plain(args: argparse.Namespace, base_out: Path, work: Path) -> dict:
         task_type="CAUSAL_LM",
     )
     if args.quantization == "4bit-nf4" and device == "cpu":
-        from legalbuild.stages.train import disable_cpu_4bit_repacking
+        from legalbuild.training.model import disable_cpu_4bit_repacking
 
         disable_cpu_4bit_repacking(model)
     trainer = SFTTrainer(

@@ -13,6 +13,7 @@ import functools
 import os
 import platform
 import shutil
+import subprocess
 from pathlib import Path
 
 NATIVE_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
@@ -23,6 +24,24 @@ REPORTED_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "
 def accelerator_kind() -> str:
     """ "cuda" when an NVIDIA driver is present, else "cpu" (no torch import: keys use it)."""
     return "cuda" if shutil.which("nvidia-smi") else "cpu"
+
+
+def visible_gpus() -> int:
+    """GPUs a process started here may use, without importing torch: CUDA_VISIBLE_DEVICES when set
+    (a list of ids, empty or -1 for none), else the GPUs `nvidia-smi -L` lists (0 without it)."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None:
+        ids = [v for v in visible.split(",") if v.strip()]
+        return 0 if not ids or ids[0].strip() == "-1" else len(ids)
+    if not shutil.which("nvidia-smi"):
+        return 0
+    try:
+        listed = subprocess.run(
+            ["nvidia-smi", "-L"], capture_output=True, text=True, timeout=30, check=False
+        ).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return 0
+    return sum(line.startswith("GPU ") for line in listed.splitlines())
 
 
 def torch_device() -> str:

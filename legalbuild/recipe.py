@@ -342,6 +342,89 @@ class SampleSettings(Strict):
     max_new_tokens: int = Field(160, ge=1, description="Length cap of each sample answer.")
 
 
+DEEPSPEED_PRESETS = ("zero2", "zero3", "zero3-offload")  # legalbuild/training/presets/<name>.json
+
+
+class DistributedSettings(Strict):
+    """Several training processes through torchrun or `accelerate launch` (absent: one process).
+    What changes the adapter (world size, strategy and its options, the global batch) enters the
+    train key; how processes find each other (launcher, node_rank, rdzv_endpoint) does not."""
+
+    launcher: Literal["torchrun", "accelerate"] = Field(
+        "torchrun",
+        description="`torchrun` (torch.distributed.run) or `accelerate launch` (its --multi_gpu "
+        "mode; its --cpu mode starts one process, so legalbuild never uses it).",
+    )
+    nproc_per_node: Annotated[int, Field(ge=1)] | Literal["auto"] = Field(
+        "auto",
+        description="Processes per node; `auto` = the GPUs visible here (CUDA_VISIBLE_DEVICES or "
+        "nvidia-smi), 1 on a host without GPUs. On a CPU host give a number (gloo ranks).",
+    )
+    nnodes: int = Field(1, ge=1, description="Machines taking part (each runs the same build).")
+    node_rank: int = Field(
+        0,
+        ge=0,
+        description="This machine's index, 0..nnodes-1 (node 0 writes the cache entry). Not in the "
+        "key: every node computes the same key.",
+    )
+    rdzv_endpoint: str | None = Field(
+        None,
+        description="host:port of the rendezvous (node 0) when nnodes > 1, as torchrun takes it. "
+        "Not in the key.",
+        pattern=r"^[^\s:]+:[0-9]{1,5}$",
+    )
+    strategy: Literal["ddp", "fsdp", "deepspeed"] = Field(
+        "ddp",
+        description="`ddp`: each process holds the whole model; `fsdp`: FSDP2 shards parameters, "
+        "gradients and optimizer state (GPUs only); `deepspeed`: ZeRO through DeepSpeed "
+        "(`pip install deepspeed`).",
+    )
+    fsdp: dict[str, str | int | float | bool | list[str]] = Field(
+        default_factory=dict,
+        description="With strategy fsdp: options passed to transformers' `fsdp_config` as they "
+        "are (e.g. auto_wrap_policy, transformer_layer_cls_to_wrap, cpu_ram_efficient_loading, "
+        "offload_params, reshard_after_forward); legalbuild sets fsdp_version = 2.",
+    )
+    deepspeed: str | None = Field(
+        None,
+        description="With strategy deepspeed: a ZeRO JSON file (relative to the recipe) or a "
+        "preset shipped with legalbuild: `zero2`, `zero3`, `zero3-offload`.",
+    )
+
+    @model_validator(mode="after")
+    def _consistent(self) -> DistributedSettings:
+        problems = []
+        if self.node_rank >= self.nnodes:
+            problems.append(f"node_rank {self.node_rank} must be below nnodes {self.nnodes}")
+        if self.nnodes > 1 and self.rdzv_endpoint is None:
+            problems.append("nnodes > 1 needs rdzv_endpoint (host:port of node 0)")
+        if self.fsdp and self.strategy != "fsdp":
+            problems.append(f'fsdp options are for strategy "fsdp", not "{self.strategy}"')
+        if (self.deepspeed is None) == (self.strategy == "deepspeed"):
+            problems.append(
+                'deepspeed (a ZeRO JSON or zero2, zero3, zero3-offload) goes with strategy "deepspeed", and only there'
+            )
+        elif (
+            self.deepspeed
+            and self.deepspeed not in DEEPSPEED_PRESETS
+            and not self.deepspeed.endswith(".json")
+        ):
+            problems.append(
+                f"deepspeed {self.deepspeed!r}: name a .json file or a preset ({', '.join(DEEPSPEED_PRESETS)})"
+            )
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+    def refusal(self, quantization: str) -> str | None:
+        """Why this strategy cannot train a base quantized this way (None: it can)."""
+        if quantization == "8bit" and self.strategy != "ddp":
+            return f'quantization "8bit" with strategy "{self.strategy}" is not supported (LLM.int8 weights cannot be sharded): use "ddp", or "4bit-nf4" with "fsdp"'
+        if quantization == "4bit-nf4" and self.strategy == "deepspeed":
+            return 'quantization "4bit-nf4" with strategy "deepspeed" is not supported: use "fsdp" (QLoRA + FSDP) or "ddp"'
+        return None
+
+
 class TrainSection(Strict):
     epochs: float = Field(
         1.0, gt=0, le=20, description="Passes over the training split (ignored with max_steps)."
@@ -407,6 +490,13 @@ class TrainSection(Strict):
     report_to: list[Literal["none", "tensorboard", "wandb", "trackio"]] = Field(
         default_factory=lambda: ["tensorboard"],
         description="Experiment trackers. W&B runs offline into the stage output without an API key.",
+        json_schema_extra=NO_KEY,
+    )
+    distributed: DistributedSettings | None = Field(
+        None,
+        description="Train in several processes (torchrun/accelerate; DDP, FSDP or DeepSpeed). "
+        "Absent: one process. Its key part is computed by the train stage (world size, strategy, "
+        "global batch), so this field itself is not hashed as written.",
         json_schema_extra=NO_KEY,
     )
 
@@ -489,7 +579,18 @@ class ServeSection(Strict):
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
         "auto", description="Serving dtype."
     )
-    tensor_parallel_size: int = Field(1, ge=1, description="GPUs to shard the model over.")
+    tensor_parallel_size: int = Field(
+        1, ge=1, description="GPUs each layer is split over (vLLM --tensor-parallel-size)."
+    )
+    pipeline_parallel_size: int = Field(
+        1, ge=1, description="Stages the layers are cut into (vLLM --pipeline-parallel-size)."
+    )
+    data_parallel_size: int = Field(
+        1,
+        ge=1,
+        description="Model replicas answering in parallel (vLLM --data-parallel-size). `legalbuild "
+        "serve` checks that tensor x pipeline x data parallel devices are visible on this host.",
+    )
     gpu_memory_utilization: float = Field(
         0.9, gt=0, le=1, description="Share of GPU memory vLLM may take."
     )
@@ -550,6 +651,9 @@ class Recipe(Strict):
     def _has_data(self) -> Recipe:
         if not self.data.sources and self.curate is None:
             raise ValueError("declare at least one [[data.sources]] entry or a [curate] section")
+        dist = self.train.distributed
+        if dist is not None and (why := dist.refusal(self.model.quantization)):
+            raise ValueError(f"[train.distributed] {why}")
         return self
 
     @property

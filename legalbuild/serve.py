@@ -52,6 +52,7 @@ from legalbuild.serve_preflight import (
     CPU_ATTENTION_HEAD_SIZES,
     check_bind,
     check_cpu_head_size,
+    check_parallel_sizes,
     check_port_free,
     check_vllm_installed,
     fitting_max_model_len,
@@ -127,6 +128,8 @@ def server_command(
         "--max-model-len", str(max_model_len),
         "--dtype", settings.dtype,
         "--tensor-parallel-size", str(settings.tensor_parallel_size),
+        "--pipeline-parallel-size", str(settings.pipeline_parallel_size),
+        "--data-parallel-size", str(settings.data_parallel_size),
         "--gpu-memory-utilization", str(settings.gpu_memory_utilization),
         "--no-trust-remote-code",
         "--enforce-eager" if enforce_eager else "--no-enforce-eager",
@@ -178,6 +181,7 @@ def start_server(
 
         check_bind(host, api_key, settings.api_key_env)
         check_vllm_installed(kind)
+        check_parallel_sizes(settings, kind)
         config = read_model_config(model_dir)
         if kind == "cpu":
             check_cpu_head_size(config, model_dir)

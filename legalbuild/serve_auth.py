@@ -132,6 +132,8 @@ MANAGED_FLAGS: tuple[tuple[tuple[str, ...], str], ...] = (
     (("--max-model-len",), "set [serve] max_model_len"),
     (("--dtype",), "set [serve] dtype"),
     (("--tensor-parallel-size", "-tp"), "set [serve] tensor_parallel_size"),
+    (("--pipeline-parallel-size", "-pp"), "set [serve] pipeline_parallel_size"),
+    (("--data-parallel-size", "-dp"), "set [serve] data_parallel_size"),
     (
         ("--gpu-memory-utilization", "--device-memory-utilization"),
         "set [serve] gpu_memory_utilization",
@@ -160,12 +162,17 @@ def managed_flag(arg: str) -> tuple[str, str] | None:
             (flag, advice)
             for flags, advice in MANAGED_FLAGS
             for flag in flags
-            if not flag.startswith("--") and (flag.startswith(name) or name.startswith(flag))
+            if not flag.startswith("--") and (flag.startswith(name) or _value_attached(name, flag))
         ]
     else:
         return None
     exact = [m for m in matches if m[0] == name]
     return (exact or matches or [None])[0]
+
+
+def _value_attached(name: str, flag: str) -> bool:
+    """`-tp2` is -tp with its value attached; `-dpn` is another option (vLLM's -dpn), not -dp."""
+    return name.startswith(flag) and len(name) > len(flag) and not name[len(flag)].isalpha()
 
 
 def refused_extra_args(args: list[str]) -> list[str]:

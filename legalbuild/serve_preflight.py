@@ -8,6 +8,7 @@ import importlib.metadata
 import importlib.util
 import ipaddress
 import json
+import os
 import shutil
 import socket
 import sys
@@ -126,3 +127,49 @@ def check_port_free(host: str, port: int) -> None:
                 f"cannot listen on {host}:{port}: {exc.strerror}",
                 hint="choose another port (--port)",
             ) from None
+
+
+def check_parallel_sizes(settings: Any, kind: str) -> None:
+    """tensor x pipeline x data parallel processes need as many GPUs on a GPU host, and a core
+    each on a CPU. Across hosts (vLLM's own `--nnodes N` in extra_args) this host holds 1/N of
+    them; with Ray (`--distributed-executor-backend ray`) the cluster's devices are Ray's to place."""
+    from legalbuild.hardware import visible_gpus
+
+    sizes = (
+        settings.tensor_parallel_size,
+        settings.pipeline_parallel_size,
+        settings.data_parallel_size,
+    )
+    wanted = sizes[0] * sizes[1] * sizes[2]
+    args = settings.extra_args
+    if wanted == 1 or "ray" in args:  # a Ray cluster's devices are not this host's to count
+        return
+    nnodes = next(
+        (
+            int(v)
+            for f, v in zip(args, args[1:], strict=False)
+            if f in ("--nnodes", "-n") and v.isdigit()
+        ),
+        1,
+    )
+    wanted = -(-wanted // nnodes)  # this host's share when vLLM spans nodes (--nnodes)
+    shape = (
+        f"[serve] tensor_parallel_size {sizes[0]} x pipeline_parallel_size {sizes[1]} x "
+        f"data_parallel_size {sizes[2]} = {wanted} devices"
+    )
+    if kind == "gpu":
+        have = visible_gpus()
+        if wanted > have:
+            raise ServeError(
+                f"{shape}, and this host has {have} visible GPU(s)",
+                hint="lower the sizes (their product must be at most the GPUs visible here: "
+                "CUDA_VISIBLE_DEVICES or nvidia-smi), or serve across hosts with vLLM's "
+                "--nnodes/Ray (see 'From laptop to cluster' in the README)",
+            )
+        return
+    cores = os.cpu_count() or 1
+    if wanted > cores:
+        raise ServeError(
+            f"{shape}: vLLM on CPU runs each of them on its own cores, and this host has {cores}",
+            hint="set the sizes to 1 on this host (or at most one process per core)",
+        )

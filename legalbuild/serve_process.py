@@ -1,5 +1,5 @@
-"""The vLLM process tree: spawned as its own process group, stopped as a whole, and never left
-running by a signal or an exit of ours.
+"""A child process tree (the vLLM server, a training launcher): spawned as its own process group,
+stopped as a whole, and never left running by a signal or an exit of ours.
 
 - `spawn_group` starts the server in its own session (one process group for the API server, its
   engine core and workers); on Linux the leader also gets SIGTERM if we die, even by SIGKILL.
@@ -67,25 +67,37 @@ class ServerHandle:
         return "\n".join(list(self.tail)[-lines:])
 
     def signal_group(self, signum: int) -> None:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(self.process.pid, signum)
+        signal_group(self.process.pid, signum)
 
     def stop(self, grace_s: float = 20.0) -> int | None:
         """SIGTERM the whole group (vLLM shuts its workers down), SIGKILL whatever is left after
         `grace_s`, and wait until no process of the group remains."""
-        self.signal_group(signal.SIGTERM)
-        try:
-            self.process.wait(timeout=grace_s)
-        except subprocess.TimeoutExpired:
-            self.signal_group(signal.SIGKILL)
-            self.process.wait(timeout=10)
-        deadline = time.monotonic() + 10
-        while group_alive(self.process.pid) and time.monotonic() < deadline:
-            time.sleep(0.2)
-        if group_alive(self.process.pid):
-            self.signal_group(signal.SIGKILL)
+        code = stop_group(self.process, grace_s)
         _LIVE.discard(self)
-        return self.process.returncode
+        return code
+
+
+def signal_group(pgid: int, signum: int) -> None:
+    """Send `signum` to every process of group `pgid` (gone already: nothing to do)."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, signum)
+
+
+def stop_group(process: subprocess.Popen, grace_s: float = 20.0) -> int | None:
+    """Stop the group `process` leads: SIGTERM, SIGKILL after `grace_s`, then wait until no
+    process of the group remains. Returns the leader's exit code."""
+    signal_group(process.pid, signal.SIGTERM)
+    try:
+        process.wait(timeout=grace_s)
+    except subprocess.TimeoutExpired:
+        signal_group(process.pid, signal.SIGKILL)
+        process.wait(timeout=10)
+    deadline = time.monotonic() + 10
+    while group_alive(process.pid) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    if group_alive(process.pid):
+        signal_group(process.pid, signal.SIGKILL)
+    return process.returncode
 
 
 _LIVE: set[ServerHandle] = set()
@@ -151,21 +163,33 @@ def _parent_death_signal() -> Callable[[], None] | None:
     spawned it dies, so even a SIGKILLed CLI takes its server down (vLLM then stops its engine).
     Only from the main thread (its death is our death); libc is resolved here, in the parent, so
     the child between fork and exec only makes the call."""
-    if (
-        not sys.platform.startswith("linux")
-        or threading.current_thread() is not threading.main_thread()
-    ):
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    return _death_signal_arm(os.getpid())
+
+
+def die_with_parent() -> bool:
+    """Linux: this process gets SIGTERM when its parent dies (e.g. a training rank whose launcher
+    was killed). False where that cannot be arranged, or the parent is already gone."""
+    arm = _death_signal_arm(os.getppid())
+    if arm is None or os.getppid() == 1:
+        return False
+    arm()
+    return True
+
+
+def _death_signal_arm(parent: int) -> Callable[[], None] | None:
+    if not sys.platform.startswith("linux"):
         return None
     try:
         prctl = ctypes.CDLL(None, use_errno=True).prctl
     except (OSError, AttributeError):
         return None
     prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
-    parent = os.getpid()
 
     def arm() -> None:
         prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
-        if os.getppid() != parent:  # we died before the call: nobody will signal
+        if os.getppid() != parent:  # the parent died before the call: nobody will signal
             os._exit(1)
 
     return arm

@@ -222,6 +222,7 @@ MANAGED_DESTS = {
     "model", "served_model_name", "host", "port", "uds", "api_key", "middleware",
     "trust_remote_code", "config", "grpc", "grpc_port", "max_model_len", "dtype",
     "tensor_parallel_size", "gpu_memory_utilization", "enforce_eager",
+    "pipeline_parallel_size", "data_parallel_size",
 }  # fmt: skip
 
 

@@ -18,6 +18,8 @@ from legalbuild.errors import RecipeError, StageFailedError
 from legalbuild.recipe import DEFAULT_SYSTEM_PROMPT, LoraSection, ModelSection, Recipe, TrainSection
 from legalbuild.stages import train
 from legalbuild.stages.context import StageContext
+from legalbuild.training import data as train_data
+from legalbuild.training import model as train_model
 from legalbuild.training.monitoring import detect_overfitting
 
 TEST_CACHE = Path(
@@ -177,8 +179,8 @@ def test_truncation_is_counted_with_the_chat_template(tiny_model_dir):
         {"instruction": "Audit this clause: " + "word " * 300, "output": "Risk: none"},
         {"instruction": "Audit this clause: short.", "output": "Risk: low " * 200},
     ]
-    lengths = train.token_lengths(tokenizer, rows, "You audit.")
-    report = train.length_report(lengths, max_length=128)
+    lengths = train_data.token_lengths(tokenizer, rows, "You audit.")
+    report = train_data.length_report(lengths, max_length=128)
     assert (
         report["truncated"] == 2 and report["dropped"] == 1
     )  # the long prompt alone fills max_length
@@ -197,15 +199,15 @@ def test_precision_resolution_on_cpu():
     from legalbuild.hardware import auto_precision, cpu_native_bf16
 
     # auto follows the CPU's bf16 capability (this host's /proc/cpuinfo), never a fixed choice
-    assert train.resolve_precision("auto", "cpu") == ("bf16" if cpu_native_bf16() else "fp32")
+    assert train_model.resolve_precision("auto", "cpu") == ("bf16" if cpu_native_bf16() else "fp32")
     assert auto_precision("cpu", frozenset({"avx512f", "avx512_bf16"})) == "bf16"
     assert auto_precision("cpu", frozenset({"amx_tile", "amx_bf16"})) == "bf16"
     assert auto_precision("cpu", frozenset({"avx512f", "avx512_vnni"})) == "fp32"
     assert auto_precision("cuda") == "gpu-auto"
-    assert "native bf16" in train.precision_reason("auto", "cpu") or not cpu_native_bf16()
-    assert train.resolve_precision("bf16", "cpu") == "bf16"
+    assert "native bf16" in train_model.precision_reason("auto", "cpu") or not cpu_native_bf16()
+    assert train_model.resolve_precision("bf16", "cpu") == "bf16"
     with pytest.raises(RecipeError, match="fp16 needs a GPU"):
-        train.resolve_precision("fp16", "cpu")
+        train_model.resolve_precision("fp16", "cpu")
 
 
 def test_light_helpers_import_nothing_heavy():
@@ -224,9 +226,9 @@ def test_light_helpers_import_nothing_heavy():
 
 # ------------------------------------------------------------------------- frozen weights, QLoRA
 def test_frozen_check_trips_when_base_weights_train(tiny_model_dir):
-    model = train.load_base_model(tiny_model_dir, ModelSection(), "cpu", "fp32")
-    model = train.attach_lora(model, LoraSection(), TrainSection(), quantized=False)
-    report = train.check_frozen(model)
+    model = train_model.load_base_model(tiny_model_dir, ModelSection(), "cpu", "fp32")
+    model = train_model.attach_lora(model, LoraSection(), TrainSection(), quantized=False)
+    report = train_model.check_frozen(model)
     assert report["trainable_parameters"] == 2 * (
         (8 * 64 + 64 * 8) + (8 * 64 + 32 * 8)
     )  # 2 layers; q 64->64, v 64->32
@@ -234,7 +236,7 @@ def test_frozen_check_trips_when_base_weights_train(tiny_model_dir):
     # The misconfiguration: something unfreezes the (tied) embeddings besides the adapter.
     model.get_input_embeddings().weight.requires_grad_(True)
     with pytest.raises(StageFailedError, match="embed_tokens"):
-        train.check_frozen(model)
+        train_model.check_frozen(model)
 
 
 def lora_grad_sum(model, ids) -> float:
@@ -254,7 +256,7 @@ def qlora_model(model_dir: Path, guard: bool):
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
     if guard:
-        model = train.load_base_model(
+        model = train_model.load_base_model(
             model_dir, ModelSection(quantization="4bit-nf4"), "cpu", "fp32"
         )
     else:
@@ -264,7 +266,7 @@ def qlora_model(model_dir: Path, guard: bool):
         model = AutoModelForCausalLM.from_pretrained(
             model_dir, quantization_config=config, device_map="cpu"
         )
-    return train.attach_lora(model, LoraSection(), TrainSection(), quantized=True)
+    return train_model.attach_lora(model, LoraSection(), TrainSection(), quantized=True)
 
 
 def evaluate_without_grad(model, ids) -> None:

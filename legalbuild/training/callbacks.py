@@ -137,8 +137,8 @@ class SampleCallback(TrainerCallback):
         self.log_metrics: Callable[[dict[str, float]], None] | None = None
 
     def on_evaluate(self, args, state, control, model=None, **kwargs):
-        if model is None or not self.prompts:
-            return
+        if model is None or not self.prompts or not state.is_world_process_zero:
+            return  # several ranks: rank 0 samples and writes, the others train on
         started = time.perf_counter()
         answers = [self.generate(model, p["instruction"]) for p in self.prompts]
         parses = [parse_audit(a) is not None for a in answers]
