@@ -74,11 +74,13 @@ def stage_context(
     recipe: Recipe | None = None,
     inputs: dict[str, Path | dict[str, Path]] | None = None,
     log: list[str] | None = None,
+    out: str = "out",
 ) -> StageContext:
     """A StageContext laid out like the pipeline's: the recipe at tmp/recipe.toml, a fresh
     tmp/out, and each upstream entry either an existing folder or tmp/entries/<stage>/ holding
     links to existing folders, e.g. inputs={"base": {"model": model_dir}, "train": {"adapter":
-    adapter_dir}}. Log lines go to `log` when given."""
+    adapter_dir}}. Log lines go to `log` when given; `out` names the output folder (several
+    contexts may share one tmp, and so one work_dir, as a rebuilt stage does)."""
     entries = {}
     for name, links in (inputs or {}).items():
         if isinstance(links, Path):
@@ -89,14 +91,14 @@ def stage_context(
         for link, target in links.items():
             (entry / link).symlink_to(Path(target).resolve())
         entries[name] = entry
-    out = tmp / "out"
-    out.mkdir(parents=True, exist_ok=True)
+    out_dir = tmp / out
+    out_dir.mkdir(parents=True, exist_ok=True)
     return StageContext(
         name=stage,
         key="test",
         recipe=recipe or make_recipe(),
         recipe_path=tmp / "recipe.toml",
-        out_dir=out,
+        out_dir=out_dir,
         work_dir=tmp / "work",
         inputs=entries,
         log_fn=log.append if log is not None else (lambda _m: None),

@@ -146,7 +146,7 @@ def test_no_cached_output_holds_a_machine_path(tmp_path, tiny_model_dir):
     recipe = _project(
         tmp_path / "project",
         tiny_model_dir,
-        train={"max_steps": 1, "report_to": ["none"]},
+        train={"max_steps": 1, "report_to": ["tensorboard"]},
         eval={"max_rows": 4, "max_new_tokens": 8, "compare_base": False},
     )
     store = Store(tmp_path / "cache")
@@ -160,6 +160,9 @@ def test_no_cached_output_holds_a_machine_path(tmp_path, tiny_model_dir):
             assert not [n for n in needles if n in data], path
             scanned += 1
     assert scanned > 20
+    # TensorBoard's copy of the trainer arguments names the work dir: a run log beside out/
+    logs = result.outputs["train"].parent / "logs" / "tracking" / "tensorboard"
+    assert list(logs.glob("events.out.tfevents.*"))
     assert not [n for n in needles if n in lock_path(recipe).read_bytes()]
     adapter = json.loads((result.outputs["train"] / "adapter" / "adapter_config.json").read_text())
     base = json.loads((result.outputs["base"] / "base.json").read_text())

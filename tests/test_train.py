@@ -1,6 +1,6 @@
 """The train stage on real models: the tiny Llama fixture (fast) and the packaged SmolLM2 (slow).
 
-StageContexts are built by hand; normalize's train/val files are written here.
+Contexts come from tests/helpers.stage_context; normalize's train/val files are written here.
 """
 
 from __future__ import annotations
@@ -8,23 +8,22 @@ from __future__ import annotations
 import json
 import os
 import random
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from helpers import TEST_CACHE, make_recipe, stage_context
 
 from legalbuild.errors import RecipeError, StageFailedError
-from legalbuild.recipe import DEFAULT_SYSTEM_PROMPT, LoraSection, ModelSection, Recipe, TrainSection
+from legalbuild.recipe import DEFAULT_SYSTEM_PROMPT, LoraSection, ModelSection, TrainSection
 from legalbuild.stages import train
 from legalbuild.stages.context import StageContext
 from legalbuild.training import data as train_data
 from legalbuild.training import model as train_model
 from legalbuild.training.monitoring import detect_overfitting
 
-TEST_CACHE = Path(
-    os.environ.get("LEGALBUILD_TEST_CACHE", Path.home() / ".cache" / "legalbuild-tests")
-)
 CLAUSES = [
     "The Supplier's liability under this Agreement is unlimited.",
     "Either party may terminate this Agreement at any time without notice.",
@@ -88,25 +87,10 @@ def train_context(
         "samples": {"count": 1, "max_new_tokens": 8, "clauses": ["Liability is unlimited."]},
         **train_settings,
     }
-    recipe = Recipe.model_validate(
-        {
-            "project": {"name": "t"},
-            "data": {"sources": [{"name": "x", "path": "x.jsonl"}]},
-            "train": settings,
-            **sections,
-        }
-    )
-    out = root / f"out-{len(list(root.glob('out-*')))}"
-    out.mkdir(parents=True)
-    return StageContext(
-        name="train",
-        key="k",
-        recipe=recipe,
-        recipe_path=root / "recipe.toml",
-        out_dir=out,
-        work_dir=root / "work",
-        inputs={"base": base_out, "normalize": normalize},
-        log_fn=lambda _m: None,
+    recipe = make_recipe(train=settings, **sections)
+    n = len(list(root.glob("out-*")))  # contexts on one root share its work_dir, as rebuilds do
+    return stage_context(
+        root, "train", recipe, {"base": base_out, "normalize": normalize}, out=f"out-{n}"
     )
 
 
@@ -488,7 +472,8 @@ def test_qlora_stage_trains_on_cpu_and_reports_to_offline_trackers(tmp_path, tin
         train_losses
     )  # still falling after the step-2 evaluation
     assert metrics["quantization"] == "4bit-nf4"
-    tracking = ctx.out_dir / "tracking"
+    tracking = ctx.logs_dir / "tracking"  # run logs (they carry paths) stay out of out/
+    assert not (ctx.out_dir / "tracking").exists()
     assert list((tracking / "tensorboard").glob("events.out.tfevents.*"))
     assert list((tracking / "trackio").glob("*.db"))
     [wandb_run] = list((tracking / "wandb").glob("wandb/offline-run-*/run-*.wandb"))
@@ -529,22 +514,10 @@ def smollm2_base(smollm2_gguf) -> Path:
     dest = TEST_CACHE / f"smollm2-base-{code_version(base.__name__)}"
     if not (dest / "model" / "config.json").exists():
         tmp = dest.with_name(dest.name + f".tmp{os.getpid()}")
-        tmp.mkdir(parents=True)
-        recipe = Recipe.model_validate(
-            {"project": {"name": "t"}, "data": {"sources": [{"name": "x", "path": "x"}]}}
-        )
-        base.run(
-            StageContext(
-                name="base",
-                key="k",
-                recipe=recipe,
-                recipe_path=tmp / "r.toml",
-                out_dir=tmp,
-                work_dir=tmp / "work",
-                log_fn=lambda _m: None,
-            )
-        )
-        tmp.rename(dest)
+        ctx = stage_context(tmp, "base")
+        base.run(ctx)
+        ctx.out_dir.rename(dest)
+        shutil.rmtree(tmp)
     return dest
 
 

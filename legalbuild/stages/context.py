@@ -43,6 +43,12 @@ class StageContext:
     log_fn: Callable[[str], None] | None = None
 
     @property
+    def logs_dir(self) -> Path:
+        """Run logs kept with the entry but outside `out/` (experiment trackers' files): they carry
+        timestamps, host names and paths, so they are neither hashed nor verified."""
+        return self.out_dir.parent / "logs"
+
+    @property
     def recipe_dir(self) -> Path:
         return self.recipe_path.parent
 

@@ -6,11 +6,12 @@ only and the prompt is exactly what eval and serving send.
 
 Monitoring: validation loss every `eval_steps`, an overfitting warning, optional early stopping that
 keeps the best checkpoint, greedy samples at each evaluation, W&B (offline without an API key) /
-TensorBoard / trackio under out/tracking, and a rich progress bar with tokens/s and ETA.
+TensorBoard / trackio under the entry's `logs/tracking/` (beside `out/`, not in it: run logs carry
+timestamps and paths), and a rich progress bar with tokens/s and ETA.
 
 Checkpoints live in `ctx.work_dir` (stable for the stage key), so a build killed mid-training
 resumes from its last checkpoint. Writes `adapter/`, `metrics.json`, `log_history.json`,
-`samples.jsonl`, `loss.png` and `tracking/` into `ctx.out_dir`.
+`samples.jsonl` and `loss.png` into `ctx.out_dir`.
 
 One process trains in the builder's own process (legalbuild/training/worker.py); with
 `[train.distributed]` the launcher starts one worker per rank (legalbuild/training/launch.py).

@@ -199,7 +199,7 @@ def _train(ctx: StageContext, resume_from: Path | None, callbacks: Sequence[Any]
         )
 
     main = rank() == 0
-    tracking_dir = ctx.out_dir / "tracking"
+    tracking_dir = ctx.logs_dir / "tracking"
     if main:
         tracking_dir.mkdir(parents=True, exist_ok=True)
     with tracking_environment(trackers, tracking_dir, recipe.project.name):
