@@ -34,7 +34,7 @@ def playbook_questions(
     """One question per clause: the playbook's applicable rules listed (as in training) and, when
     `constrained`, the audit-format regex citing only those rules."""
     from legalbuild.answer_format import audit_regex
-    from legalbuild.curation.pairs import rules_for_text
+    from legalbuild.curation.review import rules_for_text
 
     out = []
     for clause in clauses:

@@ -57,7 +57,8 @@ def test_playbook_question_is_the_training_wording(tmp_path):
     import re
 
     from legalbuild.audit import playbook_questions, playbook_rules
-    from legalbuild.curation.pairs import AUDIT_TEMPLATES, catalogue, rules_for_text
+    from legalbuild.curation.pairs import AUDIT_TEMPLATES
+    from legalbuild.curation.review import catalogue, rules_for_text
     from legalbuild.curation.rulebook import PACKAGED_REDLINE
 
     assert AUDIT_INSTRUCTION + PLAYBOOK_SUFFIX in AUDIT_TEMPLATES

@@ -221,7 +221,7 @@ def test_regex_baseline_uses_the_curation_rulebook(tmp_path):
         "The liability is unlimited for damages.", None
     )  # typed by classifier
     # the baseline answers exactly as curation writes a training answer for the same finding
-    from legalbuild.curation.pairs import audit_answer
+    from legalbuild.curation.review import audit_answer
 
     rule = load_rulebooks(["rules.yaml"], tmp_path).rules[0]
     assert flagged == audit_answer([rule], "")

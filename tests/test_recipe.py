@@ -203,7 +203,7 @@ def test_task_mix_must_name_known_tasks_with_some_weight(tmp_path, mix, expected
 def test_task_names_match_the_curation_tasks():
     from typing import get_args
 
-    from legalbuild.curation.pairs import TASKS
+    from legalbuild.curation.selection import TASKS
     from legalbuild.recipe import TaskName
 
     assert get_args(TaskName) == TASKS

@@ -7,8 +7,8 @@ from collections import Counter
 from typing import Any
 
 from legalbuild.curation.corpora import LICENCES, Document
-from legalbuild.curation.pairs import Pair
 from legalbuild.curation.rulebook import Rulebook
+from legalbuild.curation.selection import Pair
 
 REDLINE_ATTRIBUTION = {
     "licence": "MIT",

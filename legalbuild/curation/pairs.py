@@ -9,30 +9,37 @@ Task kinds (one `task` value each):
 - `explain` why one rule flags one clause, in prose;
 - `missing` a short multi-clause contract from one document: which `requires_any` rules it fails.
 
-Which rules apply to a clause: the presence rules (`forbids_*`, `max_value`) of the playbook always,
-since their patterns are their own scope; the absence rules (`requires_any`) only when they speak
-about the clause's type (a governing-law clause is not expected to hold a liability cap).
+Which rules apply to a clause and what its review answers: review.py; the Pair record and the
+balanced pick: selection.py.
 Every random choice comes from a Random seeded by (seed, a stable key), so the output does not
 depend on iteration order or PYTHONHASHSEED.
 """
 
 from __future__ import annotations
 
-import hashlib
-import math
 import random
 from collections import Counter, defaultdict
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
 
-from legalbuild.answer_format import Audit, Finding, overall_risk, render_audit
-from legalbuild.curation.clauses import Clause, classify_clause, split_clauses, type_label
+from legalbuild.answer_format import overall_risk
+from legalbuild.curation.clauses import Clause, split_clauses, type_label
 from legalbuild.curation.corpora import Document
 from legalbuild.curation.defects import Defect, inject_defect, sentences
-from legalbuild.curation.rulebook import ANY_DOMAIN, Rule, Rulebook, evidence, normalize_text
-from legalbuild.prompting import AUDIT_INSTRUCTION, PLAYBOOK_SUFFIX, rule_catalogue
+from legalbuild.curation.review import (
+    Review,
+    audit_answer,
+    catalogue,
+    clean_note,
+    explain_answer,
+    finding_of,
+    playbooks_for,
+    review,
+    revise,
+)
+from legalbuild.curation.rulebook import Rule, Rulebook, normalize_text
+from legalbuild.curation.selection import TASKS, Pair, quotas, rng_for, select_pairs
+from legalbuild.prompting import AUDIT_INSTRUCTION, PLAYBOOK_SUFFIX
 
-TASKS = ("audit", "defect", "fix", "explain", "missing")
 POOL_FACTOR = 4  # stop scanning a large source once it offers this many candidates per pair wanted
 PLAYBOOKS_PER_CLAUSE = 2  # a clause is reviewed with at most this many (seeded) engaged playbooks
 SMALL_SOURCE_CLAUSES = 300  # below this, a source yields every defect and explanation it can
@@ -93,175 +100,12 @@ MISSING_TEMPLATES = (
 )
 
 
-@dataclass
-class Pair:
-    instruction: str
-    output: str
-    doc_id: str
-    source: str
-    rule_id: str | None
-    severity: str
-    clause_type: str
-    task: str
-    verified_by: str
-    clause: str = ""  # the clause (or short contract) inside the instruction, for eval
-    # selection bookkeeping (not written)
-    edit: str | None = None
-    clean: bool = False
-
-    def row(self) -> dict:
-        row = asdict(self)
-        row.pop("edit"), row.pop("clean")
-        return row
-
-
-def rng_for(seed: int, *key: object) -> random.Random:
-    """A Random that depends only on the seed and a stable key."""
-    return random.Random(hashlib.sha256(repr((seed, *key)).encode()).hexdigest())
-
-
 def perspective(rule: Rule) -> str:
     text = rule.playbook_description or f"the {rule.playbook} playbook"
     for prefix in ("Red-flag rules for reviewing ", "Red-flag rules for "):
         if text.startswith(prefix):
             text = "reviewing " + text[len(prefix) :]
     return text.rstrip(".").replace("Licensee-side review of", "reviewing, as licensee,")
-
-
-# ------------------------------------------------------------------------------ applicability
-@dataclass
-class Review:
-    """One clause seen through one playbook."""
-
-    clause: Clause
-    playbook: str
-    rules: list[Rule]  # the rules that apply to this clause
-    findings: list[Rule]  # those that fire
-    engaged: bool  # the playbook has something to say (else no audit pair: only defects)
-
-
-# Types that name one specific clause: an absence rule of such a type can judge a single clause of
-# that type (a liability clause without a cap). Absence rules of the broad types (confidentiality in
-# an NDA, data protection, IP, other: escrow, export control...) speak about a whole contract and
-# are used in `missing` tasks only.
-CLAUSE_LEVEL_ABSENCE_TYPES = frozenset(
-    {"limitation_of_liability", "governing_law", "termination", "warranty", "payment", "renewal",
-     "indemnity", "non_compete", "assignment"}
-)  # fmt: skip
-
-
-def applicable_rules(clause: Clause, playbook_rules: list[Rule]) -> list[Rule]:
-    """Presence rules always; absence rules of the clause's own type when that type names one
-    specific clause (CLAUSE_LEVEL_ABSENCE_TYPES)."""
-    return [
-        r
-        for r in playbook_rules
-        if not r.flags_absence
-        or (r.clause_type == clause.clause_type and r.clause_type in CLAUSE_LEVEL_ABSENCE_TYPES)
-    ]
-
-
-def catalogue(rules: list[Rule]) -> str:
-    """The `Rules to check:` block of an audit question (see `legalbuild.prompting`)."""
-    return rule_catalogue((r.id, r.title, r.severity) for r in rules)
-
-
-def rules_for_text(text: str, playbook_rules: list[Rule]) -> list[Rule]:
-    """The rules of one playbook that apply to a clause known only by its text (serving time):
-    the clause is typed as curation types it, then `applicable_rules` decides."""
-    kind = classify_clause("", text)
-    clause = Clause(doc_id="", source="", heading="", text=text, position=0, clause_type=kind)
-    return applicable_rules(clause, playbook_rules)
-
-
-def engages(clause: Clause, rules: list[Rule]) -> bool:
-    """A playbook has something to say about the clause: an absence rule of its type, or a
-    presence rule whose pattern appears in it (even if saved by an `unless_any`)."""
-    text = normalize_text(clause.text)
-    return any(r.flags_absence or any(p.search(text) for p in r.check.patterns) for r in rules)
-
-
-def review(clause: Clause, playbook: str, rules: list[Rule]) -> Review | None:
-    applicable = applicable_rules(clause, rules)
-    if not applicable:
-        return None
-    findings = [r for r in applicable if r.violated(clause.text)]
-    return Review(
-        clause,
-        playbook,
-        applicable,
-        findings,
-        engaged=bool(findings) or engages(clause, applicable),
-    )
-
-
-def playbooks_for(doc: Document, by_playbook: dict[str, list[Rule]]) -> list[str]:
-    return [
-        name
-        for name, rules in by_playbook.items()
-        if doc.domain == ANY_DOMAIN or rules[0].domain in (doc.domain, ANY_DOMAIN)
-    ]
-
-
-# ---------------------------------------------------------------------------- answer building
-def finding_of(rule: Rule) -> Finding:
-    return Finding(
-        title=rule.title,
-        rule_id=rule.id,
-        severity=rule.severity,
-        why=rule.why,
-        fix=rule.suggestion or f"Use language such as: {rule.fallback}",
-        suggested_clause=rule.fallback,
-    )
-
-
-def audit_answer(findings: list[Rule], clean_note: str) -> str:
-    ordered = sorted(findings, key=lambda r: (("high", "medium", "low").index(r.severity), r.id))
-    items = [finding_of(r) for r in ordered]
-    return render_audit(
-        Audit(risk=overall_risk(items), findings=items, note=clean_note if not items else "")
-    )
-
-
-def clean_note(clause_type: str, playbook: str, n_rules: int) -> str:
-    return f"The {type_label(clause_type)} clause raises none of the {n_rules} {playbook} checks that apply to it."
-
-
-def explain_answer(rule: Rule, text: str) -> str:
-    found = evidence(rule, text)
-    if rule.check.kind == "requires_any":
-        where = "Nothing in the clause provides it: the language this rule looks for is absent."
-    elif rule.check.kind == "max_value":
-        where = f'The clause sets "{found}", above the limit of {rule.check.max:g}.'
-    else:
-        where = f'The clause says: "{found}".'
-    ask = rule.suggestion or "Replace it with balanced language."
-    lines = [
-        f"{rule.title} (rule {rule.id}, severity {rule.severity}).",
-        f"{rule.description} {where}",
-        f"Why it matters: {rule.why}",
-        f"What to ask for: {ask}",
-    ]
-    if rule.fallback:
-        lines.append(f"Suggested clause: {rule.fallback}")
-    return "\n".join(lines)
-
-
-def revise(text: str, findings: list[Rule], rules: list[Rule]) -> str | None:
-    """A revision that passes every applicable rule: offending sentences out, fallbacks in; None
-    when the rules' regexes do not confirm it."""
-    parts = sentences(text)
-    for rule in findings:
-        if not rule.flags_absence:
-            parts = [s for s in parts if not any(p.search(s) for p in rule.check.patterns)]
-    additions = []
-    for rule in findings:
-        if rule.fallback and rule.violated(" ".join([*parts, *additions])):
-            additions.append(rule.fallback)
-    revised = " ".join([*parts, *additions])
-    if not revised or any(r.violated(revised) for r in rules):
-        return None
-    return revised
 
 
 def fill(template: str, **values: str) -> str:
@@ -434,17 +278,6 @@ def _contract_clauses(candidates: list[Clause], rng: random.Random, max_chars: i
 
 
 # ------------------------------------------------------------------------------- generation
-def quotas(target: int, mix: dict[str, float]) -> dict[str, int]:
-    total = sum(mix.get(t, 0) for t in TASKS)
-    raw = {t: target * mix.get(t, 0) / total for t in TASKS}
-    out = {t: math.floor(v) for t, v in raw.items()}
-    for t in sorted(TASKS, key=lambda t: raw[t] - out[t], reverse=True)[
-        : target - sum(out.values())
-    ]:
-        out[t] += 1
-    return out
-
-
 def candidate_pairs(
     documents: list[Document],
     rulebook: Rulebook,
@@ -542,109 +375,6 @@ def _reviews(
     if generous or len(found) <= PLAYBOOKS_PER_CLAUSE:
         return found
     return rng_for(seed, clause.key, "playbooks").sample(found, PLAYBOOKS_PER_CLAUSE)
-
-
-def select_pairs(candidates: list[Pair], settings) -> list[Pair]:
-    """A seeded, balanced selection: task quotas, clean share of audits, caps per rule, severity
-    and source; unused quota of a task that runs short goes to the other tasks.
-
-    The source cap is a share of the pairs produced, so when the smaller corpora cannot supply
-    their part, the total is lowered (and every task quota with it) rather than the cap broken."""
-    first = _select(candidates, settings, settings.target_pairs)
-    counts = Counter(p.source for p in first)
-    if len(counts) < 2 or settings.max_source_share >= 1:
-        return first
-    others = len(first) - counts.most_common(1)[0][1]
-    reachable = math.floor(others / (1 - settings.max_source_share))
-    if reachable >= len(first):
-        return first
-    return _enforce_source_share(
-        _select(candidates, settings, reachable), settings.max_source_share
-    )
-
-
-def _select(candidates: list[Pair], settings, target: int) -> list[Pair]:
-    need = quotas(target, settings.task_mix)
-    rule_cap = max(1, math.floor(settings.max_rule_share * target))
-    severity_cap = max(1, math.floor(settings.max_severity_share * target))
-    source_cap = max(1, math.floor(settings.max_source_share * target))
-    seen: set[str] = set()
-    counts = {"rule": Counter(), "severity": Counter(), "source": Counter()}
-    chosen: list[Pair] = []
-
-    def admit(p: Pair) -> bool:
-        if p.instruction in seen:
-            return False
-        if p.rule_id and counts["rule"][p.rule_id] >= rule_cap:
-            return False
-        if p.severity != "none" and counts["severity"][p.severity] >= severity_cap:
-            return False
-        if counts["source"][p.source] >= source_cap:
-            return False
-        seen.add(p.instruction)
-        counts["rule"][p.rule_id] += 1
-        counts["severity"][p.severity] += 1
-        counts["source"][p.source] += 1
-        chosen.append(p)
-        return True
-
-    ordered = _balanced_order(candidates, settings.seed)
-    clean_quota = round(need["audit"] * settings.clean_share)
-    groups = {
-        ("audit", True): clean_quota,
-        ("audit", False): need["audit"] - clean_quota,
-        **{(t, False): need[t] for t in TASKS if t != "audit"},
-    }
-    for _ in range(3):  # later rounds hand quota left unused by short tasks to the others
-        for (task, clean), quota in groups.items():
-            taken = sum(1 for p in chosen if p.task == task and p.clean == clean)
-            for p in ordered:
-                if taken >= quota or len(chosen) >= target:
-                    break
-                if p.task == task and p.clean == clean and admit(p):
-                    taken += 1
-        short = target - len(chosen)
-        if short <= 0:
-            break
-        open_groups = [g for g in groups if g != ("audit", True)]
-        for g in open_groups:
-            groups[g] += math.ceil(short / len(open_groups))
-    return sorted(chosen, key=lambda p: rng_for(settings.seed, p.instruction).random())
-
-
-def _balanced_order(candidates: list[Pair], seed: int) -> list[Pair]:
-    """Small sources first (the source cap makes every pair of theirs count), then round-robin over
-    rules, in seeded order."""
-    shuffled = sorted(candidates, key=lambda p: rng_for(seed, p.task, p.instruction).random())
-    rank_in_rule: Counter = Counter()
-    size = Counter(p.source for p in candidates)
-    keyed = []
-    for i, p in enumerate(shuffled):
-        group = p.rule_id or f"clean:{p.clause_type}"
-        keyed.append((size[p.source], rank_in_rule[group], i, p))
-        rank_in_rule[group] += 1
-    return [p for *_, p in sorted(keyed, key=lambda k: k[:3])]
-
-
-def _enforce_source_share(chosen: list[Pair], cap: float) -> list[Pair]:
-    """Drop the last-chosen pairs of a source above its share of the final total."""
-    if cap >= 1:
-        return chosen
-    while True:
-        counts = Counter(p.source for p in chosen)
-        source, n = counts.most_common(1)[0]
-        others = len(chosen) - n
-        if n <= cap * len(chosen) or others == 0:
-            return chosen
-        allowed = math.floor(cap * others / (1 - cap))
-        drop = n - allowed
-        keep_rev = []
-        for p in reversed(chosen):
-            if p.source == source and drop > 0:
-                drop -= 1
-                continue
-            keep_rev.append(p)
-        chosen = keep_rev[::-1]
 
 
 def generate_pairs(

@@ -24,7 +24,7 @@ CLEAN_NOTE = "None of the rulebook's checks fires on this clause."
 def make_regex_baseline(rules: Sequence[Any]) -> BaselineAnswer:
     """`baseline_answer(clause_text, clause_type) -> audit-format answer` from rulebook rules."""
     from legalbuild.curation.clauses import classify_clause
-    from legalbuild.curation.pairs import audit_answer
+    from legalbuild.curation.review import audit_answer
 
     by_type: dict[str, list[Any]] = {}
     for rule in rules:

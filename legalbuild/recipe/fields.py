@@ -25,7 +25,7 @@ DEFAULT_SYSTEM_PROMPT = (
 
 MAX_PATH_CHARS = 4096  # PATH_MAX on Linux: a longer path cannot be opened
 MAX_INT = 2**63 - 1
-TaskName = Literal["audit", "defect", "fix", "explain", "missing"]  # curation.pairs.TASKS
+TaskName = Literal["audit", "defect", "fix", "explain", "missing"]  # curation.selection.TASKS
 
 
 def _no_nul(path: str) -> str:
