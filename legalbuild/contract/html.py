@@ -15,7 +15,7 @@ from legalbuild.contract.record import (
     location_text,
     rank_of,
 )
-from legalbuild.report import esc, html_table
+from legalbuild.report.pieces import esc, html_table
 
 CSS = """
 :root { --ink: #1f2933; --muted: #616e7c; --line: #d9e2ec; --bg: #f5f7fa; }
