@@ -225,20 +225,15 @@ def clean(
     stage: Annotated[list[str] | None, typer.Option("--stage", help="Only these stages.")] = None,
     cache_dir: CacheDir = None,
 ) -> None:
-    """Remove this recipe's current cache entries (all stages, or --stage ones)."""
-    from legalbuild.cache import StrayError
+    """Remove this recipe's current cache entries (all stages, or --stage ones; `--stage gguf` the
+    GGUF exports of its merged model, which also go with `--stage merge`)."""
+    from legalbuild import pipeline
 
-    loaded, store = open_recipe(recipe, cache_dir)
-    if store.root.exists():
-        store.claim()  # refuses a folder that is not a legalbuild cache
-    for name, node in loaded.nodes.items():
-        if stage and name not in stage:
-            continue
-        try:
-            if store.remove(name, node.key):
-                console.print(f"removed {name} {node.key[:12]}")
-        except StrayError as exc:
-            console.print(f"[yellow]skipped[/] {escape(exc.message)}")
+    removed, skipped = pipeline.clean(*open_recipe(recipe, cache_dir), stage)
+    for name, key in removed:
+        console.print(f"removed {name} {key[:12]}")
+    for message in skipped:
+        console.print(f"[yellow]skipped[/] {escape(message)}")
 
 
 @app.command()

@@ -354,6 +354,32 @@ def current_refs(
     return refs
 
 
+def clean(
+    loaded: Loaded, store: Store, stages: Iterable[str] | None = None
+) -> tuple[list[tuple[str, str]], list[str]]:
+    """Remove the recipe's current entries (every stage, or `stages`; "gguf" names the GGUF
+    exports of its merged model, which go with the merge). Returns (removed, skipped), skipped
+    being symlinks and names legalbuild did not write, left in place."""
+    from legalbuild.cache import StrayError
+    from legalbuild.export.gguf_entry import STAGE as GGUF
+    from legalbuild.export.gguf_entry import refs_for
+
+    wanted = set(stages or [*loaded.nodes, GGUF])
+    refs = [(n, node.key) for n, node in loaded.nodes.items() if n in wanted]
+    if store.root.exists():
+        store.claim()  # refuses a folder that is not a legalbuild cache
+        if "merge" in loaded.nodes and wanted & {"merge", GGUF}:
+            refs += sorted(refs_for(store, {loaded.nodes["merge"].key}))
+    removed, skipped = [], []
+    for stage, key in refs:
+        try:
+            if store.remove(stage, key):
+                removed.append((stage, key))
+        except StrayError as exc:
+            skipped.append(exc.message)
+    return removed, skipped
+
+
 @dataclass
 class GcResult:
     removed: list[tuple[str, str, int]] = field(default_factory=list)  # entries: stage, key, bytes
@@ -403,6 +429,7 @@ __all__ = [
     "StageFailedError",
     "StagePlan",
     "build",
+    "clean",
     "current_refs",
     "gc",
     "locate_output",

@@ -172,6 +172,10 @@ def test_gguf_is_cached_verified_kept_by_gc_and_rebuilt_when_corrupted(built, tm
     export_recipe(*args, tmp_path / "c", ["gguf"], gguf_type="q8_0", log=logs.append)
     assert any("corrupted" in m and "rebuilding" in m for m in logs), logs
     assert built["store"].verify("gguf", first.gguf_key) == []
+    cleaned = cli(cache, "clean", str(built["recipe"]), "--stage", "gguf")
+    assert f"removed gguf {first.gguf_key[:12]}" in cleaned.stdout, cleaned.stdout
+    assert not built["store"].has("gguf", first.gguf_key)
+    assert built["store"].has("merge", built["loaded"].nodes["merge"].key)  # only what was named
 
 
 # ---------------------------------------------------------------------------------- ollama
