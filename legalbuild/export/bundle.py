@@ -63,7 +63,10 @@ def export_recipe(
         from legalbuild.export.gguf import check_out_type
 
         check_out_type(gguf_type)
-    merged = pipeline.locate_output(loaded, store, "merge", verify=True) / "model"
+    # the GGUF writer and the Modelfile read the merged folder: re-hash it first; an `hf` copy alone
+    # is checked byte for byte as it is copied (copy_model), so it is not hashed twice
+    reads_merged = "gguf" in formats or "ollama" in formats
+    merged = pipeline.locate_output(loaded, store, "merge", verify=reads_merged) / "model"
     name = loaded.recipe.served_model_name or loaded.recipe.project.name
     gguf_name = f"{_safe(name)}.{gguf_type}.gguf"
     # the Modelfile first: a chat template Ollama cannot express fails before the GGUF is written
