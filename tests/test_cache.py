@@ -142,6 +142,7 @@ def test_a_flipped_byte_with_its_mtime_kept_is_caught_by_verify_and_by_readers(t
 
 def test_export_refuses_bytes_that_differ_from_the_cache(tmp_path):
     from legalbuild.export import MANIFEST_NAME, export_artifact
+    from legalbuild.export.destination import PARTIAL_MARKER
 
     store = Store(tmp_path / "store")
     model = {"model/config.json": b"{}", "model/model.safetensors": os.urandom(2 << 20)}
@@ -152,9 +153,10 @@ def test_export_refuses_bytes_that_differ_from_the_cache(tmp_path):
     gone = subprocess.run(
         [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True
     )
-    stale = tmp_path / f".ok.partial-{int(gone.stdout)}"  # what a killed export left
-    (stale / "model.safetensors").parent.mkdir(parents=True)
-    (stale / "model.safetensors").write_bytes(b"half")
+    stale = tmp_path / f".ok.partial-{int(gone.stdout)}-0-0badcafe"  # what a killed export left
+    (stale / "export").mkdir(parents=True)
+    (stale / PARTIAL_MARKER).write_text(f"{int(gone.stdout)}-0\n")
+    (stale / "export" / "model.safetensors").write_bytes(b"half")
     good = export_artifact(merged, tmp_path / "ok", {}, expected=expected)
     assert not stale.exists()
     files = json.loads((good / MANIFEST_NAME).read_text())["artifact"]["files"]

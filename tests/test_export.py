@@ -368,16 +368,20 @@ def test_q4_0_is_refused_with_what_was_measured(built, tmp_path):
     assert "q8_0" in e.value.hint and not (tmp_path / "q").exists()
 
 
-def test_an_existing_destination_is_refused_unless_forced(built, tmp_path):
+def test_an_existing_destination_is_refused_and_force_replaces_only_an_export(built, tmp_path):
     dest = tmp_path / "taken"
     dest.mkdir()
     (dest / "mine.txt").write_text("keep")
     proc = cli(built["store"].root, "export", str(built["recipe"]), str(dest), "--format", "gguf")
     assert proc.returncode == 1 and "not empty" in proc.stderr and "--force" in proc.stderr
-    assert (dest / "mine.txt").read_text() == "keep"
     args = ["export", str(built["recipe"]), str(dest), "--format", "gguf", "--force"]
-    assert cli(built["store"].root, *args).returncode == 0
-    assert (dest / "t.f16.gguf").is_file() and not (dest / "mine.txt").exists()
+    proc = cli(built["store"].root, *args)
+    assert proc.returncode == 1 and "mine.txt" in proc.stderr, proc.stderr
+    assert (dest / "mine.txt").read_text() == "keep"
+    (dest / "mine.txt").unlink()
+    assert cli(built["store"].root, *args[:-1]).returncode == 0
+    assert cli(built["store"].root, *args).returncode == 0  # a previous export is replaced
+    assert (dest / "t.f16.gguf").is_file()
 
 
 def test_a_full_disk_leaves_no_partial_file(built, tmp_path):

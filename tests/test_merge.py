@@ -167,16 +167,22 @@ def test_export_copies_the_model_and_writes_a_manifest(merged_fp32, tmp_path):
     assert files["model.safetensors"]["bytes"] == (source / "model.safetensors").stat().st_size
 
 
-def test_export_refuses_a_non_empty_destination_unless_forced(merged_fp32, tmp_path):
+def test_export_refuses_a_non_empty_destination_and_force_replaces_only_an_export(
+    merged_fp32, tmp_path
+):
     source = merged_fp32[0].out_dir / "model"
     dest = tmp_path / "artifact"
     dest.mkdir()
     (dest / "keep.txt").write_text("someone's file")
     with pytest.raises(LegalbuildError, match="not empty"):
         export_artifact(source, dest, {})
-    assert (dest / "keep.txt").exists()
-    export_artifact(source, dest, {}, force=True)
-    assert not (dest / "keep.txt").exists() and (dest / MANIFEST_NAME).is_file()
+    with pytest.raises(LegalbuildError, match="keep.txt"):
+        export_artifact(source, dest, {}, force=True)  # not a previous export: nothing lost
+    assert (dest / "keep.txt").read_text() == "someone's file"
+    (dest / "keep.txt").unlink()
+    export_artifact(source, dest, {})
+    export_artifact(source, dest, {"again": True}, force=True)
+    assert json.loads((dest / MANIFEST_NAME).read_text())["again"] is True
     assert not list(tmp_path.glob(".artifact.partial-*"))
 
 

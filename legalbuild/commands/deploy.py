@@ -238,7 +238,12 @@ def export(
         ),
     ] = None,
     force: Annotated[
-        bool, typer.Option("--force", help="Overwrite a non-empty destination.")
+        bool,
+        typer.Option(
+            "--force",
+            help="Replace a previous export in DIR (only when its legalbuild-manifest.json "
+            "names every file there; anything else is refused, listing what would be lost).",
+        ),
     ] = False,
     cache_dir: CacheDir = None,
 ) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,8 @@ from legalbuild.contract.client import Outcome
 from legalbuild.contract.document import Document, read_document
 from legalbuild.contract.record import audit_record, write_json, write_markdown
 from legalbuild.contract.split import ContractClause, document_clauses
-from legalbuild.errors import DataError
+from legalbuild.data.files import check_output_file, write_replacing
+from legalbuild.errors import DataError, LegalbuildError
 
 OUTPUT_KINDS = (".docx", ".html", ".md", ".json")
 # Measured with the default recipe's merged SmolLM2-135M on a 2-core CPU (bench/audit_bench.py,
@@ -35,6 +37,7 @@ class Job:
     clauses: list[ContractClause]  # those to audit (the first max_clauses)
     found: int  # clauses in the document
     outs: list[Path]
+    source: str = "-"  # the path read ("-": standard input): never written over
 
     @property
     def texts(self) -> list[str]:
@@ -57,7 +60,7 @@ def prepare(
     """The document read and split, the outputs checked: every error a user can fix comes before
     any request is sent."""
     outs = [Path(o) for o in outs]
-    check_outputs(outs)
+    check_outputs(outs, [source])
     document = read_document(source, encoding)
     clauses = document_clauses(document)
     if not clauses:
@@ -66,10 +69,13 @@ def prepare(
             hint="check that this is the contract; a scanned PDF needs OCR first",
         )
     chosen = clauses[:max_clauses] if max_clauses else clauses
-    return Job(document, chosen, len(clauses), outs)
+    return Job(document, chosen, len(clauses), outs, str(source))
 
 
-def check_outputs(outs: list[Path]) -> None:
+def check_outputs(outs: list[Path], inputs: list[str | Path] = ()) -> None:
+    """Each --out: a known kind, in an existing folder, named once, not an input, and not
+    anything but a new or regular file (never a folder, link, FIFO or device)."""
+    seen: set[str] = set()
     for out in outs:
         if out.suffix.lower() not in OUTPUT_KINDS:
             raise DataError(
@@ -80,6 +86,14 @@ def check_outputs(outs: list[Path]) -> None:
             raise DataError(f"--out {out}: no folder {out.parent}", hint="create it first")
         if out.is_dir():
             raise DataError(f"--out {out}: is a folder", hint="give a file name")
+        real = os.path.realpath(out)
+        if real in seen:
+            raise DataError(f"--out {out}: named twice", hint="give each output once")
+        seen.add(real)
+        try:
+            check_output_file(out, inputs)
+        except LegalbuildError as exc:
+            raise DataError(f"--out {exc.message}", hint=exc.hint) from None
 
 
 def estimated_seconds(clauses: int, concurrency: int) -> float:
@@ -100,18 +114,19 @@ def write_outputs(job: Job, record: dict[str, Any]) -> list[tuple[Path, str]]:
     written = []
     for out in job.outs:
         kind = out.suffix.lower()
+        check_output_file(out, [job.source])  # again: the folder may have changed since
         if kind == ".docx":
-            n = write_docx(record, out, job.document.raw)
+            n = write_replacing(out, lambda p: write_docx(record, p, job.document.raw))
             source = "the contract" if job.document.raw else "the clauses"
             written.append((out, f"{source} with {n} comment(s)"))
         elif kind == ".html":
-            write_html(record, out)
+            write_replacing(out, lambda p: write_html(record, p))
             written.append((out, "HTML report"))
         elif kind == ".md":
-            write_markdown(record, out)
+            write_replacing(out, lambda p: write_markdown(record, p))
             written.append((out, "Markdown report"))
         else:
-            write_json(record, out)
+            write_replacing(out, lambda p: write_json(record, p))
             written.append((out, "JSON record (schema legalbuild/contract/audit.schema.json)"))
     return written
 

@@ -11,12 +11,15 @@ from __future__ import annotations
 
 import codecs
 import os
+import secrets
 import stat
+from collections.abc import Callable
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, TypeVar
 
 from legalbuild.errors import DataError, LegalbuildError
 
+T = TypeVar("T")
 PSEUDO_FILESYSTEMS = ("/proc", "/sys")
 _SHOWN_PATH_CHARS = 300  # longer paths are shown head…tail in messages
 
@@ -163,3 +166,50 @@ def decode_utf8(
 
 def _line_col(data: bytes, pos: int) -> tuple[int, int]:
     return data.count(b"\n", 0, pos) + 1, pos - (data.rfind(b"\n", 0, pos) + 1) + 1
+
+
+# ------------------------------------------------------------------------------------- writing
+def check_output_file(path: str | Path, inputs: list[str | Path] = ()) -> None:
+    """A file the user asked legalbuild to write: refused (LegalbuildError naming it) when it is one
+    of the `inputs`, or exists as anything but a regular file (a folder, a symbolic link, a FIFO,
+    a device, a socket), which legalbuild never replaces. A regular file is replaced whole."""
+    path = Path(path)
+    shown = display_path(path)
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        st = None
+    except OSError as exc:
+        raise LegalbuildError(f"{shown}: cannot be written ({exc.strerror or exc})") from None
+    if st is not None and not stat.S_ISREG(st.st_mode):
+        kind = next((name for test, name in _KINDS if test(st.st_mode)), "not a regular file")
+        kind = "a folder" if stat.S_ISDIR(st.st_mode) else kind
+        kind = "a symbolic link" if stat.S_ISLNK(st.st_mode) else kind
+        raise LegalbuildError(
+            f"{shown}: exists and is {kind}; legalbuild writes only new or regular files",
+            hint="name a new file",
+        )
+    for source in inputs:
+        if str(source) == "-" or not os.path.lexists(source):
+            continue
+        if os.path.realpath(source) == os.path.realpath(path) or (
+            st is not None and os.path.samefile(source, path)
+        ):
+            raise LegalbuildError(
+                f"{shown}: is the input {display_path(source)}; writing it would overwrite it",
+                hint="name another output file, e.g. reviewed.docx",
+            )
+
+
+def write_replacing(path: str | Path, write: Callable[[Path], T]) -> T:
+    """Call `write(temp)` on a new sibling temp file, then rename it over `path`: a crash or an
+    error leaves `path` as it was (and no temp file). Returns what `write` returned."""
+    path = Path(path)
+    temp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}")
+    try:
+        result = write(temp)
+        os.replace(temp, path)
+        return result
+    finally:
+        if os.path.lexists(temp):
+            os.unlink(temp)

@@ -11,6 +11,7 @@ entries:
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import time
@@ -20,7 +21,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from legalbuild.errors import CacheCorruptError, LegalbuildError
-from legalbuild.export.hf import check_destination, copy_model, staged, write_manifest
+from legalbuild.export.destination import check_destination, staged
+from legalbuild.export.hf import copy_model, write_manifest
 
 if TYPE_CHECKING:
     from legalbuild.cache import Store
@@ -49,6 +51,7 @@ def export_recipe(
     log: Callable[[str], None] = lambda _m: None,
 ) -> ExportResult:
     from legalbuild import pipeline
+    from legalbuild.lock import lock_path
     from legalbuild.provenance import build_manifest
 
     started = time.time()
@@ -58,7 +61,8 @@ def export_recipe(
             f"unknown export format {', '.join(unknown) or '(none)'}",
             hint=f"--format takes {', '.join(FORMATS)} (repeat it for several)",
         )
-    check_destination(Path(dest), force, [store.root])  # before any work
+    protected = [loaded.recipe_path, lock_path(loaded.recipe_path)]
+    check_destination(Path(dest), force, [store.root], protected)  # before any work
     if "gguf" in formats or "ollama" in formats:
         from legalbuild.export.gguf import check_out_type
 
@@ -78,7 +82,7 @@ def export_recipe(
         gguf_dir, key = cached_gguf(loaded, store, merged, gguf_type, llama_cpp_dir(llama_cpp), log)
         sources.append(gguf_dir)
     manifest = build_manifest(loaded, store)
-    with staged(Path(dest), force, sources) as staging:
+    with staged(Path(dest), force, sources, protected) as staging:
         if "hf" in formats:
             expected = store.output_digests("merge", loaded.nodes["merge"].key, under="model")
             copy_model(merged, staging, expected)
@@ -95,7 +99,7 @@ def export_recipe(
         manifest["formats"] = sorted(formats, key=FORMATS.index)
         write_manifest(staging, manifest)
         files = sorted(str(p.relative_to(staging)) for p in staging.rglob("*") if p.is_file())
-    return ExportResult(Path(dest).resolve(), files, key, round(time.time() - started, 3))
+    return ExportResult(Path(os.path.abspath(dest)), files, key, round(time.time() - started, 3))
 
 
 def ollama_modelfile(loaded: Loaded, merged: Path, gguf_name: str) -> str:

@@ -23,8 +23,8 @@ from typing import TYPE_CHECKING, Any
 
 from legalbuild import __version__
 from legalbuild.errors import LegalbuildError
+from legalbuild.export.destination import no_space
 from legalbuild.export.gguf import check_out_type, check_supported, write_gguf
-from legalbuild.export.hf import no_space
 from legalbuild.hashing import digest_json, tree_digest
 from legalbuild.keys import library_versions
 from legalbuild.ownership import remove_tree

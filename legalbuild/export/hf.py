@@ -4,28 +4,22 @@ The folder is a plain Hugging Face model (safetensors, config, tokenizer, chat t
 generation_config) that vLLM, transformers or TGI load as is, plus `legalbuild-manifest.json`:
 what the caller passes (recipe text, stage keys, digests, licences of the base model and the data)
 and, under "artifact", the sha256 and size of every exported file so a deployer can verify the copy.
-Every export is written in a sibling temporary folder (`staged`) and renamed into place, so an
-interrupted export, or one that runs out of disk space, never leaves a half-written artifact behind
-under the destination name, nor the temporary folder.
+Every export is written in a sibling temporary folder (`destination.staged`) and renamed into
+place, so an interrupted export, or one that runs out of disk space, never leaves a half-written
+artifact behind under the destination name, nor the temporary folder; what may be replaced is
+decided in `destination.py`.
 """
 
 from __future__ import annotations
 
-import errno
 import json
-import os
 import shutil
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from legalbuild.errors import CacheCorruptError, LegalbuildError, NotBuiltError
+from legalbuild.errors import CacheCorruptError, NotBuiltError
+from legalbuild.export.destination import MANIFEST_FORMAT, MANIFEST_NAME, staged
 from legalbuild.hashing import hash_file
-from legalbuild.ownership import owner_alive
-
-MANIFEST_NAME = "legalbuild-manifest.json"
-MANIFEST_FORMAT = "legalbuild-export/1"
 
 
 def export_artifact(
@@ -38,7 +32,8 @@ def export_artifact(
 ) -> Path:
     """Copy `merged_dir` to `dest` and write the manifest there. Returns `dest`.
 
-    Refuses a non-empty `dest` unless `force` (then it is replaced once the new copy is complete).
+    Refuses a non-empty `dest` unless `force` and it is a previous export (then it is replaced
+    once the new copy is complete).
     `expected` ({relative path: sha256}, from the cache entry's manifest): the copied bytes must
     match it file for file, or CacheCorruptError is raised and nothing is left under `dest`."""
     merged_dir = Path(merged_dir).resolve()
@@ -47,40 +42,6 @@ def export_artifact(
         copy_model(merged_dir, staging, expected)
         write_manifest(staging, manifest)
     return Path(dest).resolve()
-
-
-@contextmanager
-def staged(dest: Path, force: bool, sources: list[Path]) -> Iterator[Path]:
-    """A fresh sibling folder to write the export in; renamed to `dest` when the block succeeds,
-    removed whatever happens. A full disk (ENOSPC, EFBIG, EDQUOT) becomes an error saying so."""
-    dest = dest.resolve()
-    check_destination(dest, force, sources)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    for stale in dest.parent.glob(f".{dest.name}.partial-*"):  # left by killed exports
-        pid = stale.name.rsplit("-", 1)[1]
-        if pid.isdigit() and not stale.is_symlink() and not owner_alive(int(pid), None):
-            shutil.rmtree(stale, ignore_errors=True)
-    staging = dest.with_name(f".{dest.name}.partial-{os.getpid()}")
-    shutil.rmtree(staging, ignore_errors=True)
-    try:
-        staging.mkdir()
-        yield staging
-        if dest.exists():
-            shutil.rmtree(dest) if dest.is_dir() else dest.unlink()
-        os.replace(staging, dest)
-    except OSError as exc:
-        if exc.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT):
-            raise no_space(dest.parent, exc) from exc
-        raise
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-
-
-def no_space(where: Path, exc: OSError) -> LegalbuildError:
-    return LegalbuildError(
-        f"no space to write the export in {where} ({exc.strerror}); the partial files were removed",
-        hint="free some space or export to another disk",
-    )
 
 
 def copy_model(merged_dir: Path, staging: Path, expected: dict[str, str] | None) -> None:
@@ -102,24 +63,6 @@ def check_merged_folder(merged_dir: Path) -> None:
         raise NotBuiltError(
             f"{merged_dir} is not a merged model folder (config.json or *.safetensors missing)",
             hint="run `legalbuild build` so the merge stage produces the model",
-        )
-
-
-def check_destination(dest: Path, force: bool, sources: list[Path]) -> None:
-    """A new or empty folder (any folder with `force`) that overlaps none of the `sources`."""
-    dest = dest.resolve()
-    for source in (s.resolve() for s in sources):
-        if dest == source or source in dest.parents or dest in source.parents:
-            raise LegalbuildError(
-                f"export destination {dest} overlaps the cached folder {source}",
-                hint="export to a folder outside the build cache",
-            )
-    if dest.is_file():
-        raise LegalbuildError(f"export destination {dest} is a file", hint="name a folder")
-    if dest.is_dir() and any(dest.iterdir()) and not force:
-        raise LegalbuildError(
-            f"export destination {dest} is not empty",
-            hint="choose an empty or new folder, or pass --force to replace it",
         )
 
 
