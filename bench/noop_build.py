@@ -56,7 +56,10 @@ def main() -> None:
     )
     ap.add_argument("--rows", type=int, default=5000)
     ap.add_argument("--repeat", type=int, default=5)
+    ap.add_argument("--smoke", action="store_true", help="seconds: 200 rows, one repeat (CI)")
     args = ap.parse_args()
+    if args.smoke:
+        args.rows, args.repeat = 200, 1
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         recipe = _write_project(root, args.rows)

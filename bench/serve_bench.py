@@ -56,7 +56,14 @@ def main() -> None:
         help="threads for transformers (default: all cores but one, as vLLM's CPU backend keeps one for "
         "its front end; on a busy machine more threads than free cores slow torch down ~10x)",
     )
+    parser.add_argument(
+        "--smoke",
+        action="store_true",
+        help="seconds: 2 requests of 4 tokens on the tiny model (CI)",
+    )
     args = parser.parse_args()
+    if args.smoke:
+        args.requests, args.new_tokens = 2, 4
 
     with tempfile.TemporaryDirectory(prefix="serve-bench-") as tmp:
         model_dir = args.model_dir or build_tiny_merged(Path(tmp))
@@ -76,18 +83,13 @@ def audit_messages(clause: str) -> list[dict[str, str]]:
 
 def build_tiny_merged(root: Path) -> Path:
     sys.path.insert(0, str(REPO / "tests"))
-    from conftest import TEST_CACHE, TINY_VERSION, build_tiny_model
-    from test_serve import build_servable_base, make_random_adapter
+    from helpers import build_servable_base, random_adapter, tiny_model
 
     from legalbuild.merging.checks import raise_on_failed_checks
     from legalbuild.merging.merge import merge_adapter
 
-    tiny = TEST_CACHE / f"tiny-llama-v{TINY_VERSION}"
-    if not (tiny / "config.json").exists():
-        tiny.parent.mkdir(parents=True, exist_ok=True)
-        build_tiny_model(tiny)
-    base = build_servable_base(tiny, root / "base")
-    adapter = make_random_adapter(base, root / "adapter")
+    base = build_servable_base(tiny_model(), root / "base")
+    adapter = random_adapter(base, root / "adapter")
     merge_report = merge_adapter(
         base,
         adapter,
@@ -131,7 +133,7 @@ def bench_transformers(
 def bench_vllm(model_dir: Path, messages: list, new_tokens: int, dtype: str) -> dict:
     from openai import OpenAI
 
-    from legalbuild.serve import free_port, running_server
+    from legalbuild.serve.server import free_port, running_server
 
     settings = ServeSection(dtype=dtype, max_model_len=1024, startup_timeout_s=600)
     started = time.perf_counter()

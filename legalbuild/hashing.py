@@ -14,7 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from legalbuild.data.files import check_input_path, check_listed_file
+from legalbuild.files import check_input_path, tree_files
 
 _CHUNK = 1 << 20
 _memo: dict[tuple[str, int, int], str] = {}
@@ -59,24 +59,6 @@ def file_digest(path: str | Path) -> str:
     return digest
 
 
-def tree_files(root: str | Path) -> list[Path]:
-    """Every regular file under root, sorted, skipping hidden files and __pycache__. A FIFO, a
-    device, a broken link or a path under /proc raises DataError (reading them hangs or crashes)."""
-    root = Path(root)
-    if os.path.lexists(root):
-        check_input_path(root)
-    if root.is_file():
-        return [root]
-    out = []
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith(".") and d != "__pycache__")
-        files = [Path(dirpath) / f for f in sorted(filenames) if not f.startswith(".")]
-        for path in files:
-            check_listed_file(path)
-        out += files
-    return out
-
-
 def tree_digest(root: str | Path) -> str:
     """Digest of a folder: relative paths and file digests (the folder's own location is not hashed)."""
     root = Path(root)
@@ -84,6 +66,16 @@ def tree_digest(root: str | Path) -> str:
         check_input_path(root)  # refuses /proc and /sys files: they change as they are read
         return file_digest(root)
     return digest_json({str(p.relative_to(root)): file_digest(p) for p in tree_files(root)})
+
+
+def path_digest(recipe_dir: Path, path: str) -> str:
+    """Digest of a file or folder named in the recipe (relative to its folder); "missing" when
+    absent (the stage reports the missing path with a clear error when it runs)."""
+    p = Path(path).expanduser()
+    p = p if p.is_absolute() else recipe_dir / p
+    if not p.exists():
+        return "missing"
+    return tree_digest(p)
 
 
 def tree_manifest(root: str | Path) -> dict[str, str]:

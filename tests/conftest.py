@@ -2,16 +2,17 @@
 
 - `tiny_model_dir`: a 2-layer Llama with SmolLM2's real tokenizer (see `helpers.tiny_model`).
 - `smollm2_gguf`: the packaged SmolLM2-135M-Instruct GGUF file (the embedded default base).
+- `smollm2_base`: that GGUF converted by the base stage once per machine.
 """
 
 from __future__ import annotations
 
+import os
+import shutil
 from pathlib import Path
 
 import pytest
-from helpers import TEST_CACHE, TINY_VERSION, build_tiny_model, smollm2_gguf_path, tiny_model
-
-__all__ = ["TEST_CACHE", "TINY_VERSION", "build_tiny_model"]  # bench/serve_bench.py imports them
+from helpers import TEST_CACHE, smollm2_gguf_path, stage_context, tiny_model
 
 
 @pytest.fixture(scope="session")
@@ -30,3 +31,19 @@ def store_dir(tmp_path, monkeypatch) -> Path:
     d = tmp_path / "store"
     monkeypatch.setenv("LEGALBUILD_CACHE", str(d))
     return d
+
+
+@pytest.fixture(scope="session")
+def smollm2_base(smollm2_gguf) -> Path:
+    """The packaged SmolLM2 converted by the base stage once per machine (the conversion costs ~40 s)."""
+    from legalbuild.engine.code_digest import code_version
+    from legalbuild.stages import base
+
+    dest = TEST_CACHE / f"smollm2-base-{code_version(base.__name__)}"
+    if not (dest / "model" / "config.json").exists():
+        tmp = dest.with_name(dest.name + f".tmp{os.getpid()}")
+        ctx = stage_context(tmp, "base")
+        base.run(ctx)
+        ctx.out_dir.rename(dest)
+        shutil.rmtree(tmp)
+    return dest

@@ -11,14 +11,15 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import random
 import shutil
 from pathlib import Path
 from typing import Any
 
 import tomli_w
 
+from legalbuild.engine.context import StageContext
 from legalbuild.recipe import Recipe
-from legalbuild.stages.context import StageContext
 
 # Imported only inside functions in legalbuild/ (ruff TID253 in pyproject.toml lists the same).
 HEAVY_MODULES = ("torch", "transformers", "peft", "trl", "datasets", "vllm", "bitsandbytes")
@@ -371,3 +372,139 @@ def render_in_chromium(browser: str, html_path: Path, shot: Path, profile: Path)
         for ln in proc.stderr.splitlines()
         if "Uncaught" in ln or "ERROR:CONSOLE" in ln or ":CONSOLE(" in ln
     ]
+
+
+# ------------------------------------------------------------------------ shared by test modules
+def flip_byte_keeping_mtime(path, offset: int) -> None:
+    """Corrupt one byte the way a disk or a careless tool would: size and mtime stay as they were."""
+    st = os.stat(path)
+    with open(path, "r+b") as f:
+        f.seek(offset)
+        byte = f.read(1)
+        f.seek(offset)
+        f.write(bytes([byte[0] ^ 0x01]))
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert os.stat(path).st_mtime_ns == st.st_mtime_ns
+
+
+def data_rows(n: int, offset: int = 0) -> str:
+    return "".join(
+        json.dumps(
+            {
+                "instruction": f"Audit clause number {i}: the supplier may terminate at any time.",
+                "output": f"Risk: high (case {i})",
+            }
+        )
+        + "\n"
+        for i in range(offset, offset + n)
+    )
+
+
+def write_project(
+    folder: Path, base: Path, train: str = 'max_steps = 1\nreport_to = ["none"]', more: str = ""
+) -> Path:
+    """The tests' tiny recipe (40 rows of data, `base` as the model) in `folder`; returns its path."""
+    (folder / "data.jsonl").write_text(data_rows(40))
+    recipe = folder / "recipe.toml"
+    recipe.write_text(
+        f"""
+[project]
+name = "t"
+[[data.sources]]
+name = "d"
+path = "data.jsonl"
+[data]
+target_min_pairs = 1
+[model]
+base = "{base}"
+[train]
+{train}
+{more}"""
+    )
+    return recipe
+
+
+TRAIN_CLAUSES = [
+    "The Supplier's liability under this Agreement is unlimited.",
+    "Either party may terminate this Agreement at any time without notice.",
+    "Payment is due ninety days after the invoice date.",
+    "The Supplier may assign this Agreement without consent.",
+]
+
+
+def audit_row(i: int, rng: random.Random) -> dict:
+    clause = rng.choice(TRAIN_CLAUSES)
+    output = (
+        f"Risk: high\nFinding 1: One-sided clause [rule.{i % 4}] (severity: high)\n"
+        "Why: It shifts risk to the customer.\nFix: Make it mutual."
+    )
+    return {
+        "id": f"r{i}",
+        "instruction": f"Audit this clause: {clause}",
+        "output": output,
+        "source": "test",
+        "group": f"g{i}",
+        "meta": {},
+    }
+
+
+def write_split(folder: Path, train_rows: list[dict], val_rows: list[dict]) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in train_rows))
+    (folder / "val.jsonl").write_text("".join(json.dumps(r) + "\n" for r in val_rows))
+    return folder
+
+
+def audit_split(folder: Path, n_train: int = 32, n_val: int = 4) -> Path:
+    rng = random.Random(0)
+    return write_split(
+        folder,
+        [audit_row(i, rng) for i in range(n_train)],
+        [audit_row(1000 + i, rng) for i in range(n_val)],
+    )
+
+
+def base_output(tmp_path: Path, model_dir: Path) -> Path:
+    """A base-stage output folder (`model/`) pointing at an existing HF folder."""
+    out = tmp_path / "base"
+    out.mkdir()
+    (out / "model").symlink_to(model_dir)
+    return out
+
+
+def train_context(
+    root: Path, base_out: Path, normalize: Path, train_settings: dict, **sections
+) -> StageContext:
+    settings = {
+        "max_steps": 4,
+        "batch_size": 4,
+        "gradient_accumulation_steps": 1,
+        "eval_steps": 2,
+        "logging_steps": 1,
+        "save_steps": 100,
+        "learning_rate": 1e-2,
+        "report_to": ["none"],
+        "samples": {"count": 1, "max_new_tokens": 8, "clauses": ["Liability is unlimited."]},
+        **train_settings,
+    }
+    recipe = make_recipe(train=settings, **sections)
+    n = len(list(root.glob("out-*")))  # contexts on one root share its work_dir, as rebuilds do
+    return stage_context(
+        root, "train", recipe, {"base": base_out, "normalize": normalize}, out=f"out-{n}"
+    )
+
+
+def build_servable_base(tiny_model_dir: Path, dest: Path) -> Path:
+    """The conftest tiny Llama reshaped to 2 heads of 32, with wider random weights so greedy
+    decoding has clear winners (near-ties would make engine parity a coin toss)."""
+    import torch
+    from transformers import AutoConfig, AutoTokenizer, GenerationConfig, LlamaForCausalLM
+
+    config = AutoConfig.from_pretrained(tiny_model_dir)
+    config.num_attention_heads, config.num_key_value_heads, config.head_dim = 2, 1, 32
+    config.initializer_range = 0.2
+    torch.manual_seed(1)
+    LlamaForCausalLM(config).save_pretrained(dest)
+    AutoTokenizer.from_pretrained(tiny_model_dir).save_pretrained(dest)
+    GenerationConfig.from_pretrained(tiny_model_dir).save_pretrained(dest)
+    return dest

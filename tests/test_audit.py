@@ -13,7 +13,7 @@ from legalbuild.contract.record import clause_row, comment_text, render_markdown
 from legalbuild.contract.split import ContractClause, document_clauses
 from legalbuild.errors import DataError, ServeError
 from legalbuild.prompting import AUDIT_INSTRUCTION, PLAYBOOK_SUFFIX
-from legalbuild.serve import free_port
+from legalbuild.serve.server import free_port
 
 CLAUSES_TEXT = """The Supplier's liability under this Agreement is unlimited.
 
@@ -56,7 +56,7 @@ def test_playbook_question_is_the_training_wording(tmp_path):
     rules that apply to the clause; `--constrained` adds a regex citing only those rules."""
     import re
 
-    from legalbuild.audit import playbook_questions, playbook_rules
+    from legalbuild.contract.questions import playbook_questions, playbook_rules
     from legalbuild.curation.pairs import AUDIT_TEMPLATES
     from legalbuild.curation.review import catalogue, rules_for_text
     from legalbuild.curation.rulebook import PACKAGED_REDLINE

@@ -12,12 +12,15 @@ import time
 from pathlib import Path
 
 import pytest
+from helpers import flip_byte_keeping_mtime
 
-from legalbuild import pipeline
-from legalbuild.cache import MARKER, NotAStoreError, Store, StrayError, VerifiedInputs
+from legalbuild.engine import maintenance
+from legalbuild.engine.cache import MARKER, NotAStoreError, Store, StrayError
+from legalbuild.engine.context import VerifiedInputs
+from legalbuild.engine.lock import flatten
+from legalbuild.engine.reasons import diff_inputs
 from legalbuild.errors import CacheCorruptError
 from legalbuild.hashing import file_digest
-from legalbuild.lock import diff_inputs, flatten
 
 K1, K2, K3, K4, K5 = (c * 64 for c in "12345")
 
@@ -52,7 +55,7 @@ def test_a_killed_builder_leaves_no_entry_and_its_temp_is_cleaned(tmp_path):
     # A real process starts an entry and is killed before committing (SIGKILL: no cleanup runs).
     code = (
         "import os, sys, time\n"
-        "from legalbuild.cache import Store\n"
+        "from legalbuild.engine.cache import Store\n"
         f"s = Store({str(tmp_path)!r})\n"
         f"t = s.new_tmp('train', {K3!r})\n"
         "(t / 'out' / 'half-written.bin').write_bytes(b'0' * 1000)\n"
@@ -104,18 +107,6 @@ def test_a_failed_build_is_kept_for_inspection_not_committed(tmp_path):
 
 
 # ------------------------------------------------------------------- the cache must not lie
-def flip_byte_keeping_mtime(path, offset: int) -> None:
-    """Corrupt one byte the way a disk or a careless tool would: size and mtime stay as they were."""
-    st = os.stat(path)
-    with open(path, "r+b") as f:
-        f.seek(offset)
-        byte = f.read(1)
-        f.seek(offset)
-        f.write(bytes([byte[0] ^ 0x01]))
-    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
-    assert os.stat(path).st_mtime_ns == st.st_mtime_ns
-
-
 def _entry(store: Store, stage: str, key: str, files: dict[str, bytes]) -> None:
     tmp = store.new_tmp(stage, key)
     for rel, data in files.items():
@@ -189,7 +180,7 @@ def test_gc_removes_stale_entries_and_nothing_legalbuild_did_not_write(tmp_path)
         d.mkdir(parents=True)
         (d / "file.txt").write_text("user data")
 
-    result = pipeline.gc(store, {("normalize", K1)})
+    result = maintenance.gc(store, {("normalize", K1)})
 
     assert [(s, k) for s, k, _ in result.removed] == [("normalize", K2)]
     assert result.scratch == [f"work/normalize-{K2}"] and not stale_work.exists()
@@ -214,9 +205,9 @@ def test_a_folder_that_is_not_a_legalbuild_cache_is_refused(tmp_path):
     (photos / "holiday.jpg").write_bytes(b"\xff\xd8")
     store = Store(photos)
     with pytest.raises(NotAStoreError, match="not a legalbuild cache.*holiday.jpg"):
-        pipeline.gc(store, set())
+        maintenance.gc(store, set())
     with pytest.raises(NotAStoreError, match="holiday.jpg"):
-        pipeline.gc(store, set(), dry_run=True)
+        maintenance.gc(store, set(), dry_run=True)
     with pytest.raises(NotAStoreError):
         store.new_tmp("normalize", K1)
     assert sorted(p.name for p in photos.iterdir()) == ["holiday.jpg", "tmp"]
@@ -230,10 +221,10 @@ def test_an_unmarked_store_laid_out_by_legalbuild_is_adopted(tmp_path):
     (root / "hash-memo.json").write_text("{}")
     (root / "code-memo.json").write_text("{}")  # plan's memo of the imports of the code
     before = sorted(p.relative_to(root) for p in root.rglob("*"))
-    dry = pipeline.gc(Store(root), set(), dry_run=True)
+    dry = maintenance.gc(Store(root), set(), dry_run=True)
     assert [k for _, k, _ in dry.removed] == [K1]
     assert sorted(p.relative_to(root) for p in root.rglob("*")) == before  # not even the marker
-    result = pipeline.gc(Store(root), set())
+    result = maintenance.gc(Store(root), set())
     assert [k for _, k, _ in result.removed] == [K1]
     assert "created by legalbuild" in (root / MARKER).read_text()
     assert Store(tmp_path / "new").is_marked() is False  # nothing is written until a build or gc
@@ -244,7 +235,7 @@ def test_an_unmarked_store_laid_out_by_legalbuild_is_adopted(tmp_path):
 def test_temp_folders_go_once_their_builder_is_gone_not_before(tmp_path):
     code = (
         "import time\n"
-        "from legalbuild.cache import Store\n"
+        "from legalbuild.engine.cache import Store\n"
         f"t = Store({str(tmp_path)!r}).new_tmp('train', {K3!r})\n"
         "print(t, flush=True)\n"
         "time.sleep(60)\n"

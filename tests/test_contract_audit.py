@@ -39,7 +39,7 @@ from legalbuild.contract.record import SCHEMA_PATH
 from legalbuild.contract.split import document_clauses
 from legalbuild.curation.clauses import document_paragraphs
 from legalbuild.errors import DataError, LegalbuildError
-from legalbuild.serve import free_port
+from legalbuild.serve.server import free_port
 
 CLAUSES = contract_clauses()
 HEADINGS = [h.split(". ", 1)[1] for h, clauses in CONTRACT for _ in clauses]
@@ -347,7 +347,7 @@ def test_large_document_warns_and_max_clauses_caps(tmp_path):
 
 
 def test_ctrl_c_stops_and_still_writes_what_finished(tmp_path):
-    from legalbuild.serve_process import spawn_group
+    from legalbuild.processes import spawn_group
 
     (tmp_path / "c.md").write_text(contract_markdown())
     out = tmp_path / "a.json"

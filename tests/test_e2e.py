@@ -87,7 +87,7 @@ def test_status_plan_and_verify_agree(built):
 def test_serve_refuses_a_corrupted_merged_model(built):
     import tomllib
 
-    from test_cache import flip_byte_keeping_mtime
+    from helpers import flip_byte_keeping_mtime
 
     key = tomllib.loads(built["recipe"].with_name("ci.lock").read_text())["stages"]["merge"]["key"]
     weights = built["cache"] / "entries" / "merge" / key / "out" / "model" / "model.safetensors"
@@ -118,7 +118,7 @@ def test_serve_the_merged_model_and_audit_through_the_cli(built, tmp_path):
     query it; Ctrl-C (SIGINT) stops it and leaves no vLLM process behind."""
     from openai import OpenAI
 
-    from legalbuild.serve import free_port
+    from legalbuild.serve.server import free_port
 
     port = free_port()
     env = {**os.environ, "LEGALBUILD_CACHE": str(built["cache"]), "PYTHONUNBUFFERED": "1"}

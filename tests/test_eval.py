@@ -9,11 +9,11 @@ import pytest
 from helpers import make_recipe, stage_context, write_jsonl
 
 from legalbuild.answer_format import Audit, Finding, audit_regex, render_audit
+from legalbuild.engine.context import StageContext
 from legalbuild.errors import DataError, StageFailedError
 from legalbuild.evaluation import baseline, generate, rows, scoring, table
 from legalbuild.recipe import Recipe
 from legalbuild.stages import eval as eval_stage
-from legalbuild.stages.context import StageContext
 
 PLAYBOOK = """\
 name: test-book

@@ -22,10 +22,10 @@ import sys
 from pathlib import Path
 
 import pytest
-from test_pipeline import write_project
+from helpers import write_project
 
-from legalbuild import pipeline
-from legalbuild.cache import Store
+from legalbuild.engine import pipeline
+from legalbuild.engine.cache import Store
 from legalbuild.export.bundle import export_recipe
 
 # one tiny build for the module (~1 min on 2 idle cores), then seconds per test
@@ -146,7 +146,7 @@ def test_a_gguf_without_the_qk_permutation_fails_the_round_trip(built, tmp_path,
 
 # --------------------------------------------------------------------------------- caching
 def test_gguf_is_cached_verified_kept_by_gc_and_rebuilt_when_corrupted(built, tmp_path):
-    from test_cache import flip_byte_keeping_mtime
+    from helpers import flip_byte_keeping_mtime
 
     logs: list[str] = []
     args = (built["loaded"], built["store"])

@@ -15,7 +15,6 @@ import os
 from pathlib import Path
 
 import pytest
-from test_train import smollm2_base  # noqa: F401  (fixture)
 
 from legalbuild.export.gguf import write_gguf
 from legalbuild.prompting import audit_instruction, chat_messages

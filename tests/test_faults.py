@@ -20,11 +20,10 @@ import time
 from pathlib import Path
 
 import pytest
-from test_cache import flip_byte_keeping_mtime
-from test_pipeline import write_project
+from helpers import flip_byte_keeping_mtime, write_project
 
-from legalbuild import pipeline
-from legalbuild.cache import Store
+from legalbuild.engine import maintenance, pipeline
+from legalbuild.engine.cache import Store
 from legalbuild.training.checkpoints import checkpoint_problems, resumable_checkpoint, trim_samples
 
 STAGES = ("normalize", "base", "train", "merge", "eval")
@@ -159,7 +158,7 @@ def wait_for_line(proc: subprocess.Popen, log: Path, pattern: str, timeout: floa
 
 def assert_sound(store: Store, recipe: Path) -> None:
     """Every entry verifies byte for byte, and no lock is left held by the dead builder."""
-    problems = {ref: p for ref, p in pipeline.verify(store).items() if p}
+    problems = {ref: p for ref, p in maintenance.verify(store).items() if p}
     assert not problems, problems
     for name, node in pipeline.Loaded.from_path(recipe).nodes.items():
         assert not store.busy(name, node.key), name

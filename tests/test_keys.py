@@ -13,11 +13,11 @@ from pathlib import Path
 import pytest
 from helpers import REPO, write_json, write_jsonl, write_recipe
 
-from legalbuild import pipeline
-from legalbuild.cache import Store
-from legalbuild.code_digest import code_files
+from legalbuild.engine import pipeline
+from legalbuild.engine.cache import Store
+from legalbuild.engine.code_digest import code_files
+from legalbuild.engine.lock import lock_path
 from legalbuild.hashing import file_digest
-from legalbuild.lock import lock_path
 
 ROWS = [
     {"instruction": f"Audit clause {i}: the term renews.", "output": f"Risk: low {i}"}
@@ -46,7 +46,7 @@ def test_code_files_follow_every_runtime_import_and_only_those():
     assert "legalbuild/basemodel/sources.py" in merge  # imported inside a helper of adapter.py
     assert "legalbuild/merging/checks.py" in merge and "legalbuild/stages/base.py" not in merge
     assert {"legalbuild/__init__.py", "legalbuild/stages/__init__.py"} <= merge.keys()
-    assert "legalbuild/stages/context.py" not in merge  # under `if TYPE_CHECKING:` only
+    assert "legalbuild/engine/context.py" not in merge  # under `if TYPE_CHECKING:` only
     evaluation = code_files("legalbuild.stages.eval")
     assert "legalbuild/curation/rulebook.py" in evaluation  # importlib.import_module("...")
     assert (
@@ -58,7 +58,7 @@ def test_code_files_follow_every_runtime_import_and_only_those():
         files = code_files(f"legalbuild.stages.{stage}")
         assert f"legalbuild/stages/{stage}.py" in files
         assert (
-            not {"legalbuild/cli.py", "legalbuild/report/__init__.py", "legalbuild/graph.py"}
+            not {"legalbuild/cli.py", "legalbuild/report/__init__.py", "legalbuild/engine/graph.py"}
             & files.keys()
         )
 

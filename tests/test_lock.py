@@ -13,9 +13,11 @@ from pathlib import Path
 import pytest
 from helpers import REPO, write_jsonl, write_recipe
 
-from legalbuild import cli, pipeline
-from legalbuild.cache import Store
-from legalbuild.lock import diff_inputs, lock_path, read_lock, write_lock
+from legalbuild import cli
+from legalbuild.engine import pipeline
+from legalbuild.engine.cache import Store
+from legalbuild.engine.lock import lock_path, read_lock, write_lock
+from legalbuild.engine.reasons import diff_inputs
 
 ROWS = [
     {"instruction": f"Audit clause {i}: fees may rise.", "output": f"Risk: low {i}"}
@@ -67,7 +69,7 @@ def test_curate_inputs_are_a_digest_and_a_count_per_source(tmp_path):
         curate={"corpora": [{"kind": "licensedcode"}, {"kind": "nda_review"}]},
     )
     node = pipeline.Loaded.from_path(recipe).nodes["curate"]
-    from legalbuild.lock import flatten
+    from legalbuild.engine.lock import flatten
 
     flat = flatten(node.inputs)
     assert flat["corpora[0].files"] > 600 and flat["corpora[1].files"] >= 3

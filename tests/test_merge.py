@@ -10,11 +10,11 @@ from pathlib import Path
 import pytest
 from helpers import make_recipe, random_adapter, stage_context, write_json
 
+from legalbuild.engine.context import StageContext
 from legalbuild.errors import LegalbuildError, StageFailedError
 from legalbuild.export import MANIFEST_NAME, export_artifact
 from legalbuild.merging import checks
 from legalbuild.stages import merge
-from legalbuild.stages.context import StageContext
 
 IM_END_ID = 2  # `<|im_end|>` in SmolLM2's tokenizer: the ChatML end of turn and the tokenizer's eos
 

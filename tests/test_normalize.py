@@ -743,7 +743,7 @@ def test_plan_refuses_special_files_inside_a_source_folder(tmp_path):
     """The cache key hashes every file of a folder source: a FIFO there hung `plan`."""
     import os
 
-    from legalbuild.pipeline import Loaded
+    from legalbuild.engine.pipeline import Loaded
 
     folder = tmp_path / "d_hf"
     folder.mkdir()

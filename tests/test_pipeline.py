@@ -9,25 +9,12 @@ import sys
 from pathlib import Path
 
 import pytest
-from helpers import HEAVY_MODULES, write_recipe
+from helpers import HEAVY_MODULES, data_rows, write_recipe
 
-from legalbuild import pipeline
-from legalbuild.cache import Store
+from legalbuild.engine import pipeline
+from legalbuild.engine.cache import Store
+from legalbuild.engine.lock import lock_path, read_lock
 from legalbuild.errors import LockMismatchError
-from legalbuild.lock import lock_path, read_lock
-
-
-def _rows(n: int, offset: int = 0) -> str:
-    return "".join(
-        json.dumps(
-            {
-                "instruction": f"Audit clause number {i}: the supplier may terminate at any time.",
-                "output": f"Risk: high (case {i})",
-            }
-        )
-        + "\n"
-        for i in range(offset, offset + n)
-    )
 
 
 def sections(model_dir: Path, **overrides) -> dict:
@@ -42,32 +29,8 @@ def sections(model_dir: Path, **overrides) -> dict:
 
 @pytest.fixture
 def project(tmp_path, tiny_model_dir):
-    (tmp_path / "data.jsonl").write_text(_rows(40))
+    (tmp_path / "data.jsonl").write_text(data_rows(40))
     return write_recipe(tmp_path / "recipe.toml", **sections(tiny_model_dir))
-
-
-def write_project(
-    folder: Path, base: Path, train: str = 'max_steps = 1\nreport_to = ["none"]', more: str = ""
-) -> Path:
-    """The tests' tiny recipe (40 rows of data, `base` as the model) in `folder`; returns its path."""
-    (folder / "data.jsonl").write_text(_rows(40))
-    recipe = folder / "recipe.toml"
-    recipe.write_text(
-        f"""
-[project]
-name = "t"
-[[data.sources]]
-name = "d"
-path = "data.jsonl"
-[data]
-target_min_pairs = 1
-[model]
-base = "{base}"
-[train]
-{train}
-{more}"""
-    )
-    return recipe
 
 
 def _keys(recipe: Path) -> dict[str, str]:
@@ -86,7 +49,7 @@ def test_build_then_cache_hit_and_lock(project, tmp_path):
     assert result.built == ["normalize"]
     assert (result.outputs["normalize"] / "train.jsonl").exists()
     lock = read_lock(project)
-    assert lock_path(project).name == "legalbuild.lock"
+    assert lock_path(project).name == "legalbuild.engine.lock"
     assert lock["stages"]["normalize"]["key"] == _keys(project)["normalize"]
     assert "train.jsonl" in lock["stages"]["normalize"]["outputs"]
     again, logs = _build(project, store, until="normalize")
@@ -123,7 +86,7 @@ def test_plan_says_why_and_locked_refuses_changes(project, tmp_path):
     store = Store(tmp_path / "store")
     _build(project, store, until="normalize")
     data = project.parent / "data.jsonl"
-    data.write_text(data.read_text() + _rows(1, offset=100))
+    data.write_text(data.read_text() + data_rows(1, offset=100))
     plans = {p.name: p for p in pipeline.plan(pipeline.Loaded.from_path(project), store)}
     assert not plans["normalize"].cached
     assert plans["normalize"].reasons == ["sources[0].data: data.jsonl changed"]
@@ -220,7 +183,7 @@ def test_verify_gc_and_clean_through_the_cli(project, tmp_path):
     bad = _cli("verify", str(project), env_cache=cache)
     assert bad.returncode == 8 and "changed: train.jsonl" in bad.stdout
     # a new data version leaves the old entry stale: gc keeps only the current one
-    (project.parent / "data.jsonl").write_text(_rows(41))
+    (project.parent / "data.jsonl").write_text(data_rows(41))
     assert _cli("build", str(project), "--until", "normalize", env_cache=cache).returncode == 0
     assert len(list(store.entries())) == 2
     current = _keys(project)["normalize"]
@@ -260,7 +223,7 @@ def test_the_next_build_removes_what_killed_builders_left_in_tmp(project, tmp_pa
     store = Store(tmp_path / "store")
     code = (
         "import time\n"
-        "from legalbuild.cache import Store\n"
+        "from legalbuild.engine.cache import Store\n"
         f"t = Store({str(store.root)!r}).new_tmp('normalize', {'e' * 64!r})\n"
         "(t / 'out' / 'half-written.jsonl').write_text('{')\n"
         "print(t, flush=True)\n"

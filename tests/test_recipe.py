@@ -11,8 +11,8 @@ import pytest
 
 from legalbuild.errors import RecipeError
 from legalbuild.recipe import Recipe, key_settings
-from legalbuild.recipe_loading import load_recipe
-from legalbuild.starter import starter_recipe
+from legalbuild.recipe.loading import load_recipe
+from legalbuild.recipe.starter import starter_recipe
 
 REPO = Path(__file__).resolve().parents[1]
 SHIPPED = sorted((REPO / "recipes").glob("*.toml"))
@@ -123,7 +123,7 @@ def _fields_of_type(model, kind: type, prefix: tuple = ()):
     models entered at index 0: new fields are covered as soon as they are added."""
     from typing import get_args
 
-    from legalbuild.recipe_loading import _model_of
+    from legalbuild.recipe.loading import _model_of
 
     for name, field in model.model_fields.items():
         path = (*prefix, name)

@@ -20,13 +20,16 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import random_adapter
+from helpers import build_servable_base, random_adapter
 
 from legalbuild.errors import ServeError
+from legalbuild.hardware import host_kind
 from legalbuild.merging.checks import raise_on_failed_checks
 from legalbuild.merging.merge import merge_adapter
+from legalbuild.processes import ServerHandle, group_alive, spawn_group, stop_signals
 from legalbuild.recipe import DEFAULT_SYSTEM_PROMPT, MergeSection, ServeSection
-from legalbuild.serve import (
+from legalbuild.serve.preflight import check_vllm_installed
+from legalbuild.serve.server import (
     SERVER_MARKER_ENV,
     curl_example,
     free_port,
@@ -35,29 +38,11 @@ from legalbuild.serve import (
     server_environment,
     start_server,
 )
-from legalbuild.serve_preflight import check_vllm_installed, host_kind
-from legalbuild.serve_process import ServerHandle, group_alive, spawn_group, stop_signals
 
 API_KEY = "test-key-0123"
 MODEL_NAME = "legal-tiny"
 CLAUSE = "Audit this clause: The Supplier's liability under this Agreement is unlimited."
 NEW_TOKENS = 16
-
-
-def build_servable_base(tiny_model_dir: Path, dest: Path) -> Path:
-    """The conftest tiny Llama reshaped to 2 heads of 32, with wider random weights so greedy
-    decoding has clear winners (near-ties would make engine parity a coin toss)."""
-    import torch
-    from transformers import AutoConfig, AutoTokenizer, GenerationConfig, LlamaForCausalLM
-
-    config = AutoConfig.from_pretrained(tiny_model_dir)
-    config.num_attention_heads, config.num_key_value_heads, config.head_dim = 2, 1, 32
-    config.initializer_range = 0.2
-    torch.manual_seed(1)
-    LlamaForCausalLM(config).save_pretrained(dest)
-    AutoTokenizer.from_pretrained(tiny_model_dir).save_pretrained(dest)
-    GenerationConfig.from_pretrained(tiny_model_dir).save_pretrained(dest)
-    return dest
 
 
 def proc_fields(pid: int) -> list[str] | None:
@@ -142,7 +127,7 @@ def test_cpu_command_and_environment(tmp_path, monkeypatch):
     assert argv[argv.index("--max-model-len") + 1] == "1024" and "--middleware" not in argv
     gpu_argv = server_command(tmp_path, settings, "m", "127.0.0.1", 8123, "gpu", 1024, guarded=True)
     assert "--enforce-eager" not in gpu_argv and "--no-enforce-eager" in gpu_argv
-    assert gpu_argv[-2:] == ["--middleware", "legalbuild.serve_auth.KeyMiddleware"]
+    assert gpu_argv[-2:] == ["--middleware", "legalbuild.serve.auth.KeyMiddleware"]
     env = server_environment(settings, "cpu", "s3cret", tmp_path)
     assert env["VLLM_CPU_KVCACHE_SPACE"] == "3" and env["VLLM_API_KEY"] == "s3cret"
     assert env["LEGALBUILD_SERVE_PUBLIC_PATHS"] == "/health"
@@ -196,8 +181,8 @@ def test_ctrl_c_is_forwarded_to_the_server_group():
 def recipe_with_merged_model(merged_dir: Path, root: Path, base_dir: Path) -> tuple[Path, Path]:
     """A recipe whose merge stage is already in a fresh cache (committed with the cache's own
     API) and holds `merged_dir`: `legalbuild serve` on it launches vLLM at once, no build."""
-    from legalbuild.cache import Store
-    from legalbuild.pipeline import Loaded
+    from legalbuild.engine.cache import Store
+    from legalbuild.engine.pipeline import Loaded
 
     row = {"instruction": "Audit this clause: the term is unlimited.", "output": "Risk: high."}
     (root / "data.jsonl").write_text(json.dumps(row) + "\n")

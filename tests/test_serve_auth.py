@@ -17,17 +17,11 @@ from pathlib import Path
 import pytest
 
 from legalbuild.errors import RecipeError, ServeError
+from legalbuild.processes import StoppedBySignal, stop_signals
 from legalbuild.recipe import ServeSection
-from legalbuild.serve import server_command
-from legalbuild.serve_auth import (
-    KEY_ENV,
-    MANAGED_FLAGS,
-    PUBLIC_PATHS_ENV,
-    KeyMiddleware,
-    managed_flag,
-    public_paths,
-)
-from legalbuild.serve_process import StoppedBySignal, stop_signals
+from legalbuild.recipe.vllm_flags import MANAGED_FLAGS, managed_flag
+from legalbuild.serve.auth import KEY_ENV, PUBLIC_PATHS_ENV, KeyMiddleware, public_paths
+from legalbuild.serve.server import server_command
 
 REPO = Path(__file__).resolve().parents[1]
 KEY = "s3cret-key"
@@ -131,7 +125,7 @@ def test_websockets_need_the_key(monkeypatch):
 
 def test_middleware_module_imports_nothing_heavy():
     code = (
-        "import sys, legalbuild.serve_auth\n"
+        "import sys, legalbuild.serve.auth\n"
         "print(sorted(m for m in ('torch', 'vllm', 'starlette', 'fastapi', 'pydantic') if m in sys.modules))"
     )
     done = subprocess.run(
@@ -200,7 +194,7 @@ def test_server_command_puts_managed_flags_last(tmp_path):
     argv = server_command(tmp_path, settings, "m", "127.0.0.1", 8123, "cpu", 1024, guarded=True)
     assert argv.index("--seed") < argv.index("--host") and argv[-2:] == [
         "--middleware",
-        "legalbuild.serve_auth.KeyMiddleware",
+        "legalbuild.serve.auth.KeyMiddleware",
     ]
     settings.extra_args.append("--port=1")
     with pytest.raises(RecipeError, match="--port is managed by legalbuild"):
@@ -272,7 +266,7 @@ def test_a_sigkilled_parent_takes_the_group_leader_down():
     """spawn_group's leader gets SIGTERM from the kernel when its parent dies, even by SIGKILL,
     which no handler of ours can catch (vLLM then shuts its engine down)."""
     code = (
-        "import os, time\nfrom legalbuild.serve_process import spawn_group\n"
+        "import os, time\nfrom legalbuild.processes import spawn_group\n"
         "child = spawn_group(['sleep', '300'], dict(os.environ))\n"
         "print(child.pid, flush=True)\ntime.sleep(300)\n"
     )

@@ -9,8 +9,8 @@ import pytest
 
 from legalbuild.errors import ServeError
 from legalbuild.recipe import ServeSection
-from legalbuild.serve import server_command
-from legalbuild.serve_preflight import check_parallel_sizes
+from legalbuild.serve.preflight import check_parallel_sizes
+from legalbuild.serve.server import server_command
 
 
 def test_sizes_reach_vllms_command(tmp_path):

@@ -8,90 +8,19 @@ from __future__ import annotations
 import json
 import os
 import random
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-from helpers import TEST_CACHE, make_recipe, stage_context
+from helpers import TRAIN_CLAUSES, audit_row, audit_split, base_output, train_context, write_split
 
 from legalbuild.errors import RecipeError, StageFailedError
 from legalbuild.recipe import DEFAULT_SYSTEM_PROMPT, LoraSection, ModelSection, TrainSection
 from legalbuild.stages import train
-from legalbuild.stages.context import StageContext
 from legalbuild.training import data as train_data
 from legalbuild.training import model as train_model
 from legalbuild.training.monitoring import detect_overfitting
-
-CLAUSES = [
-    "The Supplier's liability under this Agreement is unlimited.",
-    "Either party may terminate this Agreement at any time without notice.",
-    "Payment is due ninety days after the invoice date.",
-    "The Supplier may assign this Agreement without consent.",
-]
-
-
-def audit_row(i: int, rng: random.Random) -> dict:
-    clause = rng.choice(CLAUSES)
-    output = (
-        f"Risk: high\nFinding 1: One-sided clause [rule.{i % 4}] (severity: high)\n"
-        "Why: It shifts risk to the customer.\nFix: Make it mutual."
-    )
-    return {
-        "id": f"r{i}",
-        "instruction": f"Audit this clause: {clause}",
-        "output": output,
-        "source": "test",
-        "group": f"g{i}",
-        "meta": {},
-    }
-
-
-def write_split(folder: Path, train_rows: list[dict], val_rows: list[dict]) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in train_rows))
-    (folder / "val.jsonl").write_text("".join(json.dumps(r) + "\n" for r in val_rows))
-    return folder
-
-
-def audit_split(folder: Path, n_train: int = 32, n_val: int = 4) -> Path:
-    rng = random.Random(0)
-    return write_split(
-        folder,
-        [audit_row(i, rng) for i in range(n_train)],
-        [audit_row(1000 + i, rng) for i in range(n_val)],
-    )
-
-
-def base_output(tmp_path: Path, model_dir: Path) -> Path:
-    """A base-stage output folder (`model/`) pointing at an existing HF folder."""
-    out = tmp_path / "base"
-    out.mkdir()
-    (out / "model").symlink_to(model_dir)
-    return out
-
-
-def train_context(
-    root: Path, base_out: Path, normalize: Path, train_settings: dict, **sections
-) -> StageContext:
-    settings = {
-        "max_steps": 4,
-        "batch_size": 4,
-        "gradient_accumulation_steps": 1,
-        "eval_steps": 2,
-        "logging_steps": 1,
-        "save_steps": 100,
-        "learning_rate": 1e-2,
-        "report_to": ["none"],
-        "samples": {"count": 1, "max_new_tokens": 8, "clauses": ["Liability is unlimited."]},
-        **train_settings,
-    }
-    recipe = make_recipe(train=settings, **sections)
-    n = len(list(root.glob("out-*")))  # contexts on one root share its work_dir, as rebuilds do
-    return stage_context(
-        root, "train", recipe, {"base": base_out, "normalize": normalize}, out=f"out-{n}"
-    )
 
 
 def greedy_ids(model, tokenizer, instruction: str, n: int = 12) -> list[int]:
@@ -196,7 +125,7 @@ def test_precision_resolution_on_cpu():
 
 def test_light_helpers_import_nothing_heavy():
     code = (
-        "import sys; from legalbuild.stages import train; from legalbuild.keys import library_versions;"
+        "import sys; from legalbuild.stages import train; from legalbuild.engine.keys import library_versions;"
         "v = library_versions();"
         "print(sorted(v), sorted(m for m in ('torch', 'transformers', 'peft', 'trl') if m in sys.modules))"
     )
@@ -421,7 +350,7 @@ def test_overfitting_is_flagged_and_early_stopping_keeps_the_best(tmp_path, tiny
     val_rows = [
         {
             "id": f"v{i}",
-            "instruction": f"Audit this clause: {rng.choice(CLAUSES)}",
+            "instruction": f"Audit this clause: {rng.choice(TRAIN_CLAUSES)}",
             "output": " ".join(rng.choice(unrelated) for _ in range(30)),
         }
         for i in range(4)
@@ -505,22 +434,6 @@ def base_model_fresh(model_dir: Path):
     return AutoModelForCausalLM.from_pretrained(model_dir)
 
 
-@pytest.fixture(scope="session")
-def smollm2_base(smollm2_gguf) -> Path:
-    """The packaged SmolLM2 converted by the base stage once per machine (the conversion costs ~40 s)."""
-    from legalbuild.code_digest import code_version
-    from legalbuild.stages import base
-
-    dest = TEST_CACHE / f"smollm2-base-{code_version(base.__name__)}"
-    if not (dest / "model" / "config.json").exists():
-        tmp = dest.with_name(dest.name + f".tmp{os.getpid()}")
-        ctx = stage_context(tmp, "base")
-        base.run(ctx)
-        ctx.out_dir.rename(dest)
-        shutil.rmtree(tmp)
-    return dest
-
-
 @pytest.mark.slow
 def test_smollm2_lora_learns_the_audit_format(tmp_path, smollm2_base):
     from peft import PeftModel
@@ -547,9 +460,9 @@ def test_smollm2_lora_learns_the_audit_format(tmp_path, smollm2_base):
     model_dir = smollm2_base / "model"
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     base_model = AutoModelForCausalLM.from_pretrained(model_dir)
-    before = greedy_ids(base_model, tokenizer, f"Audit this clause: {CLAUSES[2]}", n=20)
+    before = greedy_ids(base_model, tokenizer, f"Audit this clause: {TRAIN_CLAUSES[2]}", n=20)
     adapted = PeftModel.from_pretrained(base_model, ctx.out_dir / "adapter")
-    after = greedy_ids(adapted, tokenizer, f"Audit this clause: {CLAUSES[2]}", n=20)
+    after = greedy_ids(adapted, tokenizer, f"Audit this clause: {TRAIN_CLAUSES[2]}", n=20)
     assert after != before
     # and the audit answer of an unseen row became much more likely
     row = audit_row(99, random.Random(99))

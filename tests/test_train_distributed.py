@@ -12,16 +12,21 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import make_recipe, write_recipe
-from test_pipeline import write_project
-from test_train import audit_split, base_output, train_context
+from helpers import (
+    audit_split,
+    base_output,
+    make_recipe,
+    train_context,
+    write_project,
+    write_recipe,
+)
 
-from legalbuild import pipeline
-from legalbuild.cache import Store
+from legalbuild.engine import pipeline
+from legalbuild.engine.cache import Store
 from legalbuild.errors import RecipeError
+from legalbuild.processes import group_alive
 from legalbuild.recipe import Recipe
-from legalbuild.recipe_loading import load_recipe
-from legalbuild.serve_process import group_alive
+from legalbuild.recipe.loading import load_recipe
 from legalbuild.stages import train
 from legalbuild.training import distributed, launch
 
@@ -229,7 +234,7 @@ def test_two_torchrun_ranks_train_like_one_process_with_the_same_global_batch(
 
 @pytest.mark.slow
 def test_a_ranks_own_error_reaches_the_build_as_it_was(tmp_path, tiny_model_dir):
-    from test_train import write_split
+    from helpers import write_split
 
     from legalbuild.errors import StageFailedError
 

@@ -31,13 +31,13 @@ AsJson = Annotated[bool, typer.Option("--json", help="Print JSON instead of a ta
 
 
 def store_of(cache_dir: Path | None):
-    from legalbuild.cache import Store
+    from legalbuild.engine.cache import Store
 
     return Store.open(cache_dir)
 
 
 def loaded_of(recipe: Path):
-    from legalbuild.pipeline import Loaded
+    from legalbuild.engine.pipeline import Loaded
 
     return Loaded.from_path(recipe)
 

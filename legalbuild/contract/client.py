@@ -20,7 +20,7 @@ from collections.abc import Callable
 from typing import Any
 
 from legalbuild.answer_format import parse_audit
-from legalbuild.audit import Question
+from legalbuild.contract.questions import Question
 from legalbuild.errors import ServeError
 from legalbuild.prompting import audit_instruction, chat_messages
 

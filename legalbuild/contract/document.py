@@ -22,8 +22,8 @@ import sys
 import zipfile
 from pathlib import Path
 
-from legalbuild.data.files import decode_utf8
 from legalbuild.errors import DataError, LegalbuildError
+from legalbuild.files import decode_utf8
 
 PDF_MAGIC = b"%PDF-"
 ZIP_MAGIC = b"PK\x03\x04"

@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,8 +20,8 @@ from legalbuild.contract.client import Outcome
 from legalbuild.contract.document import Document, read_document
 from legalbuild.contract.record import audit_record, write_json, write_markdown
 from legalbuild.contract.split import ContractClause, document_clauses
-from legalbuild.data.files import check_output_file, write_replacing
 from legalbuild.errors import DataError, LegalbuildError
+from legalbuild.files import check_output_file, write_replacing
 
 OUTPUT_KINDS = (".docx", ".html", ".md", ".json")
 # Measured with the default recipe's merged SmolLM2-135M on a 2-core CPU (bench/audit_bench.py,
@@ -132,6 +132,88 @@ def write_outputs(job: Job, record: dict[str, Any]) -> list[tuple[Path, str]]:
 
 
 @dataclasses.dataclass
+class AuditSettings:
+    """How an audit runs: the options of `legalbuild audit` (and of the review page)."""
+
+    recipe: Path | None = None
+    playbook: str | None = None
+    serve: bool = False  # start the recipe's server for the audit, stop it after
+    constrained: bool = False
+    concurrency: int = 8
+    retries: int = 2
+    max_tokens: int = 512
+    cache_dir: Path | None = None
+
+
+def conduct(
+    job: Job,
+    asked: Asked,
+    settings: AuditSettings,
+    console: Any = None,
+    progress: Callable[[Callable[[Any], Outcome]], Outcome] | None = None,
+) -> tuple[dict[str, Any], Outcome]:
+    """Ask the served model about every clause of `job` (starting the recipe's server for the
+    duration with `settings.serve`) and return (the audit record, the outcome). `progress` wraps
+    the asking (it is given a function of `on_done` and calls it), e.g. a progress bar."""
+    from legalbuild.contract.client import Endpoint, EndpointUnreachable, audit_concurrently
+    from legalbuild.contract.questions import playbook_questions
+    from legalbuild.errors import ServeError
+
+    api_key = os.environ.get(asked.key_env)
+    questions = playbook_questions(job.texts, settings.playbook, asked.rules, settings.constrained)
+    with contextlib.ExitStack() as stack:
+        url = asked.url
+        if settings.serve:
+            assert settings.recipe is not None  # resolve() refused --serve without a recipe
+            url = stack.enter_context(
+                serving(settings.recipe, settings.cache_dir, api_key, console)
+            )
+        target = Endpoint(url, asked.model, asked.system_prompt, api_key, settings.max_tokens)
+
+        def ask(on_done: Any) -> Outcome:
+            return audit_concurrently(
+                job.texts,
+                questions,
+                target,
+                concurrency=settings.concurrency,
+                retries=settings.retries,
+                on_done=on_done,
+            )
+
+        try:
+            outcome = progress(ask) if progress is not None else ask(None)
+        except EndpointUnreachable as exc:
+            recipe = settings.recipe
+            command = f"legalbuild serve {recipe}" if recipe else "legalbuild serve RECIPE"
+            raise ServeError(
+                exc.message,
+                hint=f"start the server in another shell: `{command}` (or pass --serve to start "
+                "it for this audit), or point --endpoint at a running one",
+            ) from None
+    meta = {
+        "model": asked.model, "endpoint": target.base_url,
+        "recipe": str(settings.recipe) if settings.recipe else None,
+        "recipe_key": asked.recipe_key, "playbook": settings.playbook,
+        "constrained": settings.constrained, "max_tokens": settings.max_tokens,
+        "temperature": target.temperature, "concurrency": settings.concurrency,
+    }  # fmt: skip
+    return job.record(outcome, meta), outcome
+
+
+def check_failures(record: dict[str, Any], settings: AuditSettings) -> None:
+    """ServeError when requests failed after their retries (the outputs mark them failed)."""
+    from legalbuild.errors import ServeError
+
+    failed, total = record["summary"]["failed"], len(record["clauses"])
+    if failed:
+        raise ServeError(
+            f"{failed} of {total} requests failed after {settings.retries} retries (marked "
+            "failed in the outputs; the other clauses are there)",
+            hint="check the server's log; rerun to retry them",
+        )
+
+
+@dataclasses.dataclass
 class Asked:
     """Who is asked and how: from the recipe when there is one, else the defaults."""
 
@@ -150,10 +232,10 @@ def resolve(
     playbook: str | None,
     serve: bool,
 ) -> Asked:
-    from legalbuild.audit import playbook_rules
+    from legalbuild.contract.questions import playbook_rules
     from legalbuild.errors import LegalbuildError
     from legalbuild.recipe import DEFAULT_SYSTEM_PROMPT
-    from legalbuild.recipe_loading import load_recipe
+    from legalbuild.recipe.loading import load_recipe
 
     if recipe_path is None:
         if playbook or serve:
@@ -184,14 +266,14 @@ def resolve(
 
 def recipe_key(recipe_path: Path) -> str | None:
     """The merge stage's key in the recipe's lock file: which built model the recipe serves."""
-    from legalbuild.lock import locked_stage, read_lock
+    from legalbuild.engine.lock import locked_stage, read_lock
 
     merge = locked_stage(read_lock(recipe_path.resolve()), "merge")
     return merge.get("key") if merge else None
 
 
 def default_endpoint(serve_settings: Any) -> str:
-    from legalbuild.serve import client_host
+    from legalbuild.serve.server import client_host
 
     return f"http://{client_host(serve_settings.host)}:{serve_settings.port}/v1"
 
@@ -202,9 +284,9 @@ def serving(
 ) -> Iterator[str]:
     """The recipe's merged model served by vLLM on a free loopback port for the `with` block, then
     stopped (the whole process group; `legalbuild serve`'s machinery). Yields the base URL."""
-    from legalbuild import pipeline
-    from legalbuild.cache import Store
-    from legalbuild.serve import free_port, running_server
+    from legalbuild.engine import pipeline
+    from legalbuild.engine.cache import Store
+    from legalbuild.serve.server import free_port, running_server
 
     store = Store.open(cache_dir)
     loaded = pipeline.Loaded.from_path(recipe_path)

@@ -11,7 +11,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from legalbuild.audit import shorten
+from legalbuild.contract.questions import shorten
 from legalbuild.contract.record import by_severity, clause_label, location_text, rank_of
 
 COLOURS = {"high": "red", "medium": "dark_orange", "low": "yellow", "none": "green"}

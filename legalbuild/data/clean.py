@@ -1,11 +1,10 @@
-"""Text cleaning, the comparison form of a text, length filters and dedup.
+"""Text cleaning and the comparison form of a text (the filters and dedup that use them: filters.py).
 
 - Cleaning: Unicode NFC; CR/LF and Unicode line separators become "\\n"; zero-width and control
   characters go; runs of other whitespace (tabs, NBSP...) become one space; each line is stripped
   (indentation carries no meaning in clauses or audit answers); 3+ newlines become 2.
-- Filters drop rows with an empty instruction or output, or one outside the min/max lengths.
-- Dedup keys on the (instruction, output) pair, after cleaning. `exact`: identical text;
-  `normalized`: also equal after casefolding and folding punctuation and whitespace.
+- Folding (`fold_text`): casefolded, punctuation and whitespace folded to one space; dedup in
+  `normalized` mode compares pairs in this form.
 """
 
 from __future__ import annotations
@@ -13,11 +12,6 @@ from __future__ import annotations
 import functools
 import re
 import unicodedata
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from legalbuild.data.rows import Pair
-    from legalbuild.recipe import FilterSettings
 
 _LINE_BREAKS = re.compile("\r\n?|[\u2028\u2029\x85]")
 _INVISIBLE = re.compile("[\x00-\x08\x0e-\x1f\x7f\u200b\u200c\u200d\u2060\ufeff]")
@@ -66,39 +60,3 @@ def _punctuation_to_space() -> dict[int, str]:
 def fold_text(text: str) -> str:
     """The comparison form of a text: casefolded, punctuation and all whitespace folded to one space."""
     return " ".join(text.casefold().translate(_punctuation_to_space()).split())
-
-
-def filter_reason(pair: Pair, limits: FilterSettings) -> str | None:
-    ins, out = len(pair.instruction), len(pair.output)
-    checks = (
-        (ins == 0, "empty_instruction"),
-        (out == 0, "empty_output"),
-        (ins < limits.min_instruction_chars, "instruction_too_short"),
-        (ins > limits.max_instruction_chars, "instruction_too_long"),
-        (out < limits.min_output_chars, "output_too_short"),
-        (out > limits.max_output_chars, "output_too_long"),
-    )
-    return next((reason for failed, reason in checks if failed), None)
-
-
-class Deduper:
-    """Remembers the pairs kept so far; answers (reason, first copy's location) for a repeat."""
-
-    def __init__(self, mode: str):
-        self.mode = mode
-        self.exact: dict[tuple[str, str], str] = {}
-        self.folded: dict[tuple[str, str], str] = {}
-
-    def duplicate_of(self, pair: Pair) -> tuple[str, str] | None:
-        if self.mode == "none":
-            return None
-        exact_key = (pair.instruction, pair.output)
-        if (first := self.exact.get(exact_key)) is not None:
-            return "duplicate_exact", first
-        self.exact[exact_key] = pair.where
-        if self.mode == "normalized":
-            folded_key = (pair.folded_instruction, fold_text(pair.output))
-            if (first := self.folded.get(folded_key)) is not None:
-                return "duplicate_normalized", first
-            self.folded[folded_key] = pair.where
-        return None

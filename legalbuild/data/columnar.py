@@ -9,9 +9,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from legalbuild.data.files import display_path
-from legalbuild.data.readers import Record, SourceReader
+from legalbuild.data.records import Record, SourceReader
 from legalbuild.errors import DataError
+from legalbuild.files import display_path
 
 
 # --------------------------------------------------------------------------------------- Parquet

@@ -53,14 +53,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from legalbuild.data.clean import Deduper, filter_reason
-from legalbuild.data.files import display_path
+from legalbuild.data.filters import Deduper, filter_reason
 from legalbuild.data.output import JsonlWriter, RejectSink, write_rows
 from legalbuild.data.readers import open_source
 from legalbuild.data.rows import SKIP_HINT, BadRow, Pair, check_columns, map_record
 from legalbuild.data.split import assign_ids, drop_validation_instructions, split_pairs
 from legalbuild.data.stats import Report, check_target
 from legalbuild.errors import DataError
+from legalbuild.files import display_path
 
 if TYPE_CHECKING:
     from legalbuild.recipe import DataSection, DataSource

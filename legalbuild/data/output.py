@@ -10,7 +10,7 @@ from legalbuild.data.rows import SKIP_HINT
 from legalbuild.errors import DataError
 
 if TYPE_CHECKING:
-    from legalbuild.data.readers import Record
+    from legalbuild.data.records import Record
     from legalbuild.data.rows import BadRow, Pair
     from legalbuild.data.stats import Report
 

@@ -31,14 +31,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from legalbuild.data.files import (
+from legalbuild.data.records import Record, SourceReader
+from legalbuild.errors import DataError
+from legalbuild.files import (
     check_input_path,
     display_path,
     open_regular,
     read_regular_bytes,
+    tree_files,
 )
-from legalbuild.errors import DataError
-from legalbuild.hashing import tree_files
 
 FORMAT_BY_SUFFIX = {
     ".jsonl": "jsonl",
@@ -53,27 +54,6 @@ FORMAT_HINT = 'set `format` on the source to one of "jsonl", "json", "csv", "par
 MISSING_HINT = "data source paths are relative to the recipe's folder"
 MAX_LINE_BYTES = 16 << 20  # a longer JSON Lines line is a bad row, read in bounded memory
 MAX_JSON_DEPTH = 100  # deeper JSON is a bad row (deep enough for any record, far from the stack)
-
-
-@dataclass
-class Record:
-    """One row as read from a source, before any mapping."""
-
-    where: str  # human location: "path:line", "path[index] (line n)", "path row n"
-    index: int  # 0-based position of the row in its source
-    line: int | None  # 1-based line where the row starts (JSONL, CSV, JSON array), else None
-    fields: dict[str, Any] | None  # the row's columns; None when the row could not be read
-    raw: Any  # what to show in rejects.jsonl (the line's text, or the row's object)
-    error: str | None = None  # reason code when the row could not be read
-    detail: str = ""  # human explanation of `error`
-
-
-@dataclass
-class SourceReader:
-    path: Path
-    format: str
-    columns: list[str] | None  # known up front for csv, parquet and hf_disk; None for JSON formats
-    records: Iterator[Record]
 
 
 def detect_format(path: Path, fmt: str = "auto") -> str:

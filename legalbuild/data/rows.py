@@ -14,9 +14,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from legalbuild.data.clean import clean_text, fold_text
-from legalbuild.data.files import display_path
-from legalbuild.data.readers import Record, has_bad_unicode
+from legalbuild.data.readers import has_bad_unicode
+from legalbuild.data.records import Record
 from legalbuild.errors import DataError
+from legalbuild.files import display_path
 
 if TYPE_CHECKING:
     from legalbuild.recipe import DataSource

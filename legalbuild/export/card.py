@@ -10,11 +10,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from legalbuild import __version__
-from legalbuild.provenance import licences
+from legalbuild.export.provenance import licences
 
 if TYPE_CHECKING:
-    from legalbuild.cache import Store
-    from legalbuild.pipeline import Loaded
+    from legalbuild.engine.cache import Store
+    from legalbuild.engine.pipeline import Loaded
 
 # the hub repository a packaged base file was made from (base_model must be a hub id)
 PACKAGED_BASES = {
@@ -42,11 +42,11 @@ def base_model_id(loaded: Loaded) -> str | None:
 
 
 def eval_document(loaded: Loaded, store: Store) -> dict[str, Any] | None:
-    node = loaded.nodes.get("eval")
-    if node is None or not store.has("eval", node.key):
+    out = loaded.output(store, "eval")
+    if out is None:
         return None
     try:
-        return json.loads((store.out_dir("eval", node.key) / "eval.json").read_text())
+        return json.loads((out / "eval.json").read_text())
     except (OSError, ValueError):
         return None
 

@@ -28,8 +28,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from legalbuild.engine.ownership import owner_alive, owner_tag
 from legalbuild.errors import LegalbuildError
-from legalbuild.ownership import owner_alive, owner_tag
 
 MANIFEST_NAME = "legalbuild-manifest.json"
 MANIFEST_FORMAT = "legalbuild-export/1"

@@ -13,7 +13,6 @@ from __future__ import annotations
 import errno
 import json
 import os
-import platform
 import subprocess
 import sys
 import time
@@ -21,17 +20,17 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from legalbuild import __version__
+from legalbuild.engine.cache import entry_manifest
+from legalbuild.engine.keys import library_versions
+from legalbuild.engine.ownership import remove_tree
 from legalbuild.errors import LegalbuildError
 from legalbuild.export.destination import no_space
 from legalbuild.export.gguf import check_out_type, check_supported, write_gguf
 from legalbuild.hashing import digest_json, tree_digest
-from legalbuild.keys import library_versions
-from legalbuild.ownership import remove_tree
 
 if TYPE_CHECKING:
-    from legalbuild.cache import Store
-    from legalbuild.pipeline import Loaded
+    from legalbuild.engine.cache import Store
+    from legalbuild.engine.pipeline import Loaded
 
 STAGE = "gguf"
 FILE = "model.gguf"
@@ -56,7 +55,7 @@ def llama_cpp_dir(option: Path | None) -> Path | None:
 def key_inputs(
     merge_key: str, out_type: str, llama_cpp: Path | None, metadata: dict[str, Any]
 ) -> dict[str, Any]:
-    from legalbuild.code_digest import code_files
+    from legalbuild.engine.code_digest import code_files
 
     check_out_type(out_type)  # llama.cpp's converter writes the same three types itself
     if llama_cpp is None:
@@ -78,17 +77,6 @@ def key_inputs(
         "metadata": metadata,  # written into the file (built-in writer)
         **converter,
     }
-
-
-def refs_for(store: Store, merge_keys: set[str]) -> set[tuple[str, str]]:
-    """The GGUF entries made from these merged models (for `verify RECIPE` and `gc RECIPE`)."""
-    found = set()
-    for entry in store.entries():
-        if entry.stage == STAGE:
-            manifest = store.manifest(STAGE, entry.key) or {}
-            if manifest.get("inputs", {}).get("upstream", {}).get("merge") in merge_keys:
-                found.add((entry.stage, entry.key))
-    return found
 
 
 def cached_gguf(
@@ -128,7 +116,9 @@ def cached_gguf(
             seconds = round(time.time() - started, 3)
             info = {**info, "seconds": seconds, "bytes": (out / FILE).stat().st_size}
             (out / "gguf.json").write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
-            store.commit(tmp, STAGE, key, _manifest(key, inputs, info, started))
+            store.commit(
+                tmp, STAGE, key, entry_manifest(STAGE, key, inputs, info, started, seconds)
+            )
         except BaseException as exc:
             remove_tree(tmp)  # a half-written GGUF never stays in the store
             if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT):
@@ -159,18 +149,3 @@ def run_llama_cpp(llama_cpp: Path, model_dir: Path, out_file: Path, out_type: st
             "the built-in writer (Llama models)",
         )
     return {"converter": "llama.cpp", "out_type": out_type}
-
-
-def _manifest(key: str, inputs: dict, info: dict, started: float) -> dict[str, Any]:
-    return {
-        "stage": STAGE,
-        "key": key,
-        "inputs": inputs,
-        "metrics": info,
-        "versions": {"legalbuild": __version__, "python": platform.python_version()},
-        "timings": {
-            "started": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(started)),
-            "seconds": info["seconds"],
-        },
-        "host": {"platform": platform.platform(), "cpus": os.cpu_count()},
-    }

@@ -80,12 +80,53 @@ def merge_adapter(
     parameters = sum(p.numel() for p in merged.parameters())  # tied weights are counted once
     del merged, peft_model, base
 
+    report = check_merged(
+        dest,
+        dtype,
+        device,
+        trust_remote_code,
+        tokenizer,
+        prompts,
+        reference,
+        base_dir,
+        settings,
+        system_prompt,
+        log,
+    )
+    return {
+        **report,
+        "device": device,
+        "adapter_trained_against": trained_quantization,
+        "note": quantization_note(trained_quantization),
+        "max_adapter_weight_delta": weight_delta,
+        "parameters": parameters,
+        "size_bytes": folder_size(dest),
+        "files": sorted(p.name for p in dest.iterdir()),
+        "seconds": round(time.monotonic() - started, 2),
+    }
+
+
+def check_merged(
+    dest: Path,
+    dtype: Any,
+    device: str,
+    trust_remote_code: bool,
+    tokenizer: Any,
+    prompts: list[str],
+    reference: list[Any],
+    base_dir: Path,
+    settings: Any,
+    system_prompt: str,
+    log: Any,
+) -> dict[str, Any]:
+    """Reload the merged folder and check it: the same logits as base + adapter on the probe
+    prompts (within the dtype's tolerance), no adapter files, tied embeddings, no quantization
+    config, the base's tokenizer and chat template."""
     log(f"reloading {dest} to check it")
     reloaded = load_full_precision(dest, dtype, device, trust_remote_code)
     after = probe_logits(reloaded, tokenizer, prompts, device)
     diffs = [float((a - b).abs().max()) for a, b in zip(reference, after, strict=True)]
     max_diff = max(diffs)
-
     checks = [
         check_logit_parity(max_diff, settings.logit_tolerance, settings.dtype),
         check_no_adapter_files(dest),
@@ -102,14 +143,6 @@ def merge_adapter(
         "max_logit_diff_allowed": settings.logit_tolerance,
         "probe_prompts": settings.probe_prompts,
         "dtype": settings.dtype,
-        "device": device,
-        "adapter_trained_against": trained_quantization,
-        "note": quantization_note(trained_quantization),
-        "max_adapter_weight_delta": weight_delta,
-        "parameters": parameters,
-        "size_bytes": folder_size(dest),
-        "files": sorted(p.name for p in dest.iterdir()),
-        "seconds": round(time.monotonic() - started, 2),
     }
 
 

@@ -2,7 +2,7 @@
 
 Every model forbids unknown keys and documents every field. Fields marked `affects_output=False`
 (logging, tracking, serving) are left out of the cache keys, so editing them rebuilds nothing.
-`legalbuild.recipe_loading.load_recipe` reads a file into a `Recipe`. The sections live in
+`legalbuild.recipe.loading.load_recipe` reads a file into a `Recipe`. The sections live in
 `data` ([project], [data], [curate]), `training` ([model], [lora], [train], [merge]) and
 `output` ([eval], [serve]); `fields` holds what they are built from.
 

@@ -106,7 +106,7 @@ class ServeSection(Strict):
     @field_validator("extra_args")
     @classmethod
     def _no_managed_flags(cls, args: list[str]) -> list[str]:
-        from legalbuild.serve_auth import refused_extra_args
+        from legalbuild.recipe.vllm_flags import refused_extra_args
 
         if problems := refused_extra_args(args):
             raise ValueError("; ".join(problems))

@@ -31,8 +31,8 @@ from legalbuild.report.project import (
 )
 
 if TYPE_CHECKING:
-    from legalbuild.cache import Store
-    from legalbuild.pipeline import Loaded
+    from legalbuild.engine.cache import Store
+    from legalbuild.engine.pipeline import Loaded
 
 
 def write_build_report(
@@ -40,11 +40,10 @@ def write_build_report(
 ) -> tuple[Path, Path]:
     """The report of a recipe's current build: its cached stage outputs and its lock. Written to
     `dest_dir` (default: `<recipe name>-report/` beside the recipe); returns (html, md) paths."""
-    from legalbuild.lock import read_lock
+    from legalbuild.engine.lock import read_lock
 
-    stage_dirs = {
-        n: store.out_dir(n, node.key) for n, node in loaded.nodes.items() if store.has(n, node.key)
-    }
+    outputs = {name: loaded.output(store, name) for name in loaded.nodes}
+    stage_dirs = {name: out for name, out in outputs.items() if out is not None}
     path = loaded.recipe_path
     return write_report(
         path,

@@ -24,11 +24,11 @@ from legalbuild.basemodel.sources import (
     resolve_base_location,
     tokenizer_location,
 )
-from legalbuild.keys import library_versions
+from legalbuild.engine.keys import library_versions
 
 if TYPE_CHECKING:
+    from legalbuild.engine.context import StageContext
     from legalbuild.recipe import Recipe
-    from legalbuild.stages.context import StageContext
 
 DEPENDS_ON: tuple[str, ...] = ()
 

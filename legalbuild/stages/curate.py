@@ -16,8 +16,8 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from legalbuild.engine.keys import file_set
 from legalbuild.errors import DataError
-from legalbuild.keys import file_set
 from legalbuild.recipe import key_settings
 
 if TYPE_CHECKING:

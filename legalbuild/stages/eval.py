@@ -24,13 +24,13 @@ from pathlib import Path
 from typing import Any
 
 from legalbuild.answer_format import audit_regex
+from legalbuild.engine.context import StageContext
 from legalbuild.errors import DataError, StageFailedError
 from legalbuild.evaluation.baseline import load_regex_baseline, run_baseline
 from legalbuild.evaluation.generate import Answer, choose_engine, evaluate_model, tokenizer_of
 from legalbuild.evaluation.rows import EvalRow, load_extra_set, load_split_rows, select_rows
 from legalbuild.evaluation.scoring import summarise, write_answers
 from legalbuild.prompting import catalogue_rules
-from legalbuild.stages.context import StageContext
 
 # ------------------------------------------------- what the stage reads and what its key covers
 DEPENDS_ON = ("normalize", "base", "merge", "curate")
@@ -41,7 +41,9 @@ def enabled(recipe) -> bool:
 
 
 def key_inputs(recipe, recipe_path: Path) -> dict[str, Any]:
-    from legalbuild.keys import accelerator_kind, library_versions, path_digest
+    from legalbuild.engine.keys import library_versions
+    from legalbuild.hardware import accelerator_kind
+    from legalbuild.hashing import path_digest
     from legalbuild.recipe import key_settings
 
     recipe_dir = recipe_path.parent

@@ -16,14 +16,14 @@ from legalbuild.merging.checks import raise_on_failed_checks
 from legalbuild.merging.merge import merge_adapter
 
 if TYPE_CHECKING:
+    from legalbuild.engine.context import StageContext
     from legalbuild.recipe import Recipe
-    from legalbuild.stages.context import StageContext
 
 DEPENDS_ON = ("base", "train")
 
 
 def key_inputs(recipe: Recipe, recipe_path: Path) -> dict[str, Any]:
-    from legalbuild.keys import library_versions
+    from legalbuild.engine.keys import library_versions
     from legalbuild.recipe import key_settings
 
     return {

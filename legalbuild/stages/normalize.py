@@ -14,12 +14,12 @@ from typing import TYPE_CHECKING, Any
 from legalbuild.data.normalize import normalize_sources
 from legalbuild.data.readers import source_files
 from legalbuild.data.rows import CURATED_GROUP_FIELD, CURATED_META_FIELDS, CURATED_SOURCE
+from legalbuild.engine.keys import file_set
 from legalbuild.errors import DataError
-from legalbuild.keys import file_set
 
 if TYPE_CHECKING:
+    from legalbuild.engine.context import StageContext
     from legalbuild.recipe import DataSource, Recipe
-    from legalbuild.stages.context import StageContext
 
 DEPENDS_ON = ("curate",)
 

@@ -27,14 +27,15 @@ from typing import TYPE_CHECKING, Any
 from legalbuild.hardware import auto_precision
 
 if TYPE_CHECKING:
+    from legalbuild.engine.context import StageContext
     from legalbuild.recipe import Recipe
-    from legalbuild.stages.context import StageContext
 
 DEPENDS_ON = ("normalize", "base")
 
 
 def key_inputs(recipe: Recipe, recipe_path: Path) -> dict[str, Any]:
-    from legalbuild.keys import accelerator_kind, library_versions
+    from legalbuild.engine.keys import library_versions
+    from legalbuild.hardware import accelerator_kind
     from legalbuild.recipe import key_settings
     from legalbuild.training.distributed import key_part
 
@@ -66,18 +67,31 @@ def run(ctx: StageContext, callbacks: Sequence[Any] = ()) -> dict[str, Any]:
     simulate a crash)."""
     from legalbuild.hardware import accelerator_kind
     from legalbuild.training.distributed import check_host, multi_process
+    from legalbuild.training.job import TrainJob
 
     resume_from = resume_point(ctx)
+    job = TrainJob(
+        key=ctx.key,
+        recipe=ctx.recipe,
+        recipe_dir=ctx.recipe_dir,
+        base_dir=Path(ctx.inputs["base"]),
+        data_dir=Path(ctx.inputs["normalize"]),
+        out_dir=ctx.out_dir,
+        work_dir=ctx.work_dir,
+        logs_dir=ctx.logs_dir,
+        log=ctx.log,
+        console=ctx.console,
+    )
     if multi_process(ctx.recipe):
         from legalbuild.training import launch
 
         check_host(ctx.recipe, ctx.recipe_dir, accelerator_kind())
         if callbacks:
             raise ValueError("callbacks run in one process only")
-        return launch.run(ctx, resume_from)
+        return launch.run(job, resume_from)
     from legalbuild.training.worker import train
 
-    return train(ctx, resume_from, callbacks)
+    return train(job, resume_from, callbacks)
 
 
 def resume_point(ctx: StageContext) -> Path | None:

@@ -12,6 +12,7 @@ it has the same key and runs in the builder's own process.
 from __future__ import annotations
 
 import importlib.util
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -55,7 +56,7 @@ def deepspeed_config(dist: DistributedSettings, recipe_dir: Path) -> Path:
 def key_part(recipe: Recipe, recipe_path: Path) -> dict[str, Any]:
     """The train key's `distributed` entry ({} for one process: the key of a recipe without the
     section)."""
-    from legalbuild.keys import path_digest
+    from legalbuild.hashing import path_digest
 
     dist = recipe.train.distributed
     if dist is None or not multi_process(recipe):
@@ -126,3 +127,8 @@ def check_host(recipe: Recipe, recipe_dir: Path, accelerator: str) -> None:
             hint='lower nproc_per_node or use "auto" (one process per visible GPU); a different '
             "world size is a different train key",
         )
+
+
+def rank() -> int:
+    """This process's rank under a launcher (0 alone)."""
+    return int(os.environ.get("RANK", "0"))

@@ -1,5 +1,5 @@
 """The train stage under a launcher: torchrun (`python -m torch.distributed.run`) or `accelerate
-launch`, started as its own process group (legalbuild/serve_process.py), one
+launch`, started as its own process group (legalbuild/processes.py), one
 `legalbuild.training.worker` per rank.
 
 - The builder writes a spec (recipe, upstream folders, out_dir, work_dir, the checkpoint to
@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 from legalbuild import errors
 from legalbuild.errors import StageFailedError
-from legalbuild.serve_process import (
+from legalbuild.processes import (
     group_alive,
     signal_group,
     spawn_group,
@@ -44,34 +44,25 @@ from legalbuild.training.worker import LOG_MARK
 
 if TYPE_CHECKING:
     from legalbuild.recipe import Recipe
-    from legalbuild.stages.context import StageContext
+    from legalbuild.training.job import TrainJob
 
 RANK_PREFIX = re.compile(r"^\[(?:default)?(\d+)\]:")  # torchrun's --tee prefix, "[default1]:"
 STEP = re.compile(r"^step (\d+)/(\d+) ")
 FAILED_RANK = re.compile(r"rank\s*:\s*(\d+)[^\n]*\n[^\n]*exitcode\s*:\s*(-?\d+)")
 
 
-def launch_dir(ctx: StageContext) -> Path:
-    return ctx.work_dir / "launch"
+def launch_dir(job: TrainJob) -> Path:
+    return job.work_dir / "launch"
 
 
-def write_spec(ctx: StageContext, resume_from: Path | None) -> Path:
-    """The spec every rank reads; the pid and error files of an earlier try are removed."""
-    folder = launch_dir(ctx)
+def write_spec(job: TrainJob, resume_from: Path | None) -> Path:
+    """The spec every rank reads (TrainJob.from_spec); the pid and error files of an earlier try
+    are removed."""
+    folder = launch_dir(job)
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(parents=True)
-    spec = {
-        "name": ctx.name,
-        "key": ctx.key,
-        "recipe": ctx.recipe.model_dump(mode="json"),
-        "recipe_path": str(ctx.recipe_path),
-        "out_dir": str(ctx.out_dir),
-        "work_dir": str(ctx.work_dir),
-        "inputs": {name: str(ctx.inputs[name]) for name in ("base", "normalize")},
-        "resume_from": str(resume_from) if resume_from else None,
-    }
     path = folder / "spec.json"
-    path.write_text(json.dumps(spec, indent=1), encoding="utf-8")
+    path.write_text(json.dumps(job.to_spec(resume_from), indent=1), encoding="utf-8")
     return path
 
 
@@ -148,15 +139,15 @@ def _wait_gone(pgid: int, seconds: float) -> None:
         time.sleep(0.1)
 
 
-def run(ctx: StageContext, resume_from: Path | None) -> dict[str, Any]:
+def run(job: TrainJob, resume_from: Path | None) -> dict[str, Any]:
     """Train under the launcher; rank 0's metrics once every rank has exited 0."""
-    recipe = ctx.recipe
-    spec = write_spec(ctx, resume_from)
+    recipe = job.recipe
+    spec = write_spec(job, resume_from)
     folder = spec.parent
     argv = command(recipe, spec, folder / "logs")
     dist = recipe.train.distributed
     assert dist is not None
-    ctx.log(
+    job.log(
         f"{dist.launcher}: {world_size(recipe)} processes ({processes_per_node(dist)} per node, "
         f"{dist.nnodes} node(s)), strategy {dist.strategy}; every rank's log in {folder / 'logs'}"
     )
@@ -164,7 +155,7 @@ def run(ctx: StageContext, resume_from: Path | None) -> dict[str, Any]:
     with stop_signals() as guard:
         group = LaunchedGroup(spawn_group(argv, env), folder)
         guard.handle = group  # type: ignore[assignment]
-        pump = threading.Thread(target=_pump, args=(group, ctx), daemon=True)
+        pump = threading.Thread(target=_pump, args=(group, job), daemon=True)
         pump.start()
         try:
             code = group.process.wait()
@@ -179,10 +170,10 @@ def run(ctx: StageContext, resume_from: Path | None) -> dict[str, Any]:
         raise SystemExit(128 + received[0])
     if code != 0:
         raise _failure(group, code, world_size(recipe))
-    metrics_path = ctx.out_dir / "metrics.json"
+    metrics_path = job.out_dir / "metrics.json"
     if not metrics_path.is_file() and dist.node_rank == 0:
         raise StageFailedError(
-            f"every rank exited 0 and rank 0 wrote no metrics.json into {ctx.out_dir}",
+            f"every rank exited 0 and rank 0 wrote no metrics.json into {job.out_dir}",
             hint=f"read rank 0's log under {folder / 'logs'}",
         )
     if not metrics_path.is_file():  # a node other than 0: its ranks trained, node 0 writes
@@ -193,9 +184,9 @@ def run(ctx: StageContext, resume_from: Path | None) -> dict[str, Any]:
     return json.loads(metrics_path.read_text())
 
 
-def _pump(group: LaunchedGroup, ctx: StageContext) -> None:
+def _pump(group: LaunchedGroup, job: TrainJob) -> None:
     """Launcher output -> launch.log; rank 0's stage lines -> the stage log (and a progress bar)."""
-    bar = _Bar(ctx)
+    bar = _Bar(job.console)
     with (group.folder / "launch.log").open("ab") as log:
         for raw in group.process.stdout:
             log.write(raw)
@@ -209,15 +200,15 @@ def _pump(group: LaunchedGroup, ctx: StageContext) -> None:
             if LOG_MARK in text:
                 message = text.split(LOG_MARK, 1)[1]
                 bar.update(message)
-                ctx.log(message)
+                job.log(message)
     bar.stop()
 
 
 class _Bar:
     """A progress bar driven by rank 0's `step N/M` lines, on a terminal only."""
 
-    def __init__(self, ctx: StageContext):
-        self.console = ctx.console
+    def __init__(self, console: Any):
+        self.console = console
         self.progress: Any = None
 
     def update(self, message: str) -> None:

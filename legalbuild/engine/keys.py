@@ -1,4 +1,4 @@
-"""Light helpers for the stages' `key_inputs`: files read, installed library versions, host kind.
+"""Light helpers for the stages' `key_inputs`: the files read (FileSet), installed library versions.
 
 Nothing here imports torch & co.: keys are computed on every `plan`.
 """
@@ -12,8 +12,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from legalbuild.hardware import accelerator_kind  # noqa: F401 - re-exported for key_inputs
-from legalbuild.hashing import digest_json, file_digest, tree_digest
+from legalbuild.hashing import digest_json, file_digest
 
 TRAINING_LIBRARIES = ("torch", "transformers", "peft", "trl", "accelerate", "bitsandbytes")
 
@@ -43,16 +42,6 @@ def file_set(paths: Iterable[str | Path], root: str | Path | None = None) -> Fil
     if base in absolute:  # a single file: named by its file name
         base = base.parent
     return FileSet({p.relative_to(base).as_posix(): file_digest(p) for p in absolute})
-
-
-def path_digest(recipe_dir: Path, path: str) -> str:
-    """Digest of a file or folder named in the recipe (relative to its folder); "missing" when
-    absent (the stage reports the missing path with a clear error when it runs)."""
-    p = Path(path).expanduser()
-    p = p if p.is_absolute() else recipe_dir / p
-    if not p.exists():
-        return "missing"
-    return tree_digest(p)
 
 
 def library_versions(names: tuple[str, ...] = TRAINING_LIBRARIES) -> dict[str, str]:

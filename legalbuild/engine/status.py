@@ -8,11 +8,11 @@ from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from legalbuild.pipeline import plan
+from legalbuild.engine.pipeline import plan
 
 if TYPE_CHECKING:
-    from legalbuild.cache import Store
-    from legalbuild.pipeline import Loaded
+    from legalbuild.engine.cache import Store
+    from legalbuild.engine.pipeline import Loaded
 
 
 @dataclass
@@ -34,7 +34,8 @@ def stage_states(
 ) -> list[StageState]:
     states = []
     for p in plan(loaded, store, until, force):
-        manifest = store.manifest(p.name, p.key) if store.has(p.name, p.key) else None
+        output = loaded.output(store, p.name)
+        manifest = store.manifest(p.name, p.key) if output is not None else None
         timings = (manifest or {}).get("timings", {})
         states.append(
             StageState(
@@ -43,7 +44,7 @@ def stage_states(
                 cached=p.cached,
                 locked=p.locked_key == p.key,
                 locked_key=p.locked_key,
-                output=str(store.out_dir(p.name, p.key)) if manifest is not None else None,
+                output=str(output) if manifest is not None else None,
                 reasons=p.reasons,
                 built=timings.get("started"),
                 seconds=timings.get("seconds"),

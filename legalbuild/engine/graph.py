@@ -8,7 +8,7 @@ Each stage module `legalbuild/stages/<name>.py` declares, beside `run`:
 - optionally `enabled(recipe)`: whether the recipe has the stage at all (default: yes).
 
 A key hashes the stage's name, its upstream keys, the digest of the legalbuild code it runs
-(`legalbuild.code_digest`) and its `key_inputs`. Keys chain: one changed byte in one data file
+(`legalbuild.engine.code_digest`) and its `key_inputs`. Keys chain: one changed byte in one data file
 changes normalize's key and with it every key downstream. Nothing here imports torch & co.:
 computing a plan must stay instant.
 """
@@ -21,14 +21,17 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from legalbuild.code_digest import code_files
+from legalbuild.engine.code_digest import code_files
+from legalbuild.engine.keys import FileSet
 from legalbuild.hashing import digest_json
-from legalbuild.keys import FileSet
 from legalbuild.recipe import Recipe
 
 STAGES = ("curate", "normalize", "base", "train", "merge", "eval")
-# outputs kept in the store beside the stages, made on demand (legalbuild/export/gguf_entry.py)
-STORED = (*STAGES, "gguf")
+# Kinds of store entries made on demand from a stage's output (export's GGUF files): the store
+# owns their names (gc, clean, verify), the engine knows them only as entries whose manifest names
+# the upstream entry they were made from (`Store.made_from`).
+DERIVED = ("gguf",)
+STORED = (*STAGES, *DERIVED)
 
 
 @dataclass
@@ -83,7 +86,7 @@ def split_file_sets(
     obj: Any, prefix: str = "", files: dict[str, dict[str, str]] | None = None
 ) -> tuple[Any, dict[str, dict[str, str]]]:
     """Replace each FileSet in nested inputs by its summary; collect its files under the name
-    `legalbuild.lock.flatten` gives it ("sources[0].data")."""
+    `legalbuild.engine.lock.flatten` gives it ("sources[0].data")."""
     files = {} if files is None else files
     if isinstance(obj, FileSet):
         files[prefix] = obj.files

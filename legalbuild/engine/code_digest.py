@@ -24,7 +24,7 @@ from pathlib import Path
 from legalbuild.hashing import digest_json, sha256_bytes
 
 PACKAGE = "legalbuild"
-PACKAGE_DIR = Path(__file__).resolve().parent
+PACKAGE_DIR = Path(__file__).resolve().parents[1]  # legalbuild/
 _MEMO_MAX = 4000  # entries; one per version of a file, ~150 bytes each
 
 # "module sha256-of-bytes" -> the legalbuild modules it imports

@@ -12,8 +12,8 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from legalbuild.data.files import decode_utf8, display_path, read_regular_bytes
 from legalbuild.errors import DataError, RecipeError
+from legalbuild.files import decode_utf8, display_path, read_regular_bytes
 from legalbuild.recipe import Recipe
 
 # Key paths whose values an error never repeats: vLLM flags may carry an API key.

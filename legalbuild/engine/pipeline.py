@@ -6,16 +6,23 @@ The CLI is a thin layer over the functions here (`plan`, `build`, `locate_output
 from __future__ import annotations
 
 import importlib
-import os
-import platform
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from legalbuild import __version__
-from legalbuild.cache import Store, VerifiedInputs
+from legalbuild.engine.cache import Store, entry_manifest
+from legalbuild.engine.context import StageContext, VerifiedInputs
+from legalbuild.engine.graph import StageNode, build_graph, downstream_of
+from legalbuild.engine.lock import (
+    lock_path,
+    locked_stage,
+    read_lock,
+    record_stage,
+    write_lock,
+)
+from legalbuild.engine.reasons import numerics_note, rebuild_reasons
 from legalbuild.errors import (
     LegalbuildError,
     LockFileError,
@@ -23,20 +30,8 @@ from legalbuild.errors import (
     NotBuiltError,
     StageFailedError,
 )
-from legalbuild.graph import StageNode, build_graph, downstream_of
-from legalbuild.lock import (
-    diff_inputs,
-    first_names,
-    flatten,
-    lock_path,
-    locked_stage,
-    read_lock,
-    record_stage,
-    write_lock,
-)
 from legalbuild.recipe import Recipe
-from legalbuild.recipe_loading import load_recipe
-from legalbuild.stages.context import StageContext
+from legalbuild.recipe.loading import load_recipe
 
 
 @dataclass
@@ -46,6 +41,7 @@ class StagePlan:
     cached: bool
     locked_key: str | None
     reasons: list[str] = field(default_factory=list)
+    forced: bool = False  # --force named it or a stage it reads
 
 
 @dataclass
@@ -61,6 +57,14 @@ class Loaded:
         path = Path(recipe_path).resolve()
         recipe = load_recipe(path)
         return cls(recipe, path, build_graph(recipe, path))
+
+    def output(self, store: Store, stage: str) -> Path | None:
+        """The cached output folder of the stage's current key; None when the recipe has no such
+        stage or it is not built. The one answer to "is this stage built"."""
+        node = self.nodes.get(stage)
+        if node is None or not store.has(stage, node.key):
+            return None
+        return store.out_dir(stage, node.key)
 
     def select(self, until: str | None) -> list[str]:
         names = list(self.nodes)
@@ -90,14 +94,9 @@ def plan(
         node = loaded.nodes[name]
         locked = locked_stage(lock, name)
         cached = store.has(name, node.key) and name not in forced
+        reasons = rebuild_reasons(node, locked, cached, name in forced, store)
         plans.append(
-            StagePlan(
-                name,
-                node.key,
-                cached,
-                locked and locked["key"],
-                _reasons(node, locked, cached, name in forced, store),
-            )
+            StagePlan(name, node.key, cached, locked and locked["key"], reasons, name in forced)
         )
     return plans
 
@@ -111,31 +110,6 @@ def _forced(loaded: Loaded, force: Iterable[str]) -> set[str]:
             )
         out.update(downstream_of(loaded.nodes, stage))
     return out
-
-
-def _reasons(
-    node: StageNode, locked: dict | None, cached: bool, forced: bool, store: Store
-) -> list[str]:
-    if forced:
-        return ["forced"]
-    if locked is None:
-        return [] if cached else ["never built for this recipe (not in the lock file)"]
-    if locked["key"] == node.key:
-        return (
-            []
-            if cached
-            else ["same key as the lock, but not in this cache (new machine or cleaned cache)"]
-        )
-    old_files = (store.manifest(node.name, locked["key"]) or {}).get("input_files")
-    changed = diff_inputs(locked.get("inputs", {}), flatten(node.inputs), old_files, node.files)
-    upstream = [r for r in changed if r.startswith("upstream.")]
-    own = [r for r in changed if not r.startswith("upstream.")]
-    reasons = own + (
-        [f"upstream stage changed: {', '.join(r.split(':')[0][9:] for r in upstream)}"]
-        if upstream
-        else []
-    )
-    return reasons or ["key differs from the lock"]
 
 
 # ----------------------------------------------------------------------------------- build
@@ -167,16 +141,13 @@ def build(
     if stale := store.clean_tmp():
         log(f"removed {len(stale)} temp folder(s) left by builds that were killed")
     built, seconds, outputs = [], {}, {}
-    forced = _forced(loaded, force)
     for p in plans:
         node = loaded.nodes[p.name]
         if p.cached:
             log(f"{p.name:<10} cached    {p.key[:12]}")
         else:
             log(f"{p.name:<10} building  {p.key[:12]}  ({'; '.join(p.reasons) or 'not cached'})")
-            elapsed = _build_stage(
-                loaded, store, node, force=p.name in forced, log=log, console=console
-            )
+            elapsed = _build_stage(loaded, store, node, force=p.forced, log=log, console=console)
             if elapsed is not None:
                 seconds[p.name] = elapsed
                 built.append(p.name)
@@ -189,7 +160,7 @@ def build(
             and produced
             and previous.get("outputs", produced) != produced
         ):
-            log(_numerics_note(p.name, previous["outputs"], produced))
+            log(numerics_note(p.name, previous["outputs"], produced))
             produced = previous["outputs"]  # the committed lock keeps the digests it has
         if not locked:
             record_stage(lock, p.name, node.key, node.inputs, produced)
@@ -210,15 +181,6 @@ def _lock_for_build(loaded: Loaded, locked: bool, log: Callable[[str], None]) ->
             raise
         log(f"warning: {exc.message}; this build writes a new one")
         return {}
-
-
-def _numerics_note(stage: str, locked: dict[str, str], produced: dict[str, str]) -> str:
-    differ = [n for n in locked.keys() | produced.keys() if locked.get(n) != produced.get(n)]
-    return (
-        f"{stage:<10} note: same key as the lock, but {first_names(differ)} differ from "
-        "the locked digests (numerics differ on this machine, e.g. another CPU); the lock keeps "
-        f"its digests (to record this build's, delete [stages.{stage}] from the lock and build)"
-    )
 
 
 def _check_locked(loaded: Loaded, plans: list[StagePlan], lock: dict[str, Any]) -> None:
@@ -280,31 +242,10 @@ def _build_stage(
                 log(f"{node.name:<10} failed; what it wrote is kept in {kept}")
             raise
         elapsed = time.time() - started
-        store.commit(tmp, node.name, node.key, _manifest(node, ctx, metrics, started, elapsed))
+        manifest = entry_manifest(node.name, node.key, node.inputs, metrics, started, elapsed)
+        manifest.update(input_files=node.files, facts=ctx.facts)
+        store.commit(tmp, node.name, node.key, manifest)
         return elapsed
-
-
-def _manifest(
-    node: StageNode, ctx: StageContext, metrics: dict, started: float, elapsed: float
-) -> dict[str, Any]:
-    return {
-        "stage": node.name,
-        "key": node.key,
-        "inputs": node.inputs,
-        "input_files": node.files,
-        "metrics": metrics,
-        "facts": ctx.facts,
-        "versions": {
-            "legalbuild": __version__,
-            "python": platform.python_version(),
-            **node.inputs.get("libraries", {}),
-        },
-        "timings": {
-            "started": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(started)),
-            "seconds": round(elapsed, 3),
-        },
-        "host": {"platform": platform.platform(), "cpus": os.cpu_count()},
-    }
 
 
 # ------------------------------------------------------------------------- other commands
@@ -314,7 +255,7 @@ def locate_output(loaded: Loaded, store: Store, stage: str, verify: bool = False
     if stage not in loaded.nodes:
         raise NotBuiltError(f"this recipe has no {stage!r} stage")
     key = loaded.nodes[stage].key
-    if not store.has(stage, key):
+    if loaded.output(store, stage) is None:
         raise NotBuiltError(
             f"the {stage} stage of {loaded.recipe_path.name} is not built (key {key[:12]})",
             hint=f"run `legalbuild build {loaded.recipe_path.name} --until {stage}` first",
@@ -331,108 +272,12 @@ def locate_output(loaded: Loaded, store: Store, stage: str, verify: bool = False
     return store.out_dir(stage, key)
 
 
-def verify(
-    store: Store, refs: Iterable[tuple[str, str]] | None = None
-) -> dict[tuple[str, str], list[str]]:
-    """Re-hash cached outputs: {(stage, key): problems} for every entry checked."""
-    refs = list(refs) if refs is not None else [(e.stage, e.key) for e in store.entries()]
-    return {(s, k): store.verify(s, k) for s, k in refs if store.has(s, k)}
-
-
-def current_refs(
-    recipe_paths: Iterable[str | Path], store: Store | None = None
-) -> set[tuple[str, str]]:
-    """The recipes' current entries; with `store`, also the GGUF exports of their merged models."""
-    refs = set()
-    for path in recipe_paths:
-        loaded = Loaded.from_path(path)
-        refs |= {(n.name, n.key) for n in loaded.nodes.values()}
-    if store is not None:
-        from legalbuild.export.gguf_entry import refs_for
-
-        refs |= refs_for(store, {key for stage, key in refs if stage == "merge"})
-    return refs
-
-
-def clean(
-    loaded: Loaded, store: Store, stages: Iterable[str] | None = None
-) -> tuple[list[tuple[str, str]], list[str]]:
-    """Remove the recipe's current entries (every stage, or `stages`; "gguf" names the GGUF
-    exports of its merged model, which go with the merge). Returns (removed, skipped), skipped
-    being symlinks and names legalbuild did not write, left in place."""
-    from legalbuild.cache import StrayError
-    from legalbuild.export.gguf_entry import STAGE as GGUF
-    from legalbuild.export.gguf_entry import refs_for
-
-    wanted = set(stages or [*loaded.nodes, GGUF])
-    refs = [(n, node.key) for n, node in loaded.nodes.items() if n in wanted]
-    if store.root.exists():
-        store.claim()  # refuses a folder that is not a legalbuild cache
-        if "merge" in loaded.nodes and wanted & {"merge", GGUF}:
-            refs += sorted(refs_for(store, {loaded.nodes["merge"].key}))
-    removed, skipped = [], []
-    for stage, key in refs:
-        try:
-            if store.remove(stage, key):
-                removed.append((stage, key))
-        except StrayError as exc:
-            skipped.append(exc.message)
-    return removed, skipped
-
-
-@dataclass
-class GcResult:
-    removed: list[tuple[str, str, int]] = field(default_factory=list)  # entries: stage, key, bytes
-    scratch: list[str] = field(default_factory=list)  # work/, failed/, tmp/ folders of stale keys
-    skipped: list[str] = field(default_factory=list)  # symlinks and names legalbuild did not write
-
-
-def gc(store: Store, keep: set[tuple[str, str]], dry_run: bool = False) -> GcResult:
-    """Remove every entry not in `keep`, and the checkpoints and failed builds of keys not kept.
-    Deletes only names legalbuild writes, never through a symlink, and only in a legalbuild cache."""
-    result = GcResult()
-    if not store.root.exists():
-        return result
-    if dry_run:
-        store.check_claimable()  # a dry run writes nothing, not even the store's marker
-    else:
-        store.claim()
-    result.skipped = store.strays()
-    for e in list(store.entries()):
-        if (e.stage, e.key) in keep:
-            continue
-        size = store.size_bytes(e.stage, e.key)
-        if not dry_run:
-            store.remove(e.stage, e.key)
-        result.removed.append((e.stage, e.key, size))
-    kept_prefixes = {f"{stage}-{key[:16]}" for stage, key in keep}
-    for kind in ("work", "failed"):
-        for folder in store.scratch(kind):
-            stage, key = folder.name.split("-", 1)
-            if f"{stage}-{key[:16]}" in kept_prefixes:
-                continue
-            if kind == "work" and store.busy(stage, key):
-                result.skipped.append(f"work/{folder.name} (a builder is using it now)")
-                continue
-            if not dry_run:
-                store.drop_scratch(folder)
-            result.scratch.append(f"{kind}/{folder.name}")
-    if not dry_run:
-        result.scratch += [f"tmp/{name}" for name in store.clean_tmp()]
-    return result
-
-
 __all__ = [
     "BuildResult",
-    "GcResult",
     "Loaded",
     "StageFailedError",
     "StagePlan",
     "build",
-    "clean",
-    "current_refs",
-    "gc",
     "locate_output",
     "plan",
-    "verify",
 ]

@@ -102,6 +102,24 @@ def _check_kind(path: Path, st: os.stat_result, allow_dir: bool) -> None:
     )
 
 
+def tree_files(root: str | Path) -> list[Path]:
+    """Every regular file under root, sorted, skipping hidden files and __pycache__. A FIFO, a
+    device, a broken link or a path under /proc raises DataError (reading them hangs or crashes)."""
+    root = Path(root)
+    if os.path.lexists(root):
+        check_input_path(root)
+    if root.is_file():
+        return [root]
+    out = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith(".") and d != "__pycache__")
+        files = [Path(dirpath) / f for f in sorted(filenames) if not f.startswith(".")]
+        for path in files:
+            check_listed_file(path)
+        out += files
+    return out
+
+
 def open_regular(path: str | Path, missing_hint: str | None = None) -> BinaryIO:
     """Open a regular file for reading in binary mode; anything else raises DataError, never blocks."""
     check_input_path(path, allow_dir=False, missing_hint=missing_hint)

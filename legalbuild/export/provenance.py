@@ -7,11 +7,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from legalbuild import __version__
-from legalbuild.lock import read_lock
+from legalbuild.engine.lock import read_lock
 
 if TYPE_CHECKING:
-    from legalbuild.cache import Store
-    from legalbuild.pipeline import Loaded
+    from legalbuild.engine.cache import Store
+    from legalbuild.engine.pipeline import Loaded
 
 
 def _read_json(path: Path) -> dict[str, Any]:
@@ -24,13 +24,12 @@ def _read_json(path: Path) -> dict[str, Any]:
 def licences(loaded: Loaded, store: Store) -> dict[str, Any]:
     """Licences of the base model and of every data source that went into the build."""
     out: dict[str, Any] = {"base_model": loaded.recipe.model.licence or "unknown", "data": []}
-    nodes = loaded.nodes
-    if "base" in nodes and store.has("base", nodes["base"].key):
-        base = _read_json(store.out_dir("base", nodes["base"].key) / "base.json")
+    if (base_out := loaded.output(store, "base")) is not None:
+        base = _read_json(base_out / "base.json")
         # the recipe's licence wins: it is not part of the key, so base.json may predate an edit
         out["base_model"] = loaded.recipe.model.licence or base.get("licence") or "unknown"
-    if "curate" in nodes and store.has("curate", nodes["curate"].key):
-        card = _read_json(store.out_dir("curate", nodes["curate"].key) / "card.json")
+    if (curate_out := loaded.output(store, "curate")) is not None:
+        card = _read_json(curate_out / "card.json")
         out["data"] += [
             {k: s.get(k) for k in ("name", "kind", "licence", "attribution")}
             for s in card.get("sources", [])
