@@ -63,7 +63,10 @@ LOCKS = {
         (*RUNTIME, "serve-cpu"), (*CUDA_BUILDS, "llm", "llama-cpp-python"), torch_wheels=True
     ),
     "dev-cpu.txt": Lock(
-        (*RUNTIME, "serve-cpu", "dev"), (*CUDA_BUILDS, "llm"), torch_wheels=True, constraints="cpu.txt"
+        (*RUNTIME, "serve-cpu", "dev"),
+        (*CUDA_BUILDS, "llm"),
+        torch_wheels=True,
+        constraints="cpu.txt",
     ),
     "gpu.txt": Lock((*RUNTIME, "serve"), ("llm", "llama-cpp-python")),
 }
@@ -106,7 +109,9 @@ def problems(pyproject: dict) -> list[str]:
         path = REQUIREMENTS / name
         first = path.read_text(encoding="utf-8").splitlines()[:2] if path.exists() else []
         if first != header(name, pyproject).splitlines():
-            out.append(f"requirements/{name} was not made from this pyproject.toml: run `just lock`")
+            out.append(
+                f"requirements/{name} was not made from this pyproject.toml: run `just lock`"
+            )
     return out
 
 

@@ -197,10 +197,14 @@ def lock_mismatch(
     bad = [p for p in plans if p.locked_key != p.key]
     if not bad:
         return None
-    lines = [
-        f"  {p.name}: lock {str(p.locked_key)[:12]} != recipe {p.key[:12]} ({'; '.join(p.reasons)})"
-        for p in bad
-    ]
+    lines = []
+    for p in bad:
+        keys = (
+            f"lock {p.locked_key[:12]} != recipe {p.key[:12]}"
+            if p.locked_key
+            else "not in the lock"
+        )
+        lines.append(f"  {p.name}: {keys} ({'; '.join(p.reasons)})")
     return LockMismatchError(
         "--locked: the recipe no longer matches its lock file:\n" + "\n".join(lines),
         hint="build without --locked to update the lock, or restore the recipe, data or "
