@@ -32,8 +32,10 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import tomllib
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -99,20 +101,25 @@ def header(name: str, pyproject: dict) -> str:
 
 def problems(pyproject: dict) -> list[str]:
     """Why the committed locks do not match pyproject.toml (empty when they do)."""
+    return unplaced(pyproject) + [
+        f"requirements/{name} was not made from this pyproject.toml: run `just lock`"
+        for name in LOCKS
+        if _first_lines(REQUIREMENTS / name) != header(name, pyproject).splitlines()
+    ]
+
+
+def unplaced(pyproject: dict) -> list[str]:
+    """pyproject extras that no lock installs and UNLOCKED does not excuse."""
     extras = set(pyproject["project"].get("optional-dependencies", {}))
     placed = {e for lock in LOCKS.values() for e in lock.extras} | set(UNLOCKED)
-    out = [
+    return [
         f"pyproject.toml's extra {e!r} is in no lock: add it to LOCKS (or UNLOCKED) in scripts/lock.py"
         for e in sorted(extras - placed)
     ]
-    for name in LOCKS:
-        path = REQUIREMENTS / name
-        first = path.read_text(encoding="utf-8").splitlines()[:2] if path.exists() else []
-        if first != header(name, pyproject).splitlines():
-            out.append(
-                f"requirements/{name} was not made from this pyproject.toml: run `just lock`"
-            )
-    return out
+
+
+def _first_lines(path: Path) -> list[str]:
+    return path.read_text(encoding="utf-8").splitlines()[:2] if path.exists() else []
 
 
 def uv() -> Path:
@@ -126,26 +133,43 @@ def uv() -> Path:
     return exe
 
 
-def compile_lock(name: str, pyproject: dict, extra_args: list[str]) -> None:
+def compile_lock(work: Path, name: str, pyproject: dict, extra_args: list[str]) -> None:
+    """Compile one lock inside `work` (a copy of the inputs laid out like the repository, so the
+    files' `# via` lines name the same paths); uv keeps the pins of the file it rewrites."""
     lock = LOCKS[name]
-    excluded = REQUIREMENTS / f".{name}.excluded"
+    excluded = work / f"{name}.excluded"
     excluded.write_text("".join(f"{p}\n" for p in lock.excluded), encoding="utf-8")
-    out = REQUIREMENTS / name
     cmd = [str(uv()), "pip", "compile", "pyproject.toml", "requirements/also.in"]
     cmd += [a for e in lock.extras for a in ("--extra", e)]
-    cmd += ["--excludes", str(excluded.relative_to(ROOT))]
+    cmd += ["--excludes", excluded.name]
     cmd += ["--generate-hashes", "--python-version", PYTHON, "--python-platform", PLATFORM]
     cmd += ["--custom-compile-command", "just lock", "--quiet", "-o", f"requirements/{name}"]
     if lock.torch_wheels:
         cmd += ["--find-links", os.environ.get("TORCH_FIND_LINKS", "/opt/wheels")]
     if lock.constraints:
         cmd += ["-c", f"requirements/{lock.constraints}"]
-    try:  # uv keeps the pins of the file it rewrites (`--upgrade` moves them)
-        subprocess.run([*cmd, *extra_args], check=True, cwd=ROOT)
-    finally:
-        excluded.unlink(missing_ok=True)
+    subprocess.run([*cmd, *extra_args], check=True, cwd=work)
+    out = work / "requirements" / name
     out.write_text(header(name, pyproject) + out.read_text(encoding="utf-8"), encoding="utf-8")
-    print(f"wrote requirements/{name}")
+
+
+def lock_all(pyproject: dict, extra_args: list[str]) -> None:
+    """Every lock, in a scratch copy first: requirements/ changes only when all of them resolve."""
+    with tempfile.TemporaryDirectory(prefix="legalbuild-lock-") as tmp:
+        work = Path(tmp)
+        (work / "requirements").mkdir()
+        for name in ("pyproject.toml", "README.md", "requirements/also.in", *_locks()):
+            if (ROOT / name).exists():
+                shutil.copyfile(ROOT / name, work / name)
+        for name in LOCKS:  # cpu.txt first: dev-cpu.txt is constrained to it
+            compile_lock(work, name, pyproject, extra_args)
+        for name in LOCKS:
+            shutil.copyfile(work / "requirements" / name, REQUIREMENTS / name)
+            print(f"wrote requirements/{name}")
+
+
+def _locks() -> list[str]:
+    return [f"requirements/{name}" for name in LOCKS]
 
 
 def _requirement_lines(text: str) -> list[str]:
@@ -159,13 +183,11 @@ def main(argv: list[str]) -> int:
         for line in found:
             print(f"lock: {line}", file=sys.stderr)
         return 1 if found else 0
-    unplaced = [p for p in problems(pyproject) if "is in no lock" in p]
-    if unplaced:
-        print("\n".join(unplaced), file=sys.stderr)
+    if found := unplaced(pyproject):
+        print("\n".join(found), file=sys.stderr)
         return 1
     REQUIREMENTS.mkdir(exist_ok=True)
-    for name in LOCKS:  # cpu.txt first: dev-cpu.txt is constrained to it
-        compile_lock(name, pyproject, argv)
+    lock_all(pyproject, argv)
     return 0
 
 
