@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 from collections import Counter
 from pathlib import Path
 
@@ -358,3 +359,50 @@ def test_default_settings_give_2000_to_5000_pairs(tmp_path):
     )
     assert sum(card["counts"]["verified_by"].values()) == card["pairs"]
     assert "CC-BY-4.0" in (ctx.out_dir / "card.md").read_text()
+
+
+# ------------------------------------------------------------------------------- data hygiene
+def test_every_instruction_template_reads_cleanly_for_every_playbook(rulebook):
+    """Each template filled with each playbook's perspective: no doubled word ("I'm reviewing
+    reviewing"), no placeholder left, no stray spacing or punctuation, balanced parentheses."""
+    from legalbuild.curation import pairs
+
+    templates = [
+        t
+        for name in ("AUDIT", "DEFECT", "FIX", "EXPLAIN", "MISSING")
+        for t in getattr(pairs, f"{name}_TEMPLATES")
+    ]
+    first_rule = {}
+    for rule in rulebook.rules:
+        first_rule.setdefault(rule.playbook, rule)
+    assert len(first_rule) == 51
+    problems = []
+    for playbook, rule in sorted(first_rule.items()):
+        view = pairs.perspective(rule)
+        if not view.startswith("reviewing") or " — " in view:
+            problems.append(f"{playbook}: perspective {view!r}")
+        for template in templates:
+            text = pairs.fill(
+                template,
+                clause="CLAUSE",
+                type="limitation of liability",
+                playbook=playbook,
+                perspective=view,
+                title="No cap",
+                rule_id="x.no-cap",
+                severity="high",
+                contract="CONTRACT",
+            )
+            prose = text.replace("CLAUSE", "").replace("CONTRACT", "")
+            bad = [
+                ("doubled word", re.search(r"\b(\w+)[ ,]+\1\b", prose, re.I)),
+                ("placeholder", re.search(r"[{}]", prose)),
+                ("spacing", re.search(r"  |\s[,.;:)]|\(\s|,,|\.\.(?!\.)", prose)),
+                ("parentheses", prose.count("(") != prose.count(")")),
+            ]
+            problems += [f"{playbook}: {what}: {text[:90]!r}" for what, hit in bad if hit]
+    assert problems == []
+
+
+def test_the_doubled_word_check_can_fail():
+    assert re.search(r"\b(\w+)[ ,]+\1\b", "I'm reviewing reviewing, as licensee", re.I)

@@ -18,6 +18,7 @@ depend on iteration order or PYTHONHASHSEED.
 from __future__ import annotations
 
 import random
+import re
 from collections import Counter, defaultdict
 from collections.abc import Callable
 
@@ -54,7 +55,7 @@ AUDIT_TEMPLATES = (
     "Does this clause contain anything the {playbook} playbook would flag? Answer in the structured "
     "audit format.\n\nClause text:\n{clause}",
     "Check the clause below for risks under the {playbook} playbook ({perspective}).\n---\n{clause}\n---",
-    "I'm reviewing {perspective}. Run the {playbook} checks on this clause and give me the audit.\n\n{clause}",
+    "I'm {perspective}. Run the {playbook} checks on this clause and give me the audit.\n\n{clause}",
     AUDIT_INSTRUCTION + PLAYBOOK_SUFFIX,  # the wording `legalbuild audit` and eval use
 )
 DEFECT_TEMPLATES = (
@@ -80,7 +81,7 @@ FIX_TEMPLATES = (
 )
 EXPLAIN_TEMPLATES = (
     'Explain why the clause below triggers "{title}" under the {playbook} playbook.\n\n{clause}',
-    'Why is this clause a risk {perspective}? Focus on the rule "{title}" ({rule_id}).\n\nClause:\n{clause}',
+    'Why is this clause a risk when {perspective}? Focus on the rule "{title}" ({rule_id}).\n\nClause:\n{clause}',
     'The {playbook} review flagged this clause as "{title}". Explain the problem in plain language '
     'and what to ask for instead.\n\n"""\n{clause}\n"""',
     "In two or three sentences, why does rule {rule_id} ({title}) fire on this {type} clause?\n\n{clause}",
@@ -101,11 +102,23 @@ MISSING_TEMPLATES = (
 
 
 def perspective(rule: Rule) -> str:
-    text = rule.playbook_description or f"the {rule.playbook} playbook"
+    """Whose side the playbook takes, as a phrase that starts with "reviewing": the playbook
+    descriptions say it two ways ("reviewing NDAs from the recipient side", "Tenant-side review of
+    commercial lease agreements — ..."); both become the first form, without the dash's aside."""
+    text = (rule.playbook_description or f"the {rule.playbook} playbook").split(" — ")[0]
+    text = text.strip().rstrip(".")
     for prefix in ("Red-flag rules for reviewing ", "Red-flag rules for "):
         if text.startswith(prefix):
             text = "reviewing " + text[len(prefix) :]
-    return text.rstrip(".").replace("Licensee-side review of", "reviewing, as licensee,")
+    text = text.replace("Licensee-side review of", "reviewing, as licensee,")
+    side = _SIDE_REVIEW.fullmatch(text)
+    if side:
+        who = side["side"][0].lower() + side["side"][1:] + (side["aside"] or "")
+        text = f"reviewing {side['what']} from the {who} side"
+    return text if text.startswith("reviewing") else f"reviewing with the {rule.playbook} playbook"
+
+
+_SIDE_REVIEW = re.compile(r"(?P<side>.+?)[- ]side(?P<aside> \([^)]*\))? review of (?P<what>.+)")
 
 
 def fill(template: str, **values: str) -> str:
