@@ -200,31 +200,64 @@ def test_clause_from_instruction():
     assert rows.clause_from_instruction("No lead-in here.") == "No lead-in here."
 
 
-def test_regex_baseline_uses_the_curation_rulebook(tmp_path):
+SECOND_PLAYBOOK = """\
+name: other-book
+description: Other rules.
+rules:
+  - id: liability-unlimited-too
+    title: Liability without a cap
+    severity: medium
+    description: The limitation of liability clause leaves liability unlimited.
+    why: No cap.
+    suggestion: Add a cap.
+    check:
+      kind: forbids_any
+      patterns: ['liability\\s+(is|shall\\s+be)\\s+unlimited']
+"""
+
+
+def baseline_row(clause: str, instruction: str | None = None, clause_type=None) -> rows.EvalRow:
+    return rows.EvalRow(
+        id="r",
+        set="test",
+        instruction=instruction or f"Audit this contract clause:\n\n{clause}",
+        clause=clause,
+        reference_text=None,
+        reference=None,
+        meta={"clause_type": clause_type} if clause_type else {},
+    )
+
+
+def test_regex_baselines_use_the_curation_rulebook(tmp_path):
     (tmp_path / "rules.yaml").write_text(PLAYBOOK)
+    (tmp_path / "other.yaml").write_text(SECOND_PLAYBOOK)
     from legalbuild.curation.rulebook import load_rulebooks
-
-    answer = baseline.make_regex_baseline(load_rulebooks(["rules.yaml"], tmp_path).rules)
-    flagged = answer("The Supplier's liability is unlimited.", "limitation_of_liability")
-    assert (
-        flagged.startswith("Risk: high")
-        and f"[{RULE}]" in flagged
-        and "Why: Unlimited liability" in flagged
-    )
-    assert answer("Liability is capped at the fees paid.", "limitation_of_liability").startswith(
-        "Risk: none"
-    )
-    assert answer("The Supplier's liability is unlimited.", "payment").startswith(
-        "Risk: none"
-    )  # other type
-    assert f"[{RULE}]" in answer(
-        "The liability is unlimited for damages.", None
-    )  # typed by classifier
-    # the baseline answers exactly as curation writes a training answer for the same finding
     from legalbuild.curation.review import audit_answer
+    from legalbuild.prompting import audit_instruction
 
-    rule = load_rulebooks(["rules.yaml"], tmp_path).rules[0]
-    assert flagged == audit_answer([rule], "")
+    book = load_rulebooks(["rules.yaml", "other.yaml"], tmp_path)
+    answers = baseline.make_regex_baselines(book.rules)
+    fair, unscoped = answers["regex"], answers["regex-unscoped"]
+    unlimited = "The Supplier's liability is unlimited."
+    flagged = unscoped(baseline_row(unlimited, clause_type="limitation_of_liability"))
+    assert flagged.startswith("Risk: high") and f"[{RULE}]" in flagged
+    assert "[other-book.liability-unlimited-too]" in flagged  # every playbook's rules fire
+    capped = baseline_row(
+        "Liability is capped at the fees paid.", clause_type="limitation_of_liability"
+    )
+    assert unscoped(capped).startswith("Risk: none")
+    assert unscoped(baseline_row(unlimited, clause_type="payment")).startswith("Risk: none")
+    assert f"[{RULE}]" in unscoped(baseline_row("The liability is unlimited for damages."))
+    # told the listed rules, the fair baseline checks those and only those
+    rule = next(r for r in book.rules if r.id == RULE)
+    told = audit_instruction(unlimited, "test-book", [(rule.id, rule.title, rule.severity)])
+    assert fair(baseline_row(unlimited, told)) == audit_answer([rule], "")
+    # told a playbook without a catalogue: that playbook's rules that apply to the clause
+    named = audit_instruction(unlimited, "other-book")
+    assert "[other-book.liability-unlimited-too]" in fair(baseline_row(unlimited, named))
+    assert f"[{RULE}]" not in fair(baseline_row(unlimited, named))
+    # a plain question: nothing to scope by, every playbook
+    assert fair(baseline_row(unlimited, clause_type="limitation_of_liability")) == flagged
 
 
 # ------------------------------------------------------------------------------- the stage
@@ -244,7 +277,8 @@ def test_eval_stage_compares_models_and_traces_rows(tmp_path, tiny_model_dir, cl
     headline = eval_stage.run(ctx)
 
     result = json.loads((ctx.out_dir / "eval.json").read_text())
-    assert result["models"] == ["base", "merged", "regex"] and result["rows"] == 5
+    assert result["models"] == ["base", "merged", "regex", "regex-unscoped"]
+    assert result["rows"] == 5
     assert result["sets"] == {"extra:extra": 1, "val": 4} and result["split"] == "val"
     assert any("no test split" in w for w in result["warnings"])
     assert result["clean_rows"] == 2
@@ -267,7 +301,8 @@ def test_eval_stage_compares_models_and_traces_rows(tmp_path, tiny_model_dir, cl
     answers = [
         json.loads(line) for line in (ctx.out_dir / "answers.jsonl").read_text().splitlines()
     ]
-    assert len(answers) == 5 and set(answers[0]["answers"]) == {"base", "merged", "regex"}
+    assert len(answers) == 5
+    assert set(answers[0]["answers"]) == {"base", "merged", "regex", "regex-unscoped"}
     assert all(a["answers"]["merged"]["text"].startswith("Risk: none") for a in answers)
     extra_row = next(a for a in answers if a["set"] == "extra:extra")
     assert (
@@ -345,7 +380,7 @@ def test_eval_reports_constrained_answers_beside_the_free_ones(
     ctx = make_ctx(tmp_path, base, merged, compare_base=False, constrained=True, max_new_tokens=40)
     eval_stage.run(ctx)
     result = json.loads((ctx.out_dir / "eval.json").read_text())
-    assert result["models"] == ["merged", "merged+constrained", "regex"]
+    assert result["models"] == ["merged", "merged+constrained", "regex", "regex-unscoped"]
     held = result["metrics"]["merged+constrained"]
     assert held["unparseable"] == 0 and held["false_alarms"] == 0
     assert "constrained" in table.format_comparison_table(result)

@@ -19,7 +19,11 @@ TABLE_ROWS = (
     ("mean_answer_tokens", "mean answer length (tokens)", "int", None),
     ("mean_latency_s", "latency per answer (s)", "sec", None),
 )
-COLUMN_TITLES = {"merged+constrained": "constrained"}
+COLUMN_TITLES = {
+    "merged+constrained": "constrained",
+    "regex": "regex (told the rules)",
+    "regex-unscoped": "regex (every playbook)",
+}
 
 
 def format_value(value: Any, kind: str) -> str:

@@ -4,7 +4,8 @@ Answerers, all on the same rows:
   - `base`:   the base model (`ctx.inputs["base"]/model`), unless `[eval] compare_base = false`;
   - `merged`: the fine-tuned, merged model (`ctx.inputs["merge"]/model`), free decoding;
   - `merged+constrained`: the merged model under constrained decoding (`[eval] constrained`);
-  - `regex`:  the rulebook's regex checks, a non-neural baseline (legalbuild.evaluation.baseline).
+  - `regex`:  the rulebook's regex checks told the rules the question lists (the fair baseline),
+    and `regex-unscoped`: every playbook's rules of the clause type (legalbuild.evaluation.baseline).
 
 Rows: the test split of normalize (`[eval] split`; val when there is none, with a warning) plus
 every `[eval] extra_sets` file, bounded by `[eval] max_rows` with a deterministic pick balanced
@@ -26,7 +27,7 @@ from typing import Any
 from legalbuild.answer_format import audit_regex
 from legalbuild.engine.context import StageContext
 from legalbuild.errors import DataError, StageFailedError
-from legalbuild.evaluation.baseline import load_regex_baseline, run_baseline
+from legalbuild.evaluation.baseline import load_regex_baselines, run_baseline
 from legalbuild.evaluation.generate import Answer, choose_engine, evaluate_model, tokenizer_of
 from legalbuild.evaluation.rows import EvalRow, load_extra_set, load_split_rows, select_rows
 from legalbuild.evaluation.scoring import summarise, write_answers
@@ -123,9 +124,10 @@ def run(ctx: StageContext) -> dict:
         ctx.log(f"{name}: {len(rows)} answers in {time.perf_counter() - began:.1f}s")
 
     specs = ctx.recipe.curate.rulebooks if ctx.recipe.curate else None
-    baseline, baseline_note = load_regex_baseline(specs, ctx.recipe_dir)
-    if baseline is not None:
-        answers["regex"] = run_baseline(baseline, rows, _token_counter(model_dirs["merged"]))
+    baselines, baseline_note = load_regex_baselines(specs, ctx.recipe_dir)
+    count = _token_counter(model_dirs["merged"]) if baselines else None
+    for name, baseline in baselines.items():
+        answers[name] = run_baseline(baseline, rows, count)
     ctx.log(baseline_note)
 
     result = summarise(
