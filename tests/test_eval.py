@@ -231,8 +231,8 @@ def baseline_row(clause: str, instruction: str | None = None, clause_type=None) 
 def test_regex_baselines_use_the_curation_rulebook(tmp_path):
     (tmp_path / "rules.yaml").write_text(PLAYBOOK)
     (tmp_path / "other.yaml").write_text(SECOND_PLAYBOOK)
-    from legalbuild.curation.rulebook import load_rulebooks
     from legalbuild.curation.review import audit_answer
+    from legalbuild.curation.rulebook import load_rulebooks
     from legalbuild.prompting import audit_instruction
 
     book = load_rulebooks(["rules.yaml", "other.yaml"], tmp_path)
