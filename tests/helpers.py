@@ -103,6 +103,7 @@ def stage_context(
         work_dir=tmp / "work",
         inputs=entries,
         log_fn=log.append if log is not None else (lambda _m: None),
+        downloads_dir=tmp / "downloads",
     )
 
 

@@ -401,3 +401,67 @@ def test_bootstrap_intervals_bracket_the_figure_and_repeat():
     assert first == scoring.bootstrap_intervals(pool, answers, samples=200)  # seeded
     low, high = first["label_accuracy"]
     assert accuracy == 0.75 and low < accuracy < high and low > 0.4 and high <= 1.0
+
+
+# --------------------------------------------------------------------- labels the rulebook did not write
+LABELLED = [  # clauses written for this test, in CUAD's clause-level shape
+    (
+        "c1",
+        "d1",
+        "The Supplier's liability is unlimited under this Agreement.",
+        ["Uncapped Liability"],
+    ),
+    (
+        "c2",
+        "d1",
+        "This Agreement is governed by the laws of the State of Delaware.",
+        ["Governing Law"],
+    ),
+    (
+        "c3",
+        "d2",
+        "The Distributor shall not sell competing products in the Territory.",
+        ["Non-Compete"],
+    ),
+    (
+        "c4",
+        "d2",
+        "This Agreement expires on the fifth anniversary of the Effective Date.",
+        ["Expiration Date"],
+    ),
+    ("c5", "d3", "Licensor grants Licensee a licence to use the Software.", ["License Grant"]),
+]
+
+
+@pytest.mark.slow
+def test_label_sets_are_asked_plainly_and_per_playbook_and_scored_by_topic(
+    tmp_path, tiny_model_dir, clean_answer_model
+):
+    labelled = write_jsonl(
+        tmp_path / "labelled.jsonl",
+        [{"id": i, "document": d, "text": t, "categories": c} for i, d, t, c in LABELLED],
+    )
+    label_set = {"name": "mini", "path": str(labelled), "playbooks": ["test-book"]}
+    ctx = make_ctx(
+        tmp_path, tiny_model_dir, clean_answer_model, compare_base=False, label_sets=[label_set]
+    )
+    eval_stage.run(ctx)
+    result = json.loads((ctx.out_dir / "eval.json").read_text())
+    scores = result["label_sets"]["mini"]
+    assert scores["clauses"] == 5 and set(scores["asks"]) == {"plain", "test-book"}
+    merged = scores["asks"]["plain"]["merged"]
+    # the clean-answer model raises nothing: chance on topic and on "flags any risk"
+    assert merged["topic"]["macro_ba"] == 0.5 and merged["flags_any_risk"]["ba"] == 0.5
+    assert merged["topic"]["red_flag_categories_scored"] == 3
+    assert merged["topic"]["categories"]["Non-Compete"]["positives"] == 1
+    asked = [json.loads(x) for x in (ctx.out_dir / "answers.jsonl").read_text().splitlines()]
+    playbook_rows = [a for a in asked if a["set"] == "mini:test-book"]
+    assert len(playbook_rows) == 5 and all("categories" in a for a in playbook_rows)
+    told = next(a for a in playbook_rows if a["id"] == "c1:test-book")
+    assert f"- {RULE}:" in told["instruction"]  # the playbook's applicable rules are listed
+    # the regex told test-book's rules fires on c1, but a rule the table does not map raises no
+    # CUAD topic: the mapping is conservative
+    assert f"[{RULE}]" in told["answers"]["regex"]["text"]
+    fair = scores["asks"]["test-book"]["regex"]["topic"]["categories"]["Uncapped Liability"]
+    assert fair["tpr"] == 0 and fair["ba"] == 0.5
+    assert result["rows"] == 4  # the held-out figures stay on the held-out rows

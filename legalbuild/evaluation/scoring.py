@@ -190,8 +190,11 @@ def write_answers(path: Path, rows: Sequence[EvalRow], answers: dict[str, list[A
                 "clause": row.clause,
                 "reference": row.reference_text
                 if row.reference_text is not None
-                else render_audit(row.reference),
+                else render_audit(row.reference)
+                if row.reference is not None
+                else None,
                 "reference_labels": sorted(metrics.label_set(row.reference)),
+                **({"categories": row.meta["categories"]} if "categories" in row.meta else {}),
                 "answers": {
                     name: {
                         **asdict(model_answers[i]),
