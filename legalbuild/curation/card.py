@@ -119,10 +119,12 @@ def render_card_markdown(card: dict[str, Any]) -> str:
         "",
     ]
     for s in card["sources"]:
-        lines.append(
-            f"- **{s['name']}** ({s['kind']}): {s['licence']}. {s['attribution']} "
-            f"({len(s['documents_used'])} of {s['documents_read']} documents used)"
+        used = (
+            f"{len(s['documents_used'])} of {s['documents_read']} documents used"
+            if "documents_used" in s
+            else f"{s['pairs']} pairs from labelled clauses"
         )
+        lines.append(f"- **{s['name']}** ({s['kind']}): {s['licence']}. {s['attribution']} ({used})")
     rb = card["rulebooks"]
     lines += [
         f"- **rulebooks**: {rb['rules']} rules in {rb['playbooks']} playbooks; {rb['licence']}. {rb['attribution']}",

@@ -421,15 +421,19 @@ def ordered(categories: tuple[str, ...] | list[str]) -> list[str]:
     return sorted(set(categories), key=order.index)
 
 
-def answer_for(categories: tuple[str, ...] | list[str]) -> str:
+def answer_for(categories: tuple[str, ...] | list[str], listed: list[Finding] = ()) -> str:
     """The training answer: the clause type line, then a finding per red-flag category (worst
-    first) or "Findings: none" with the category's note."""
+    first) or "Findings: none" with the category's note. `listed`: the findings of the rules the
+    question lists (a playbook's); a red flag one of them means (RULE_TOPICS) is cited as that
+    rule, so the answer picks from the list the way the rulebook's own pairs do."""
     names = ordered(categories)
-    flags = sorted(
-        (CATEGORIES[n] for n in names if CATEGORIES[n].red_flag),
-        key=lambda c: SEVERITIES.index(c.severity),
-    )
-    findings = [c.finding() for c in flags]
+    findings = []
+    for name in names:
+        if CATEGORIES[name].red_flag:
+            same = [f for f in listed if name in RULE_TOPICS.get(f.rule_id, ())]
+            findings.append(same[0] if same else CATEGORIES[name].finding())
+    findings = list({f.rule_id: f for f in findings}.values())  # a rule may mean two categories
+    findings.sort(key=lambda f: SEVERITIES.index(f.severity))
     note = CATEGORIES[names[0]].note if len(names) == 1 else "No type here is a red flag by itself."
     audit = Audit(
         overall_risk(findings),

@@ -33,6 +33,7 @@ from legalbuild.curation.review import (
     clean_note,
     explain_answer,
     finding_of,
+    plain_clean_note,
     playbooks_for,
     review,
     revise,
@@ -130,9 +131,12 @@ def pick(rng: random.Random, templates: tuple[str, ...]) -> str:
 
 
 # ---------------------------------------------------------------------------- per-clause pairs
-def clause_pairs(rv: Review, seed: int, generous: bool = False) -> list[Pair]:
+def clause_pairs(
+    rv: Review, seed: int, generous: bool = False, plain_share: float = 0.0
+) -> list[Pair]:
     """The audit, fix, explain and defect pairs of one clause under one playbook. `generous` (a
-    small source) explains every finding and tries a defect for every passing rule."""
+    small source) explains every finding and tries a defect for every passing rule; a
+    `plain_share` of the audits are asked with the plain question (no playbook, no rule list)."""
     c = rv.clause
     rng = rng_for(seed, c.key, rv.playbook)
     first = rv.rules[0]
@@ -152,9 +156,18 @@ def clause_pairs(rv: Review, seed: int, generous: bool = False) -> list[Pair]:
     # common case in a real contract, and a model that never saw one answers every clause with a
     # finding (measured: 94% false alarms on clean clauses when only engaged ones were used).
     if rv.engaged or generous or not rv.findings:
+        if rng_for(seed, c.key, rv.playbook, "plain").random() < plain_share:
+            question = AUDIT_INSTRUCTION.format(clause=text)  # what an OpenAI client sends
+            plain = audit_answer(rv.findings, plain_clean_note(c.clause_type))
+            question_answer = (question, plain)
+        else:
+            question_answer = (
+                fill(pick(rng, AUDIT_TEMPLATES), clause=text, **values) + rules,
+                answer,
+            )
         out.append(
             Pair(
-                fill(pick(rng, AUDIT_TEMPLATES), clause=text, **values) + rules, answer, **base,
+                *question_answer, **base,
                 rule_id=primary.id if primary else None, severity=primary.severity if primary else "none",
                 task="audit", verified_by="regex", clean=not rv.findings,
             )
@@ -324,7 +337,7 @@ def candidate_pairs(
                 for clause in clauses:
                     stats["clauses_reviewed"][source] += 1
                     for rv in _reviews(clause, names, by_playbook, seed, generous):
-                        for p in clause_pairs(rv, seed, generous):
+                        for p in clause_pairs(rv, seed, generous, settings.plain_share):
                             counts["clean" if p.clean else p.task] += 1
                             pairs.append(p)
             if not _full(counts, need, ("missing",)):
