@@ -124,7 +124,9 @@ def render_card_markdown(card: dict[str, Any]) -> str:
             if "documents_used" in s
             else f"{s['pairs']} pairs from labelled clauses"
         )
-        lines.append(f"- **{s['name']}** ({s['kind']}): {s['licence']}. {s['attribution']} ({used})")
+        lines.append(
+            f"- **{s['name']}** ({s['kind']}): {s['licence']}. {s['attribution']} ({used})"
+        )
     rb = card["rulebooks"]
     lines += [
         f"- **rulebooks**: {rb['rules']} rules in {rb['playbooks']} playbooks; {rb['licence']}. {rb['attribution']}",
