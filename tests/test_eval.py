@@ -292,7 +292,8 @@ def test_eval_stage_compares_models_and_traces_rows(tmp_path, tiny_model_dir, cl
     assert merged_m["val_loss"] < base_m["val_loss"] and merged_m["perplexity"] > 1
     assert merged_m["loss_tokens"] > 0 and base_m["loss_tokens"] == merged_m["loss_tokens"]
     assert 0 <= merged_m["rouge_l"] <= 1 and merged_m["mean_latency_s"] > 0
-    assert set(result["by_category"]) == {"task", "clause_type", "severity", "set"}
+    assert set(result["by_category"]) == {"task", "ask", "clause_type", "severity", "set"}
+    assert set(result["by_category"]["ask"]) == {"plain"}  # the val rows ask without a rule list
     assert result["by_category"]["task"]["defect"]["merged"]["rows"] == 2
     assert result["regression"] is None and headline["merged_label_accuracy"] == pytest.approx(
         2 / 5
@@ -465,3 +466,7 @@ def test_label_sets_are_asked_plainly_and_per_playbook_and_scored_by_topic(
     fair = scores["asks"]["test-book"]["regex"]["topic"]["categories"]["Uncapped Liability"]
     assert fair["tpr"] == 0 and fair["ba"] == 0.5
     assert result["rows"] == 4  # the held-out figures stay on the held-out rows
+    text = table.format_comparison_table(result)
+    assert "labels the rulebook did not write" in text
+    assert "mini (5)" in text and "merged" in text and "0.500 [" in text" in text and "0.500" in text
+    )
