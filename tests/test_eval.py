@@ -468,5 +468,4 @@ def test_label_sets_are_asked_plainly_and_per_playbook_and_scored_by_topic(
     assert result["rows"] == 4  # the held-out figures stay on the held-out rows
     text = table.format_comparison_table(result)
     assert "labels the rulebook did not write" in text
-    assert "mini (5)" in text and "merged" in text and "0.500 [" in text" in text and "0.500" in text
-    )
+    assert "mini (5)" in text and "merged" in text and "0.500 [" in text
