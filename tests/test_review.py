@@ -180,12 +180,16 @@ def review_in_browser(browser, url: str, contract: Path, tmp_path: Path) -> dict
     page.click(f'#finding-{FEES}-1 button[data-decision="reject"]')
     page.wait_for_selector(f'#finding-{FEES}-1[data-state="rejected"]')
     assert page.inner_text(f"#clause-{LIABILITY} ins") == EDITED
-    page.click(f"#finding-{FEES}-1 .goto")  # the screenshot shows the contract from clause 2
-    page.wait_for_selector(f"#clause-{FEES}:not(.flash)")
-    page.evaluate("window.scrollTo(0, 0)")
+    page.evaluate(
+        "window.scrollTo(0, 0); document.querySelectorAll('.pane').forEach(p => p.scrollTop = 0)"
+    )
+    page.wait_for_selector(".flash", state="detached")
     page.screenshot(path=str(tmp_path / "review.png"))
-    if os.environ.get("LEGALBUILD_UPDATE_SCREENSHOT"):
-        page.screenshot(path=str(REPO / "docs" / "review.png"))
+    if os.environ.get("LEGALBUILD_UPDATE_SCREENSHOT"):  # docs/review.png, in 64 colours
+        from PIL import Image
+
+        shot = Image.open(tmp_path / "review.png").convert("RGB").quantize(colors=64)
+        shot.save(REPO / "docs" / "review.png", optimize=True)
 
     downloads = {}
     for name in ("reviewed.docx", "report.html", "record.json"):

@@ -187,36 +187,7 @@ def add_page_routes(app, config: PageConfig) -> None:
 def add_api_routes(app, config: PageConfig) -> None:
     @app.post("/api/reviews")
     async def upload(request: Request):
-        try:
-            name = safe_name(urllib.parse.unquote(request.headers.get("x-filename", "")))
-            playbook = request.query_params.get("playbook") or None
-            if playbook is not None and playbook not in config.playbooks:
-                raise Refused(f"no playbook {playbook[:80]!r}", hint="choose one from the list")
-            if shutil.disk_usage(config.store.root).free < 4 * config.limits.max_bytes:
-                raise Refused("the disk holding the reviews is nearly full", status=507)
-        except Refused as exc:
-            return refusal(exc)
-        review_id, folder = config.store.new_folder()
-        path = folder / "upload" / name
-        try:
-            declared = request.headers.get("content-length")
-            limits = config.limits
-            await receive(request.stream(), path, int(declared) if declared else None, limits)
-            job = await run_in_threadpool(read_upload, path, limits)
-        except Refused as exc:
-            shutil.rmtree(folder, ignore_errors=True)
-            return refusal(exc)
-        except BaseException:
-            shutil.rmtree(folder, ignore_errors=True)
-            raise
-        meta = {
-            "file": name, "kind": job.document.kind, "playbook": playbook,
-            "found": job.found, "total": len(job.clauses), "done": 0, "status": "queued",
-        }  # fmt: skip
-        review = config.store.commit(review_id, folder, meta)
-        config.auditor.jobs[review.id] = job
-        config.auditor.submit(review)
-        return JSONResponse({"id": review.id, "url": f"/reviews/{review.id}"}, status_code=201)
+        return await accept_upload(config, request)
 
     @app.get("/api/reviews/{review_id}/progress")
     def progress(review_id: str):
@@ -247,6 +218,40 @@ def add_api_routes(app, config: PageConfig) -> None:
             return JSONResponse({"error": "this review is not interrupted"}, status_code=409)
         config.auditor.submit(review)
         return {"ok": True}
+
+
+async def accept_upload(config: PageConfig, request: Request):
+    """A new review from the request body (see uploads.py): 201 with its URL, or the refusal."""
+    try:
+        name = safe_name(urllib.parse.unquote(request.headers.get("x-filename", "")))
+        playbook = request.query_params.get("playbook") or None
+        if playbook is not None and playbook not in config.playbooks:
+            raise Refused(f"no playbook {playbook[:80]!r}", hint="choose one from the list")
+        if shutil.disk_usage(config.store.root).free < 4 * config.limits.max_bytes:
+            raise Refused("the disk holding the reviews is nearly full", status=507)
+    except Refused as exc:
+        return refusal(exc)
+    review_id, folder = config.store.new_folder()
+    path = folder / "upload" / name
+    try:
+        declared = request.headers.get("content-length")
+        limits = config.limits
+        await receive(request.stream(), path, int(declared) if declared else None, limits)
+        job = await run_in_threadpool(read_upload, path, limits)
+    except Refused as exc:
+        shutil.rmtree(folder, ignore_errors=True)
+        return refusal(exc)
+    except BaseException:
+        shutil.rmtree(folder, ignore_errors=True)
+        raise
+    meta = {
+        "file": name, "kind": job.document.kind, "playbook": playbook,
+        "found": job.found, "total": len(job.clauses), "done": 0, "status": "queued",
+    }  # fmt: skip
+    review = config.store.commit(review_id, folder, meta)
+    config.auditor.jobs[review.id] = job
+    config.auditor.submit(review)
+    return JSONResponse({"id": review.id, "url": f"/reviews/{review.id}"}, status_code=201)
 
 
 def found(config: PageConfig, review_id: str):
