@@ -348,6 +348,8 @@ def test_hostile_uploads_are_refused_with_their_message_and_the_page_goes_on(
             assert words in answer.json()["error"], (name, answer.json())
             assert time.monotonic() - started < 30, name
             assert sorted(p.name for p in reviews.iterdir()) == [".legalbuild-reviews"], name
+        answer = upload(page.url, "c.md", b"The Supplier shall deliver.", playbook="nope")
+        assert answer.status_code == 422 and "no playbook 'nope'" in answer.json()["error"]
         # a name that climbs out of its folder is cut to its last part, inside the upload folder
         answer = upload(
             page.url,
@@ -369,9 +371,11 @@ def test_hostile_uploads_are_refused_with_their_message_and_the_page_goes_on(
         tab.wait_for_selector("#upload-error:not([hidden])")
         assert tab.inner_text("#upload-error").startswith("Refused (422): xxe.docx: part word/")
         tab.set_input_files("#file", str(write_contract_docx(tmp_path / "good.docx")))
+        tab.select_option("#playbook", "saas-vendor")
         tab.click("#upload-button")
         tab.wait_for_selector('#progress[data-status="done"]', timeout=120_000)
-        assert tab.locator("article.finding").count() == 3
+        assert "playbook saas-vendor" in tab.inner_text(".meta")
+        assert tab.locator("article.finding").count() >= 3
         tab.close()
     finally:
         log = page.stop()
@@ -483,6 +487,24 @@ def test_reviews_reopen_after_a_restart_and_an_interrupted_audit_resumes(tmp_pat
             assert [r["status"] for r in record["clauses"]] == ["audited"] * len(clauses)
         finally:
             page.stop()
+
+
+def test_an_audit_whose_server_went_away_fails_with_its_reason(tmp_path):
+    import httpx
+
+    recipe = write_recipe(tmp_path / "recipe.toml")
+    with OpenAIStub() as gone:
+        page = Page(recipe, tmp_path / "reviews", "--endpoint", gone.url, "--model", "stub").wait()
+    try:  # the stub has stopped: the page is up, its model is not
+        review = upload(page.url, "c.md", b"The Supplier shall deliver the goods.").json()["id"]
+        state = wait_done(page.url, review)
+        assert state["status"] == "failed" and "cannot reach" in state["error"]
+        shown = httpx.get(f"{page.url}/reviews/{review}").text
+        assert 'id="review-error"' in shown and 'id="resume"' in shown
+        download = httpx.get(f"{page.url}/reviews/{review}/download/reviewed.docx")
+        assert download.status_code == 409 and "not finished" in download.json()["error"]
+    finally:
+        page.stop()
 
 
 def test_a_reviews_folder_legalbuild_did_not_make_is_refused(tmp_path, stub):
