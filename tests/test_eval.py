@@ -368,8 +368,9 @@ def test_constrained_generation_follows_the_regex(tiny_model_dir):
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32).eval()
     prompts = [generate.prompt_text(tokenizer, "", f"Audit clause {i}") for i in range(3)]
     regexes = ["Risk: (?:high|low)", "Risk: none", "Risk: (?:high|low)"]
-    free = generate.generate_transformers(model, tokenizer, prompts, 3, 12)
-    held = generate.generate_transformers(model, tokenizer, prompts, 3, 12, regexes)
+    caps = [12] * len(prompts)
+    free = generate.generate_transformers(model, tokenizer, prompts, 3, caps)
+    held = generate.generate_transformers(model, tokenizer, prompts, 3, caps, regexes)
     assert all(re.fullmatch(r, a.text) for r, a in zip(regexes, held, strict=True))
     assert not any(re.fullmatch(r, a.text) for r, a in zip(regexes, free, strict=True))
 

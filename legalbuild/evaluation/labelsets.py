@@ -63,7 +63,12 @@ def label_rows(label_set: Any, path: Path, playbook_rules: dict[str, list[Any]])
                     reference_text=None,
                     reference=None,
                     source=label_set.name,
-                    meta={"categories": list(clause.categories), "ask": ask, "task": "labelled"},
+                    meta={
+                        "categories": list(clause.categories),
+                        "ask": ask,
+                        "task": "labelled",
+                        "max_new_tokens": label_set.max_new_tokens,
+                    },
                 )
             )
     return rows

@@ -36,7 +36,7 @@ def answer_rows(
             recipe.data.system_prompt,
             engine=engine,
             batch_size=settings.batch_size,
-            max_new_tokens=settings.max_new_tokens,
+            max_new_tokens=[r.meta.get("max_new_tokens", settings.max_new_tokens) for r in rows],
             constraints=[constraint(r) for r in rows] if constrain else None,
             log=lambda msg, name=name: log(f"{name}: {msg}"),
         )

@@ -45,6 +45,12 @@ class LabelSet(RemoteFile):
         "playbook's rules that apply to it listed in the question.",
     )
     seed: int = Field(0, description="Seed of the pick when the set has more than max_rows.")
+    max_new_tokens: int = Field(
+        96,
+        ge=8,
+        description="Answer length cap for these questions: the clause type, the verdict and the "
+        "first findings are what is scored (a base model's rambling is cut short).",
+    )
 
 
 class EvalSection(Strict):
