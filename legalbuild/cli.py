@@ -33,6 +33,7 @@ from legalbuild.commands.common import (
     open_recipe,
     store_of,
 )
+from legalbuild.commands.review import review
 from legalbuild.errors import LegalbuildError
 
 app = typer.Typer(
@@ -306,8 +307,8 @@ def curate(
         console.print(pair["output"], markup=False)
 
 
-# ------------------------------------------------------------- serving, audit, export, report
-for _command in (deploy.serve, deploy.audit, deploy.export, deploy.report):
+# ------------------------------------------------------ serving, audit, review, export, report
+for _command in (deploy.serve, deploy.audit, deploy.export, deploy.report, review):
     app.command()(_command)
 
 

@@ -241,6 +241,7 @@ def _build_stage(
             inputs=VerifiedInputs(store, {d: loaded.nodes[d].key for d in node.deps}, node.name),
             console=console,
             log_fn=lambda m: log(f"{node.name:<10} {m}"),
+            downloads_dir=store.root / "downloads",
         )
         started = time.time()
         try:
