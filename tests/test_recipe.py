@@ -28,6 +28,28 @@ def test_every_shipped_recipe_validates(path):
     assert recipe.project.name
 
 
+def test_the_default_on_cuad_is_the_default_recipe_but_for_its_name_and_label_set():
+    import tomllib
+
+    from legalbuild.engine.pipeline import Loaded
+
+    default, on_cuad = (
+        REPO / "recipes" / n
+        for n in ("legal-audit-smollm2.toml", "legal-audit-smollm2-on-cuad.toml")
+    )
+    a, b = (tomllib.loads(p.read_text()) for p in (default, on_cuad))
+    assert {k: v for k, v in a.items() if k not in ("project", "eval")} == {
+        k: v for k, v in b.items() if k not in ("project", "eval")
+    }
+    assert a["eval"] == {k: v for k, v in b["eval"].items() if k != "label_sets"}
+    keys = [
+        {n: node.key for n, node in Loaded.from_path(p).nodes.items()} for p in (default, on_cuad)
+    ]
+    assert {n: k for n, k in keys[0].items() if n != "eval"} == {
+        n: k for n, k in keys[1].items() if n != "eval"
+    }
+
+
 def test_starter_recipe_validates_and_matches_the_default(tmp_path):
     path = tmp_path / "legal-audit-smollm2.toml"
     path.write_text(starter_recipe("legal-audit-smollm2"))
