@@ -154,17 +154,19 @@ def build(
                 built.append(p.name)
                 log(f"{p.name:<10} done      {p.key[:12]}  in {elapsed:.1f} s")
         outputs[p.name] = store.out_dir(p.name, node.key)
-        produced = (store.manifest(p.name, node.key) or {}).get("outputs", {})
+        manifest = store.manifest(p.name, node.key) or {}
+        produced = manifest.get("outputs", {})
+        why = manifest.get("facts", {}).get("not_bit_reproducible")  # a stage says so itself
         previous = locked_stage(lock, p.name) or {}
         if (
             previous.get("key") == node.key
             and produced
             and previous.get("outputs", produced) != produced
         ):
-            log(numerics_note(p.name, previous["outputs"], produced))
+            log(numerics_note(p.name, previous["outputs"], produced, why))
             produced = previous["outputs"]  # the committed lock keeps the digests it has
         if not locked:
-            record_stage(lock, p.name, node.key, node.inputs, produced)
+            record_stage(lock, p.name, node.key, node.inputs, produced, why)
             write_lock(loaded.recipe_path, lock)
     if any(p.cached for p in plans):
         log(
