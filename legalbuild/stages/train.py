@@ -80,7 +80,8 @@ def reproducibility(recipe: Recipe) -> str | None:
     if accelerator_kind() == "cuda":
         return (
             "GPU kernels (cuBLAS reductions, atomic adds) may sum in another order from run to "
-            "run: the adapter is reproducible to numerical noise, not bit for bit"
+            "run and legalbuild does not force deterministic ones: the adapter is reproducible "
+            "to numerical noise, not promised bit for bit"
         )
     if not _pinned(recipe):
         return (
