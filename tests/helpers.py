@@ -8,11 +8,17 @@ entries, JSON/JSONL files, the tiny model and a random LoRA adapter on it.
 
 from __future__ import annotations
 
+import dataclasses
+import html
 import importlib.util
+import io
 import json
 import os
 import random
 import shutil
+import struct
+import zipfile
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -575,3 +581,245 @@ def build_servable_base(tiny_model_dir: Path, dest: Path) -> Path:
     AutoTokenizer.from_pretrained(tiny_model_dir).save_pretrained(dest)
     GenerationConfig.from_pretrained(tiny_model_dir).save_pretrained(dest)
     return dest
+
+
+# ------------------------------------------------------------------------ hostile documents
+# Built here, under the test's tmp folder, never committed: each is what an attacker would send.
+W_NS = "http://schemas.openxmlformats.org/wordprocessingml/2006/main"
+MiB = 2**20
+
+
+def deflate(data: bytes) -> bytes:
+    """Raw deflate (what a zip member or a PDF /FlateDecode stream without the zlib header holds)."""
+    packer = zlib.compressobj(6, zlib.DEFLATED, -15)
+    return packer.compress(data) + packer.flush()
+
+
+def padded_deflate(head: bytes, pad: int, tail: bytes, wbits: int = -15) -> tuple[bytes, int]:
+    """(deflated head + `pad` spaces + tail, crc32 of the whole) without compressing `pad` bytes:
+    one 1 MiB block of spaces is compressed after a full flush (so it refers to nothing before
+    it) and repeated. `pad` is a multiple of 1 MiB; 1 GiB costs ~1 MB and half a second."""
+    block = b" " * MiB
+    packer = zlib.compressobj(9, zlib.DEFLATED, wbits)
+    first = packer.compress(head) + packer.flush(zlib.Z_FULL_FLUSH)
+    middle = packer.compress(block) + packer.flush(zlib.Z_FULL_FLUSH)
+    last = packer.compress(tail) + packer.flush()
+    crc = zlib.crc32(head)
+    for _ in range(pad // MiB):
+        crc = zlib.crc32(block, crc)
+    return first + middle * (pad // MiB) + last, zlib.crc32(tail, crc)
+
+
+def write_raw_zip(path: Path, members: list[tuple[str, bytes, int, int]]) -> Path:
+    """A zip archive written field by field from (name, deflated bytes, crc32, declared size), so
+    a member can declare any uncompressed size (zipfile would write the true one)."""
+    local, central, offset = [], [], 0
+    for name, data, crc, size in members:
+        raw = name.encode()
+        fields = (20, 0, 8, 0, 0x21, crc, len(data), size, len(raw), 0)
+        header = struct.pack("<4s5H3L2H", b"PK\x03\x04", *fields) + raw
+        entry = (20, *fields[:-1], 0, 0, 0, 0, 0, offset)
+        central.append(struct.pack("<4s6H3L5H2L", b"PK\x01\x02", *entry) + raw)
+        local.append(header + data)
+        offset += len(header) + len(data)
+    directory = b"".join(central)
+    n = len(members)
+    end = struct.pack("<4s4H2LH", b"PK\x05\x06", 0, 0, n, n, len(directory), offset, 0)
+    path.write_bytes(b"".join(local) + directory + end)
+    return path
+
+
+def blank_docx_parts() -> dict[str, bytes]:
+    """The parts of a blank python-docx document (content types, relationships, styles...)."""
+    import docx
+
+    buffer = io.BytesIO()
+    docx.Document().save(buffer)
+    with zipfile.ZipFile(buffer) as archive:
+        return {name: archive.read(name) for name in archive.namelist()}
+
+
+def document_xml(body: str, prolog: str = "") -> bytes:
+    return (
+        f'<?xml version="1.0" encoding="UTF-8" standalone="yes"?>\n{prolog}'
+        f'<w:document xmlns:w="{W_NS}"><w:body>{body}<w:sectPr/></w:body></w:document>'
+    ).encode()
+
+
+def paragraph_xml(text: str) -> str:
+    return f"<w:p><w:r><w:t>{html.escape(text, quote=False)}</w:t></w:r></w:p>"
+
+
+def write_docx_with(path: Path, document: bytes | tuple[bytes, int, int] | None) -> Path:
+    """A DOCX whose word/document.xml is `document` (bytes, or already deflated as (data, crc,
+    declared size)); None leaves it out."""
+    members = []
+    for name, data in blank_docx_parts().items():
+        if name == "word/document.xml":
+            if document is None:
+                continue
+            if isinstance(document, tuple):
+                members.append((name, *document))
+                continue
+            data = document
+        members.append((name, deflate(data), zlib.crc32(data), len(data)))
+    return write_raw_zip(path, members)
+
+
+def clause_paragraphs(times: int = 4) -> str:
+    return "".join(paragraph_xml(c) for _ in range(times) for c in contract_clauses())
+
+
+def hostile_docx(path: Path, kind: str, secret: Path | None = None) -> Path:
+    """A DOCX built to hurt its reader. Kinds: billion-laughs (entities nested ten deep), xxe
+    (an external entity naming `secret`), deep-nesting (100,000 nested elements), malformed
+    (document.xml cut mid-tag), no-document (no word/document.xml), zip-bomb (document.xml
+    declares and inflates to 1 GiB), lying-size (declares 4 KiB, inflates to 64 MiB),
+    paragraphs-3m (3 million prose paragraphs, ~190 MB of XML), empty-paragraphs-3m (28
+    clauses, then 3 million empty paragraphs: 18 MB of XML)."""
+    clauses = clause_paragraphs(1)
+    if kind == "billion-laughs":
+        entities = '<!ENTITY a0 "ha">' + "".join(
+            f'<!ENTITY a{i} "{f"&a{i - 1};" * 10}">' for i in range(1, 10)
+        )
+        laugh = "<w:p><w:r><w:t>&a9;</w:t></w:r></w:p>"
+        return write_docx_with(
+            path, document_xml(clauses + laugh, f"<!DOCTYPE w:document [{entities}]>")
+        )
+    if kind == "xxe":
+        prolog = f'<!DOCTYPE w:document [<!ENTITY x SYSTEM "file://{secret}">]>'
+        leak = "<w:p><w:r><w:t>The Supplier shall pay &x; within thirty days of invoice.</w:t></w:r></w:p>"
+        return write_docx_with(path, document_xml(clauses + leak, prolog))
+    if kind == "deep-nesting":
+        return write_docx_with(
+            path, document_xml(clauses + "<w:sdt>" * 100_000 + "</w:sdt>" * 100_000)
+        )
+    if kind == "malformed":
+        return write_docx_with(path, document_xml(clauses + "<w:p><w:r><w:t>cut")[:-60])
+    if kind == "no-document":
+        return write_docx_with(path, None)
+    head, tail = document_xml(clauses + "<!--MARK-->").split(b"<!--MARK-->")
+    if kind == "zip-bomb":
+        data, crc = padded_deflate(head, 1024 * MiB, tail)
+        return write_docx_with(path, (data, crc, len(head) + 1024 * MiB + len(tail)))
+    if kind == "lying-size":
+        data, crc = padded_deflate(head, 64 * MiB, tail)
+        return write_docx_with(path, (data, crc, 4096))
+    if kind == "paragraphs-3m":
+        block = (
+            paragraph_xml("The Supplier shall deliver the goods to the Customer on time.") * 1000
+        )
+        packer = zlib.compressobj(9, zlib.DEFLATED, -15)
+        first = packer.compress(head) + packer.flush(zlib.Z_FULL_FLUSH)
+        middle = packer.compress(block.encode()) + packer.flush(zlib.Z_FULL_FLUSH)
+        data = first + middle * 3000 + packer.compress(tail) + packer.flush()
+        crc = zlib.crc32(head)
+        for _ in range(3000):
+            crc = zlib.crc32(block.encode(), crc)
+        size = len(head) + 3000 * len(block) + len(tail)
+        return write_docx_with(path, (data, zlib.crc32(tail, crc), size))
+    if kind == "empty-paragraphs-3m":
+        return write_docx_with(path, document_xml(clause_paragraphs(4) + "<w:p/>" * 3_000_000))
+    raise ValueError(kind)
+
+
+def write_raw_pdf(path: Path, objects: list[bytes], trailer: bytes = b"") -> Path:
+    """A PDF written object by object (object 1 is the catalog), with its cross-reference table."""
+    out, offsets = bytearray(b"%PDF-1.7\n"), []
+    for number, body in enumerate(objects, 1):
+        offsets.append(len(out))
+        out += b"%d 0 obj\n%s\nendobj\n" % (number, body)
+    xref = len(out)
+    out += b"xref\n0 %d\n0000000000 65535 f \n" % (len(objects) + 1)
+    out += b"".join(b"%010d 00000 n \n" % o for o in offsets)
+    out += b"trailer\n<< /Size %d /Root 1 0 R %s >>\nstartxref\n%d\n%%%%EOF\n" % (
+        len(objects) + 1, trailer, xref,
+    )  # fmt: skip
+    path.write_bytes(bytes(out))
+    return path
+
+
+def hostile_pdf(path: Path, kind: str) -> Path:
+    """flate-bomb: a page whose content stream inflates to 128 MiB (pypdf stops at 75 MB);
+    unknown-encryption: encrypted with a security handler no reader knows."""
+    text = b"BT /F1 12 Tf 72 720 Td (The Supplier shall pay all fees within thirty days.) Tj ET\n"
+    if kind == "flate-bomb":
+        stream, _ = padded_deflate(text, 128 * MiB, b"", wbits=15)
+    else:
+        stream = zlib.compress(text)
+    objects = [
+        b"<< /Type /Catalog /Pages 2 0 R >>",
+        b"<< /Type /Pages /Kids [3 0 R] /Count 1 >>",
+        b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Contents 4 0 R "
+        b"/Resources << /Font << /F1 5 0 R >> >> >>",
+        b"<< /Length %d /Filter /FlateDecode >>\nstream\n%s\nendstream" % (len(stream), stream),
+        b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>",
+    ]
+    trailer = b""
+    if kind == "unknown-encryption":
+        objects.append(b"<< /Filter /NoSuchHandler /V 1 /R 2 /O <00> /U <00> /P -4 >>")
+        trailer = b"/Encrypt 6 0 R /ID [<0123456789abcdef> <0123456789abcdef>]"
+    elif kind != "flate-bomb":
+        raise ValueError(kind)
+    return write_raw_pdf(path, objects, trailer)
+
+
+@dataclasses.dataclass
+class Measured:
+    code: int | None  # None: killed at the time bound
+    out: str
+    err: str
+    seconds: float  # wall clock
+    cpu_s: float  # user + system time of the process
+    peak_mib: float  # its peak resident set size
+
+    @property
+    def hung(self) -> bool:
+        return self.code is None
+
+
+def run_measured(
+    args: list[str], *, stdin: Any = None, timeout: float = 60, memory_gib: float = 2,
+    env: dict[str, str] | None = None, cwd: Path | None = None,
+) -> Measured:  # fmt: skip
+    """A process run to its end (killed at `timeout`) with its own peak RSS and CPU time (wait4),
+    its address space capped at `memory_gib` so that a memory blow-up fails inside it, not here."""
+    import resource
+    import subprocess
+    import tempfile
+    import threading
+    import time
+
+    limit = int(memory_gib * 2**30)
+
+    def cap() -> None:
+        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        started = time.perf_counter()
+        proc = subprocess.Popen(
+            args, stdin=stdin if stdin is not None else subprocess.DEVNULL, stdout=out,
+            stderr=err, env=env, cwd=cwd, preexec_fn=cap,
+        )  # fmt: skip
+        killed = threading.Event()
+        timer = threading.Timer(timeout, lambda: (killed.set(), proc.kill()))
+        timer.start()
+        try:
+            _, status, usage = os.wait4(proc.pid, 0)
+        finally:
+            timer.cancel()
+        proc.returncode = os.waitstatus_to_exitcode(status)  # reaped here: Popen must not wait
+        seconds = time.perf_counter() - started
+        out.seek(0)
+        err.seek(0)
+        text = [f.read().decode("utf-8", "replace") for f in (out, err)]
+    code = None if killed.is_set() else proc.returncode
+    cpu = usage.ru_utime + usage.ru_stime
+    return Measured(code, *text, seconds, cpu, usage.ru_maxrss / 1024)
+
+
+def legalbuild_tree() -> Path:
+    """The checkout whose `legalbuild` this process imported (a subprocess gets the same one)."""
+    import legalbuild
+
+    return Path(legalbuild.__file__).resolve().parents[1]

@@ -12,9 +12,9 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import flip_byte_keeping_mtime
+from helpers import data_rows, flip_byte_keeping_mtime
 
-from legalbuild.engine import maintenance
+from legalbuild.engine import maintenance, pipeline
 from legalbuild.engine.cache import MARKER, NotAStoreError, Store, StrayError
 from legalbuild.engine.context import VerifiedInputs
 from legalbuild.engine.lock import flatten
@@ -279,3 +279,57 @@ def test_another_tools_cache_folder_is_not_taken_over(tmp_path):
     with pytest.raises(NotAStoreError, match="CACHEDIR.TAG"):
         Store(other).claim()
     assert "another tool" in (other / MARKER).read_text()
+
+
+def test_quick_check_finds_what_changed_without_rehashing_unchanged_files(tmp_path):
+    store = Store(tmp_path)
+    tmp = store.new_tmp("eval", K2)
+    for name in ("a.txt", "b.txt", "c.txt", "d.txt"):
+        (tmp / "out" / name).write_text(name * 10)
+    store.commit(tmp, "eval", K2, {})
+    assert store.manifest("eval", K2)["stats"]["a.txt"][0] == 50
+    out = store.out_dir("eval", K2)
+    assert store.quick_check("eval", K2) == []
+    (out / "a.txt").write_text("A" * 50)  # same size, new time: re-hashed, caught
+    (out / "b.txt").write_text("short")  # another size
+    (out / "c.txt").unlink()
+    (out / "e.txt").write_text("new")
+    os.utime(out / "d.txt", ns=(0, 0))  # only the time changed: re-hashed, same bytes, fine
+    assert store.quick_check("eval", K2) == [
+        "missing: c.txt", "unexpected: e.txt", "changed: a.txt",
+        "changed: b.txt (5 bytes, 50 recorded)",
+    ]  # fmt: skip
+
+
+def test_build_never_hands_on_a_corrupted_cached_entry(tmp_path):
+    """A cached entry whose files changed is refused by the next build (exit 8, naming the file
+    and the command that rebuilds it), and one changed with its time put back is reported as
+    not re-hashed, which `verify` then catches."""
+    (tmp_path / "d.jsonl").write_text(data_rows(30))
+    recipe = tmp_path / "r.toml"
+    recipe.write_text(
+        '[project]\nname = "t"\n[[data.sources]]\nname = "d"\npath = "d.jsonl"\n'
+        "[data]\ntarget_min_pairs = 1\n"
+    )
+    store, logs = Store(tmp_path / "cache"), []
+    loaded = pipeline.Loaded.from_path(recipe)
+    pipeline.build(loaded, store, until="normalize", log=logs.append)
+    out = store.out_dir("normalize", loaded.nodes["normalize"].key)
+    train = out / "train.jsonl"
+
+    flip_byte_keeping_mtime(train, 10)  # a disk's bit flip: the cheap check cannot see it
+    pipeline.build(loaded, store, until="normalize", log=logs.append)
+    assert any("normalize  cached" in line and "(sizes checked)" in line for line in logs)
+    assert "not re-hashed: `legalbuild verify` re-reads every byte" in logs[-1]
+    assert store.verify("normalize", loaded.nodes["normalize"].key) == ["changed: train.jsonl"]
+
+    train.write_bytes(train.read_bytes())  # rewritten: a new modification time
+    with pytest.raises(CacheCorruptError, match="changed: train.jsonl") as info:
+        pipeline.build(loaded, store, until="normalize", log=logs.append)
+    assert info.value.exit_code == 8 and "--force normalize" in info.value.hint
+    with open(train, "ab") as f:  # appended: another size, caught without reading it
+        f.write(b"{}\n")
+    with pytest.raises(CacheCorruptError, match=r"changed: train.jsonl \([\d,]+ bytes"):
+        pipeline.build(loaded, store, until="normalize", log=logs.append)
+    pipeline.build(loaded, store, until="normalize", force=["normalize"], log=logs.append)
+    assert store.quick_check("normalize", loaded.nodes["normalize"].key) == []

@@ -27,16 +27,22 @@ from helpers import (
     chromium,
     contract_clauses,
     contract_markdown,
+    hostile_docx,
     render_in_chromium,
     write_contract_docx,
     write_contract_pdf,
     write_recipe,
 )
 
-from legalbuild.contract.client import Endpoint, EndpointUnreachable, audit_concurrently
+from legalbuild.contract.client import (
+    Endpoint,
+    EndpointUnreachable,
+    audit_concurrently,
+    checked_url,
+)
 from legalbuild.contract.document import read_document
 from legalbuild.contract.record import SCHEMA_PATH
-from legalbuild.contract.split import document_clauses
+from legalbuild.contract.split import document_clauses, read_clauses
 from legalbuild.curation.clauses import document_paragraphs
 from legalbuild.errors import DataError, LegalbuildError
 from legalbuild.serve.server import free_port
@@ -194,6 +200,70 @@ def test_bad_input_is_a_data_error_with_a_hint(tmp_path, name, data, message, hi
 def test_a_pdf_encrypted_without_a_user_password_is_read(tmp_path):
     (tmp_path / "perm.pdf").write_bytes(encrypted_pdf(""))  # permissions only: opens for anyone
     assert document_clauses(read_document(tmp_path / "perm.pdf"))[0].text == CLAUSES[0]
+
+
+# ------------------------------------------------------------------------------- hostile files
+# Every hostile kind is also run as a measured process (exit 3, seconds, peak RSS) in test_fuzz.py.
+def test_xml_external_entities_stay_unresolved(tmp_path):
+    from legalbuild.contract.docx_in import open_docx
+
+    secret = tmp_path / "secret.txt"
+    secret.write_text("SECRET-FROM-THE-DISK")
+    path = hostile_docx(tmp_path / "xxe.docx", "xxe", secret)
+    with pytest.raises(DataError, match="has a DTD") as info:
+        read_document(path)
+    assert "SECRET" not in str(info.value)
+    # python-docx (the commented copy) never resolves it either
+    paragraphs = open_docx(path.read_bytes(), "xxe.docx").paragraphs
+    assert any("shall pay" in p.text for p in paragraphs)
+    assert not any("SECRET" in p.text for p in paragraphs)
+
+
+def test_reading_stops_at_the_clause_cap(tmp_path):
+    path = hostile_docx(tmp_path / "long.docx", "empty-paragraphs-3m")  # 28 clauses, 3M more
+    started = time.perf_counter()
+    document, clauses = read_clauses(path, max_clauses=20)
+    assert time.perf_counter() - started < 10
+    assert len(clauses) > 20 and not document.complete
+    assert len(document.units) < 2_000  # read: a few hundred of 3 million paragraphs
+    with pytest.raises(DataError, match="more than 100,000 paragraphs") as info:
+        read_clauses(path)
+    assert "--max-clauses" in info.value.hint
+
+
+def test_an_audit_cut_at_the_cap_writes_its_clauses_not_the_contract(tmp_path):
+    import docx
+
+    path = hostile_docx(tmp_path / "long.docx", "empty-paragraphs-3m")
+    outs = [tmp_path / "r.docx", tmp_path / "r.json"]
+    with OpenAIStub() as stub:
+        result = cli(str(path), "--endpoint", stub.url, "--model", "stub", "--max-clauses", "5",
+                     *(f"--out={o}" for o in outs))  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    record = json.loads(outs[1].read_text())
+    assert record["document"]["complete"] is False and len(record["clauses"]) == 5
+    assert "the clauses with" in result.stderr
+    texts = [p.text for p in docx.Document(str(outs[0])).paragraphs]
+    assert texts[0] == "Audit of " + str(path) and len(texts) < 20
+
+
+@pytest.mark.parametrize(
+    "url", ["http://[::1", "http://127.0.0.1:99999/v1", "ftp://host/v1", "http://exa mple/v1",
+            "http:///v1", "http://h:0/v1", "http://ho\tst/v1"],
+)  # fmt: skip
+def test_a_malformed_endpoint_is_refused_before_any_request(tmp_path, url):
+    (tmp_path / "c.md").write_text(contract_markdown())
+    with pytest.raises(DataError, match="not a server URL"):
+        checked_url(url)
+    result = cli(str(tmp_path / "c.md"), "--model", "m", "--endpoint", url)
+    assert result.returncode == 3 and "Traceback" not in result.stderr, result.stderr
+    assert "--endpoint" in result.stderr and "hint:" in result.stderr
+
+
+def test_good_endpoints_pass_the_check():
+    for url in ("http://127.0.0.1:8000/v1", "https://api.example.com/v1", "http://[::1]:8000",
+                "http://localhost", "http://user:pw@host.internal:443/v1/"):  # fmt: skip
+        assert checked_url(url) == url
 
 
 # ------------------------------------------------------------------------------- the client

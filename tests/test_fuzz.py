@@ -19,23 +19,39 @@ from __future__ import annotations
 import contextlib
 import csv
 import datetime as dt
+import importlib.util
 import io
 import json
 import os
 import random
 import re
 import signal
+import stat
 import subprocess
 import sys
 import time
 import traceback
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 import tomli_w
 import typer
+from helpers import (
+    OpenAIStub,
+    clause_paragraphs,
+    contract_markdown,
+    document_xml,
+    hostile_docx,
+    hostile_pdf,
+    legalbuild_tree,
+    run_measured,
+    write_contract_docx,
+    write_contract_pdf,
+    write_docx_with,
+)
 
 from legalbuild import cli
 
@@ -741,3 +757,392 @@ def test_subprocess_sample(ws):
             proc.stderr,
         )
         assert "error:" in proc.stderr.lower(), (SEED, args, proc.stderr)
+
+
+# ---------------------------------------------------------------- hostile inputs (issue 22)
+# Each case is tried as an attacker would and sorted into one verdict: "clean error" (the exit
+# code expected, an `error:` naming the file or option, a `hint:`), "accepted" (a success that
+# should succeed), or what went wrong: "traceback", "hang", "memory", "wrong acceptance" (a
+# success, or a leak, where a refusal was due), "data loss" (something the tool did not make was
+# changed), "unclear" (another exit code, or a message without a name or a hint). The runs use
+# the `legalbuild` this process imported (`helpers.legalbuild_tree()`): run this file from
+# another checkout's folder (`cd OTHER && pytest /path/to/tests/test_fuzz.py -k hostile`) to
+# count what that checkout does.
+VERDICTS = ("clean error", "accepted", "traceback", "hang", "memory", "wrong acceptance",
+            "data loss", "unclear")  # fmt: skip
+HOSTILE_S, HOSTILE_CPU_S, HOSTILE_MIB = 45, 10, 400  # wall (a busy machine), CPU, peak RSS
+
+
+@dataclass
+class Verdicts:
+    area: str
+    counts: Counter = field(default_factory=Counter)
+    failures: list[str] = field(default_factory=list)
+
+    def add(self, case: str, verdict: str, detail: str = "") -> None:
+        self.counts[verdict] += 1
+        if verdict not in ("clean error", "accepted"):
+            self.failures.append(f"{case}: {verdict}\n    {detail[-800:]!r}")
+
+    def report(self) -> str:
+        counts = ", ".join(f"{self.counts[v]} {v}" for v in VERDICTS)
+        return f"fuzz seed {SEED} {self.area}: {sum(self.counts.values())} tried: {counts}"
+
+    def check(self) -> None:
+        print(self.report())
+        assert not self.failures, f"{self.report()}\n" + "\n".join(self.failures[:8])
+
+
+def verdict_of(code, text: str, expect: tuple[int, ...], names: list[str], *, hung=False,
+               crash=None, peak_mib=0.0, cpu_s=0.0, leaked=False, lost=False,
+               hint=True) -> str:  # fmt: skip
+    if lost:
+        return "data loss"
+    if hung:
+        return "hang"
+    if crash or "Traceback (most recent call last)" in text:
+        return "traceback"
+    if peak_mib > HOSTILE_MIB or cpu_s > HOSTILE_CPU_S or "MemoryError" in text:
+        return "memory"
+    if leaked or (code == 0 and 0 not in expect):
+        return "wrong acceptance"
+    if code not in expect:
+        return "unclear"
+    if code == 0:
+        return "accepted"
+    message = text.lower().split("error:", 1)[-1]
+    named = any(n.lower() in message for n in names) or _KEY.search(message)
+    advised = "hint:" in message or not hint  # a recipe error says what to do in its message
+    return "clean error" if "error:" in text.lower() and named and advised else "unclear"
+
+
+def audit_cases(
+    folder: Path, secret: Path
+) -> list[tuple[str, list[str], tuple[int, ...], str | None]]:
+    """(name, arguments after `audit`, exit codes expected, stdin) of the hostile documents. An
+    external entity may be refused or read unresolved (exit 0), never resolved."""
+    cases = []
+    for kind in ("billion-laughs", "xxe", "deep-nesting", "malformed", "no-document", "zip-bomb",
+                 "lying-size", "paragraphs-3m", "empty-paragraphs-3m"):  # fmt: skip
+        path = hostile_docx(folder / f"{kind}.docx", kind, secret)
+        cases.append((kind, [str(path)], (0, 3) if kind == "xxe" else (3,), None))
+    for kind in ("paragraphs-3m", "empty-paragraphs-3m"):  # reading stops at the cap
+        args = [str(folder / f"{kind}.docx"), "--max-clauses", "20"]
+        cases.append((f"{kind} --max-clauses 20", args, (0,) if "empty" in kind else (3,), None))
+    for kind in ("flate-bomb", "unknown-encryption"):
+        cases.append((kind, [str(hostile_pdf(folder / f"{kind}.pdf", kind))], (3,), None))
+    cases.append(("stdin /dev/zero", ["-"], (3,), "/dev/zero"))
+    (folder / "contract.md").write_text(contract_markdown())
+    for url in ("http://[::1", "http://127.0.0.1:99999/v1"):
+        args = [str(folder / "contract.md"), "--endpoint", url]
+        cases.append((f"--endpoint {url}", args, (3,), None))
+    return cases
+
+
+@pytest.mark.slow
+def test_hostile_documents_are_refused_in_seconds_with_bounded_memory(tmp_path):
+    """Every hostile document of issue 22 as a real process: exit 3 naming the file with a hint
+    (the 3-million-paragraph DOCX with --max-clauses 20 is audited: reading stops at the cap),
+    within HOSTILE_CPU_S of CPU and HOSTILE_MIB of peak RSS (its address space capped at 2 GiB),
+    and the external entity's file never reaches the server or the terminal."""
+    secret = tmp_path / "secret.txt"
+    secret.write_text("XXE-SECRET-FROM-DISK")
+    env = {**os.environ, "PYTHONPATH": str(legalbuild_tree()), "COLUMNS": "200"}
+    tally = Verdicts("hostile documents")
+    with OpenAIStub() as stub:
+
+        def attack(case):
+            name, args, expect, stdin = case
+            command = [sys.executable, "-m", "legalbuild", "audit", *args, "--model", "stub"]
+            if "--endpoint" not in args:
+                command += ["--endpoint", stub.url]
+            with open(stdin, "rb") if stdin else contextlib.nullcontext() as feed:
+                return case, run_measured(command, stdin=feed, timeout=HOSTILE_S, env=env)
+
+        with ThreadPoolExecutor(max_workers=2) as pool:  # each run's RSS and CPU are its own
+            runs = list(pool.map(attack, audit_cases(tmp_path, secret)))
+        for (name, args, expect, _), run in runs:
+            text = run.out + run.err
+            leaked = "XXE-SECRET" in text + "".join(stub.attempts)
+            names = [Path(args[0]).name, "<stdin>", "--endpoint"]
+            verdict = verdict_of(run.code, text, expect, names, hung=run.hung, leaked=leaked,
+                                 peak_mib=run.peak_mib, cpu_s=run.cpu_s)  # fmt: skip
+            detail = f"exit {run.code}, {run.seconds:.1f} s, {run.cpu_s:.1f} s CPU, {run.peak_mib:.0f} MiB: {run.err}"
+            tally.add(name, verdict, detail)
+    tally.check()
+
+
+# mutated documents: seeded edits of a real DOCX, PDF and text contract, audited in this process
+DOC_CASES = 48
+
+
+def mutated_document(rng: random.Random, folder: Path) -> tuple[Path, str]:
+    kind = rng.choice(["xml"] * 4 + ["docx", "pdf", "pdf", "text"])
+    if kind == "xml":
+        xml = document_xml(clause_paragraphs(1))
+        op = rng.choice(["cut", "tags", "entity", "doctype", "bytes", "deep", "ilvl", "prefix"])
+        at = rng.randrange(len(xml))
+        edit = {
+            "cut": b"",
+            "tags": rng.choice([b"<w:p>", b"</w:body>", b"<w:r><w:t>", b"</w:p></w:p>", b"<"]),
+            "entity": b"&nosuch;",
+            "doctype": b"<!DOCTYPE w:document>",
+            "bytes": bytes(rng.randrange(256) for _ in range(rng.randint(1, 8))),
+            "deep": b"<w:sdt>" * rng.choice([100, 255, 300, 5000]),
+            "ilvl": b'<w:p><w:pPr><w:numPr><w:ilvl w:val="%s"/><w:numId w:val="1"/></w:numPr></w:pPr>'
+            b"<w:r><w:t>The Supplier may raise the fees at any time.</w:t></w:r></w:p>"
+            % rng.choice([b"999999999", b"-5", b"abc", b"3"]),
+            "prefix": b"<x:p>undeclared</x:p>",
+        }[op]
+        if op in ("ilvl", "prefix"):
+            at = xml.index(b"<w:body>") + len(b"<w:body>")
+        data = xml[:at] + edit + (b"" if op == "cut" else xml[at:])
+        return write_docx_with(folder / "d.docx", data), f"xml {op} at {at}"
+    path = folder / {"docx": "d.docx", "pdf": "d.pdf", "text": "d.md"}[kind]
+    if kind == "docx":
+        write_contract_docx(path)
+    elif kind == "pdf":
+        write_contract_pdf(path)
+    else:
+        path.write_text(contract_markdown())
+    data = bytearray(path.read_bytes())
+    if rng.random() < 0.3:
+        data = data[: rng.randrange(len(data))]
+        op = "truncated"
+    else:
+        for _ in range(rng.randint(1, 12)):
+            data[rng.randrange(len(data))] = rng.randrange(256)
+        op = "bytes flipped"
+    path.write_bytes(bytes(data))
+    return path, f"{kind} {op}"
+
+
+def test_mutated_documents_give_an_audit_or_a_clean_error(tmp_path):
+    tally = Verdicts("mutated documents")
+    with OpenAIStub() as stub:
+        for i in range(max(1, round(DOC_CASES * SCALE))):
+            folder = tmp_path / f"doc-{i}"
+            folder.mkdir()
+            path, done = mutated_document(case_rng("doc", i), folder)
+            args = ["audit", str(path), "--model", "stub", "--endpoint", stub.url]
+            outcome = run_cli([*args, "--max-clauses", "3"])
+            verdict = verdict_of(outcome.code, outcome.out + outcome.err, (0, 3), [path.name],
+                                 hung=outcome.crash and "hung" in outcome.crash,
+                                 crash=outcome.crash, cpu_s=outcome.cpu)  # fmt: skip
+            tally.add(f"doc#{i}: {done}", verdict, outcome.err + (outcome.crash or ""))
+    tally.check()
+
+
+# destinations: export and audit --out against what the user owns (issue 22, part 1)
+def snapshot(root: Path) -> dict[str, tuple]:
+    """Every path under root: its kind and, for a file, its bytes; for a link, its target."""
+    found = {}
+    for dirpath, dirs, files in os.walk(root):
+        for name in dirs + files:
+            p = Path(dirpath) / name
+            st = os.lstat(p)
+            kind = stat.S_IFMT(st.st_mode)
+            body = (
+                p.read_bytes()
+                if stat.S_ISREG(st.st_mode)
+                else os.readlink(p)
+                if p.is_symlink()
+                else None
+            )
+            found[str(p.relative_to(root))] = (kind, body)
+    return found
+
+
+@pytest.fixture(scope="module")
+def exportable(tmp_path_factory):
+    """A recipe in its project folder whose merge entry is in the cache (a folder shaped like a
+    merged model: the export copies it byte-checked)."""
+    from legalbuild.engine.cache import Store
+    from legalbuild.engine.pipeline import Loaded
+
+    root = tmp_path_factory.mktemp("export")
+    project, model = root / "project", root / "model"
+    project.mkdir()
+    model.mkdir()
+    (model / "config.json").write_text('{"model_type": "llama"}')
+    (project / "good.jsonl").write_text("".join(json.dumps(r) + "\n" for r in good_rows()))
+    recipe = project / "r.toml"
+    recipe.write_text(tomli_w.dumps({
+        "project": {"name": "fuzz"}, "model": {"base": str(model)}, "eval": {"enabled": False},
+        "data": {"sources": [{"name": "a", "path": "good.jsonl"}], "target_min_pairs": 1},
+    }))  # fmt: skip
+    loaded, store = Loaded.from_path(recipe), Store(root / "cache")
+    key = loaded.nodes["merge"].key
+    tmp = store.new_tmp("merge", key)
+    (tmp / "out" / "model").mkdir()
+    (tmp / "out" / "model" / "config.json").write_text('{"model_type": "llama"}')
+    (tmp / "out" / "model" / "model.safetensors").write_bytes(b"\0" * 64)
+    store.commit(tmp, "merge", key, {"stage": "merge"})
+    return recipe, root / "cache"
+
+
+def destination_cases(area: Path, recipe: Path, cache: Path) -> list[tuple[str, list[str], tuple]]:
+    """(name, CLI arguments, exit codes expected) with the hostile destinations made in `area`."""
+    user = area / "mine"
+    user.mkdir()
+    (user / "notes.txt").write_text("mine")
+    (user / ".git").mkdir()
+    (user / ".git" / "HEAD").write_text("ref: refs/heads/main\n")
+    os.mkfifo(area / "fifo")
+    (area / "file.txt").write_text("mine")
+    (area / "link").symlink_to(user)
+    (area / ".out.partial-999999-1-abcdef12").mkdir()  # a user's folder named like a stale partial
+    (area / ".out.partial-999999-1-abcdef12" / "keep.txt").write_text("mine")
+    (area / "contract.md").write_text(contract_markdown())
+    os.link(area / "contract.md", area / "hardlink.md")
+    cases, devices = [], []
+    try:
+        os.mknod(area / "null", stat.S_IFCHR | 0o666, os.makedev(1, 3))
+        devices.append(("export to a device node", ["null"], (1,)))
+    except PermissionError:
+        pass
+    export = [
+        ("export to a FIFO", ["fifo"], (1,)), ("export to a file", ["file.txt"], (1,)),
+        ("export to a user folder", ["mine"], (1,)), ("--force a user folder", ["mine", "--force"], (1,)),
+        ("--force through a link", ["link", "--force"], (1,)),
+        ("--force the recipe's folder", [str(recipe.parent), "--force"], (1,)),
+        ("export into the cache", [str(cache / "entries"), "--force"], (1,)),
+        ("export to a new folder", ["out"], (0,)), ("--force a previous export", ["out", "--force"], (0,)),
+    ]  # fmt: skip
+    for name, (dest, *more), expect in devices + export:
+        target = dest if dest.startswith("/") else str(area / dest)
+        cases.append(
+            (name, ["export", str(recipe), target, *more, "--cache-dir", str(cache)], expect)
+        )
+    audit = ["audit", str(area / "contract.md"), "--model", "m", "--endpoint", "http://127.0.0.1:9"]
+    os.mkfifo(area / "pipe.md")
+    (area / "link.md").symlink_to(area / "contract.md")
+    outs = [("--out the input", "contract.md"), ("--out a hard link to it", "hardlink.md"),
+            ("--out a FIFO", "pipe.md"), ("--out a link to the input", "link.md")]  # fmt: skip
+    if (area / "null").exists():
+        os.mknod(area / "null.md", stat.S_IFCHR | 0o666, os.makedev(1, 3))
+        outs.append(("--out a device", "null.md"))
+    return cases + [(name, [*audit, "--out", str(area / out)], (3,)) for name, out in outs]
+
+
+def test_destinations_never_lose_what_the_tool_did_not_make(tmp_path, exportable):
+    recipe, cache = exportable
+    area = tmp_path / "area"
+    area.mkdir()
+    tally = Verdicts("destinations")
+    before_project = snapshot(recipe.parent)
+    for name, args, expect in destination_cases(area, recipe, cache):
+        before = snapshot(area)
+        outcome = run_cli(args)
+        after = snapshot(area)
+        lost = [p for p, v in before.items() if p not in after or after[p] != v]
+        lost = [p for p in lost if not p.startswith("out")]  # a previous export may be replaced
+        lost += [
+            f"project/{p}" for p, v in before_project.items() if snapshot(recipe.parent).get(p) != v
+        ]
+        names = [Path(a).name for a in args[1:3]] + [str(area)]
+        verdict = verdict_of(outcome.code, outcome.out + outcome.err, expect, names,
+                             crash=outcome.crash, lost=bool(lost))  # fmt: skip
+        tally.add(name, verdict, f"lost {lost}; {outcome.err}{outcome.crash or ''}")
+    tally.check()
+
+
+# recipes that run code or start the impossible (issue 22, part 3); `validate` in this process
+CODE_FLAGS = [  # (flag, value): vLLM imports the code the value names; `fuzzpwn` exists here
+    ("--tool-parser-plugin", "{pwn}/fuzzpwn.py"), ("--reasoning-parser-plugin", "{pwn}/fuzzpwn.py"),
+    ("--logits-processors", "fuzzpwn.Processor"), ("--worker-cls", "fuzzpwn.Worker"),
+    ("--worker-extension-cls", "fuzzpwn.Ext"), ("--scheduler-cls", "fuzzpwn.Scheduler"),
+    ("--model-class-overrides", '{"LlamaForCausalLM": "fuzzpwn:Model"}'),
+    ("--log-config-file", "{pwn}/logging.json"), ("--distributed-executor-backend", "fuzzpwn.Executor"),
+    ("--spec-model", "fuzzpwn.Proposer"),
+    ("-cc", '{"inductor_passes": {"p": "fuzzpwn.fn"}}'), ("--compilation-config", '{"backend": "fuzzpwn.fn"}'),
+    ("--kv-transfer-config", '{"kv_connector": "X", "kv_role": "kv_both", "kv_connector_module_path": "fuzzpwn"}'),
+    ("--ec-manager-config", '{"encoder_cache_manager_cls": "fuzzpwn.M"}'),
+    ("--logging-config", '{"pylogging_config_file": "{pwn}/logging.json"}'),
+    ("--structured-outputs-config", '{"reasoning_parser_plugin": "{pwn}/fuzzpwn.py"}'),
+    ("-sc", '{"model": "fuzzpwn.Proposer", "num_speculative_tokens": 2}'),
+]  # fmt: skip
+CODE_CASES = 48
+
+
+def code_flag_case(rng: random.Random, pwn: Path) -> tuple[list[str], str]:
+    """A code-loading flag in one of the spellings vLLM's parser reads."""
+    flag, value = rng.choice(CODE_FLAGS)
+    value = value.replace("{pwn}", str(pwn))
+    spelling = rng.choice(["plain", "equals", "underscores", "abbreviated", "dotted", "among"])
+    if spelling == "dotted" and value.startswith("{"):
+        key, inner = next((k, v) for k, v in json.loads(value).items() if "pwn" in json.dumps(v))
+        inner = json.dumps(inner) if not isinstance(inner, str) else inner
+        return [f"{flag}.{key}", inner], spelling
+    name = flag
+    if spelling == "underscores" and flag.startswith("--"):
+        name = "--" + flag[2:].replace("-", "_")
+    elif spelling == "abbreviated" and flag.startswith("--"):
+        name = flag[: max(len(flag) - rng.randint(1, 3), 4)]
+    args = [f"{name}={value}"] if spelling == "equals" else [name, value]
+    return (
+        ["--seed", "7", *args, "--max-num-seqs", "4"] if spelling == "among" else args
+    ), spelling
+
+
+def recipe_cases(pwn: Path) -> list[tuple[str, dict, tuple[int, ...], str]]:
+    """(name, what to merge into the base recipe, exit codes expected, command) for part 3."""
+    serve = lambda **kw: {"serve": kw}  # noqa: E731
+    dist = lambda **kw: {"train": {"max_steps": 2, "batch_size": 1, "distributed": kw}}  # noqa: E731
+    cases = [  # what vLLM's own parser refuses, where it is installed
+        (f"extra_args {a!r}", serve(extra_args=a), (2,), "validate")
+        for a in (["--HOST", "0.0.0.0"], ["--"], ["--max-num-seqs"], ["--no-such-flag"],
+                  ["--max-num-seqs", "many"])
+        if importlib.util.find_spec("vllm") is not None
+    ]  # fmt: skip
+    cases += [
+        (f"api_key_env {v}", serve(api_key_env=v), (2,), "validate")
+        for v in ("PATH", "HOME", "USER", "SHELL", "PWD", "LANG")
+    ]
+    cases += [
+        ("served_model_name ''", serve(served_model_name=""), (2,), "validate"),
+        ("nproc_per_node 100000", dist(nproc_per_node=100000), (2,), "validate"),
+        ("nproc_per_node 2**63-1", dist(nproc_per_node=2**63 - 1), (2,), "validate"),
+        ("rdzv port 99999", dist(nnodes=2, rdzv_endpoint="node0:99999"), (2,), "validate"),
+        ("missing DeepSpeed JSON", dist(nproc_per_node=2, strategy="deepspeed", deepspeed="no.json"), (2,), "plan"),
+        ("extra_args --seed 7", serve(extra_args=["--seed", "7"]), (0,), "validate"),
+        ("allow_code_loading_flags", serve(allow_code_loading_flags=True,
+            extra_args=["--tool-parser-plugin", f"{pwn}/fuzzpwn.py"]), (0,), "validate"),
+    ]  # fmt: skip
+    return cases
+
+
+def test_recipes_that_run_code_or_start_the_impossible_are_refused(ws, tmp_path, monkeypatch):
+    """Code-loading vLLM flags in seeded spellings (refused unless the recipe opts in; a module
+    that writes a marker when imported shows whether any code ran), the spellings vLLM's parser
+    refuses, and the impossible [serve] and [train.distributed] values: exit 2 naming the key."""
+    pwn = tmp_path / "pwn"
+    pwn.mkdir()
+    (pwn / "fuzzpwn.py").write_text(f"open({str(tmp_path / 'RAN')!r}, 'w').write('ran')\n")
+    (pwn / "logging.json").write_text('{"version": 1}')
+    monkeypatch.syspath_prepend(str(pwn))
+    tally = Verdicts("recipes")
+    cases = [(f"code flag {spelled}: {args}", {"serve": {"extra_args": args}}, (2,), "validate")
+             for args, spelled in (code_flag_case(case_rng("code", i), pwn)
+                                   for i in range(max(1, round(CODE_CASES * SCALE))))]  # fmt: skip
+    warm = run_cli(["validate", str(ws / "base.toml")])  # vLLM's import is paid outside the cases
+    assert warm.code == 0, warm.err
+    for i, (name, change, expect, command) in enumerate(cases + recipe_cases(pwn)):
+        recipe = base_recipe(ws, curate=False)
+        for section, values in change.items():
+            recipe.setdefault(section, {}).update(values)
+        folder = tmp_path / f"recipe-{i}"
+        folder.mkdir()
+        (folder / "r.toml").write_text(tomli_w.dumps(recipe))
+        args = [command, str(folder / "r.toml")] + (
+            ["--cache-dir", str(tmp_path / "c")] if command == "plan" else []
+        )
+        outcome = run_cli(args, hang_s=120)
+        ran = (tmp_path / "RAN").exists()
+        verdict = verdict_of(outcome.code, outcome.out + outcome.err, expect, ["r.toml"],
+                             crash=outcome.crash, leaked=ran, hint=False)  # fmt: skip
+        tally.add(
+            name, verdict, ("code ran! " if ran else "") + outcome.err + (outcome.crash or "")
+        )
+        (tmp_path / "RAN").unlink(missing_ok=True)
+    tally.check()

@@ -16,8 +16,8 @@ from helpers import REPO, write_jsonl, write_recipe
 from legalbuild import cli
 from legalbuild.engine import pipeline
 from legalbuild.engine.cache import Store
-from legalbuild.engine.lock import lock_path, read_lock, write_lock
-from legalbuild.engine.reasons import diff_inputs
+from legalbuild.engine.lock import lock_path, lock_problem, read_lock, record_stage, write_lock
+from legalbuild.engine.reasons import diff_inputs, numerics_note
 
 ROWS = [
     {"instruction": f"Audit clause {i}: fees may rise.", "output": f"Risk: low {i}"}
@@ -157,6 +157,19 @@ def test_other_numerics_keep_the_locked_digests_with_a_note(project, tmp_path):
     note = [line for line in logs if "note:" in line]
     assert note and "train.jsonl differ from the locked digests" in note[0], logs
     assert read_lock(project)["stages"]["normalize"]["outputs"]["train.jsonl"] == "0" * 64
+
+
+def test_a_stage_that_is_not_bit_reproducible_says_why_in_the_lock_and_the_note():
+    lock: dict = {}
+    why = "GPU kernels may sum in another order"
+    record_stage(lock, "train", "a" * 64, {"x": 1}, {"adapter/a.safetensors": "b" * 64}, why)
+    record_stage(lock, "normalize", "c" * 64, {}, {})
+    assert lock["stages"]["train"]["not_bit_reproducible"] == why
+    assert "not_bit_reproducible" not in lock["stages"]["normalize"]
+    assert lock_problem(lock) is None
+    assert lock_problem({**lock, "stages": {"t": {"key": "a" * 64, "not_bit_reproducible": 3}}})
+    note = numerics_note("train", {"a": "1"}, {"a": "2"}, why)
+    assert f"not bit-reproducible here: {why}" in note
 
 
 # --------------------------------------------------------------------------------- malformed

@@ -347,3 +347,58 @@ def test_cli_usage_errors_and_port_range_without_traceback(tmp_path):
         )
         assert proc.returncode == 2 and expected in proc.stderr, (args, proc.stderr)
         assert "Traceback" not in proc.stderr
+
+
+BASE = '[project]\nname = "x"\n[[data.sources]]\nname = "a"\npath = "a.jsonl"\n'
+
+
+@pytest.mark.parametrize(
+    ("section", "expected"),
+    [
+        ('[serve]\napi_key_env = "PATH"', "[serve.api_key_env] Value error, PATH holds something"),
+        ('[serve]\napi_key_env = "HOME"', "HOME holds something other than a secret"),
+        ('[serve]\napi_key_env = "user"', "user holds something other than a secret"),
+        ('[serve]\napi_key_env = "LC_ALL"', "LC_ALL holds something other than a secret"),
+        ('[serve]\napi_key_env = "MY KEY"', "[serve.api_key_env] String should match pattern"),
+        ('[serve]\nserved_model_name = ""', "[serve.served_model_name] Value error, the served"),
+        ('[serve]\nserved_model_name = "  "', "is blank or holds control characters"),
+        ('[serve]\nserved_model_name = "a\\nb"', "is blank or holds control characters"),
+        ("[train.distributed]\nnproc_per_node = 100000", "less than or equal to 256"),
+        (f"[train.distributed]\nnproc_per_node = {2**63 - 1}", "less than or equal to 256"),
+        (f"[train.distributed]\nnproc_per_node = {2**63}", "less than or equal to 256"),
+        ("[train.distributed]\nnnodes = 1000000", "[train.distributed.nnodes] Input should be"),
+        ('[train.distributed]\nnnodes = 2\nrdzv_endpoint = "n0:99999"', "port 99999 is not a TCP"),
+        ('[train.distributed]\nnnodes = 2\nrdzv_endpoint = "n0:0"', "port 0 is not a TCP port"),
+    ],
+)
+def test_impossible_serving_and_launch_settings_are_refused_when_read(tmp_path, section, expected):
+    p = _write(tmp_path, BASE + section + "\n")
+    with pytest.raises(RecipeError) as exc:
+        load_recipe(p)
+    line = BASE.count("\n") + section.count("\n") + 1  # the section's last line holds the value
+    assert f"{p}:{line}: [" in str(exc.value) and expected in str(exc.value), str(exc.value)
+
+
+def test_possible_ones_pass(tmp_path):
+    section = (
+        '[serve]\napi_key_env = "MY_SERVER_KEY"\nserved_model_name = "legal audit"\n'
+        '[train.distributed]\nnproc_per_node = 2\nnnodes = 2\nrdzv_endpoint = "node0:29400"\n'
+    )
+    recipe = load_recipe(_write(tmp_path, BASE + section))
+    assert recipe.served_model_name == "legal audit" and recipe.train.distributed.nnodes == 2
+
+
+def test_a_missing_deepspeed_json_is_refused_by_plan_naming_the_key(tmp_path):
+    from legalbuild.engine.pipeline import Loaded
+
+    (tmp_path / "a.jsonl").write_text('{"instruction": "a b c d", "output": "Risk: none"}\n')
+    section = (
+        '[train.distributed]\nnproc_per_node = 2\nstrategy = "deepspeed"\ndeepspeed = "ds.json"\n'
+    )
+    p = _write(tmp_path, BASE + section)
+    with pytest.raises(RecipeError) as exc:
+        Loaded.from_path(p)  # what `plan` computes first: every stage's key
+    assert "[train.distributed] deepspeed = 'ds.json'" in str(exc.value)
+    assert str(tmp_path / "ds.json") in str(exc.value) and "zero2" in exc.value.hint
+    (tmp_path / "ds.json").write_text('{"zero_optimization": {"stage": 2}}')
+    assert Loaded.from_path(p).nodes["train"].key

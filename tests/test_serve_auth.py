@@ -5,6 +5,7 @@ test_serve.py (it shares that module's server)."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import re
@@ -19,7 +20,9 @@ import pytest
 from legalbuild.errors import RecipeError, ServeError
 from legalbuild.processes import StoppedBySignal, stop_signals
 from legalbuild.recipe import ServeSection
-from legalbuild.recipe.vllm_flags import MANAGED_FLAGS, managed_flag
+from legalbuild.recipe.loading import validate_recipe
+from legalbuild.recipe.vllm_flags import CODE_OPTIONS, MANAGED_FLAGS, managed_flag, option_of
+from legalbuild.recipe.vllm_parse import CODE_DESTS
 from legalbuild.serve.auth import KEY_ENV, PUBLIC_PATHS_ENV, KeyMiddleware, public_paths
 from legalbuild.serve.server import server_command
 
@@ -216,19 +219,27 @@ MANAGED_DESTS = {
     "model", "served_model_name", "host", "port", "uds", "api_key", "middleware",
     "trust_remote_code", "config", "grpc", "grpc_port", "max_model_len", "dtype",
     "tensor_parallel_size", "gpu_memory_utilization", "enforce_eager",
-    "pipeline_parallel_size", "data_parallel_size",
+    "pipeline_parallel_size", "data_parallel_size", "help",
 }  # fmt: skip
 
 
-def test_refusals_match_vllms_own_parser():
-    """Every option string vLLM 0.32 has for a setting legalbuild manages is refused (aliases
-    such as --device-memory-utilization and -tp included), no other option is, and the forms
-    refused (abbreviation, underscores, `=`) are ones vLLM's parser really reads that way."""
+@pytest.fixture(scope="module")
+def vllm_probe() -> dict:
+    """vLLM's server parser, asked once in a process of its own: its actions and a parse."""
+    if importlib.util.find_spec("vllm") is None:
+        pytest.skip("vLLM is not installed")
     done = subprocess.run(
         [sys.executable, "-c", VLLM_PARSER_PROBE], capture_output=True, text=True, cwd=REPO
     )
     assert done.returncode == 0, done.stderr[-3000:]
-    probe = json.loads(done.stdout.strip().splitlines()[-1])
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def test_refusals_match_vllms_own_parser(vllm_probe):
+    """Every option string vLLM 0.32 has for a setting legalbuild manages is refused (aliases
+    such as --device-memory-utilization and -tp included), no other option is, and the forms
+    refused (abbreviation, underscores, `=`) are ones vLLM's parser really reads that way."""
+    probe = vllm_probe
     assert probe["parsed"] == {
         "host": "0.0.0.0",
         "api_key": ["k"],
@@ -248,6 +259,128 @@ def test_refusals_match_vllms_own_parser():
                     assert managed_flag("--" + option[2:].replace("-", "_")) is not None
     ours = {flag for flags, _ in MANAGED_FLAGS for flag in flags}
     assert ours == seen_managed  # no stale entry in our table either
+
+
+# ------------------------------------------------------------------------------- code loading
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--tool-parser-plugin", "/tmp/plugin.py"],
+        [
+            "--tool_parser_plug=/tmp/plugin.py"
+        ],  # underscores and an abbreviation, as vLLM reads them
+        ["--logits-processors", "pkg.Processor"],
+        ["--worker-extension-cls", "pkg.Ext"],
+        ["--worker-cls=pkg.Worker"],
+        ["--scheduler-cls", "pkg.Scheduler"],
+        ["--reasoning-parser-plugin", "/tmp/r.py"],
+        ["--model-class-overrides", '{"LlamaForCausalLM": "pkg:Model"}'],
+        ["--log-config-file", "/tmp/logging.json"],
+        ["--distributed-executor-backend", "pkg.Executor"],
+        ["-cc", '{"inductor_passes": {"p": "pkg.fn"}}'],
+        ["-cc.inductor_passes.p", "pkg.fn"],  # vLLM's dotted form
+        ["-c", '{"backend": "pkg.backend"}'],  # -c is read as -cc
+        ["--compilation-config.backend=pkg.backend"],
+        ["--kv-transfer-config", '{"kv_connector": "X", "kv_connector_module_path": "pkg"}'],
+        ["--kv-transfer-config", '{"kv_connector_extra_config": {"spec_module_path": "pkg"}}'],
+        ["--kv-transfer-config", "not json"],  # cannot be checked: refused
+        ["--ec-manager-config", '{"encoder_cache_manager_cls": "pkg.M"}'],
+        ["--logging-config.pylogging_config_file", "/tmp/l.json"],
+        ["--structured-outputs-config", '{"reasoning_parser_plugin": "/tmp/r.py"}'],
+        ["-sc", '{"model": "pkg.Proposer", "num_speculative_tokens": 2}'],
+        ["--spec-method", "custom_class"],
+        ["--spec-model", "pkg.Proposer"],
+    ],
+)
+def test_options_that_import_code_need_the_recipe_to_opt_in(args):
+    with pytest.raises(ValueError, match="allow_code_loading_flags = true") as info:
+        ServeSection(extra_args=args)
+    message = info.value.errors()[0]["msg"]
+    assert "a recipe is data" in message
+    assert not any(a in message for a in args[1:])  # values are never echoed
+    assert ServeSection(allow_code_loading_flags=True, extra_args=args).extra_args == args
+
+
+@pytest.mark.parametrize(
+    "args",
+    [["--seed", "7"], ["--compilation-config", '{"mode": 0}'], ["-cc.backend", "eager"],
+     ["--distributed-executor-backend", "mp"], ["-sc", '{"model": "org/draft"}'],
+     ["--spec-model", "org/draft-model"], ["--max-num-seqs=4"]],
+)  # fmt: skip
+def test_options_that_import_no_code_pass(args):
+    assert ServeSection(extra_args=args).extra_args == args
+
+
+def test_code_loading_options_match_vllms_own_parser(vllm_probe):
+    """Every option string of a vLLM setting that imports code (CODE_DESTS, read from vLLM
+    0.32's code) is one CODE_OPTIONS recognises, no other option is, and none is stale."""
+    dests = {dest for dest, _ in vllm_probe["actions"]}
+    assert set(CODE_DESTS) <= dests
+    seen = set()
+    for dest, options in vllm_probe["actions"]:
+        for option in options:
+            found = option_of(option, CODE_OPTIONS)
+            assert (found is not None) == (dest in CODE_DESTS), (dest, option)
+            seen.add(option)
+    assert {flag for flags, _ in CODE_OPTIONS for flag in flags} <= seen
+
+
+@pytest.fixture(scope="module")
+def parsed_by_vllm():
+    """validate_recipe for a recipe with these extra_args (vLLM imported once, in this process)."""
+    if importlib.util.find_spec("vllm") is None:
+        pytest.skip("vLLM is not installed")
+
+    def validate(folder: Path, args: list[str]):
+        recipe = folder / "r.toml"
+        recipe.write_text(
+            '[project]\nname = "t"\n[[data.sources]]\nname = "d"\npath = "d.jsonl"\n\n'
+            f"[serve]\nextra_args = {json.dumps(args)}\n"
+        )
+        return recipe, validate_recipe(recipe)
+
+    return validate
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--HOST", "0.0.0.0"], "unrecognized arguments: --HOST"),
+        (["--"], "unrecognized arguments"),  # what follows a bare -- is positional
+        (["--max-num-seqs"], "--max-num-seqs: expected one argument"),  # dangling: no value
+        (["--no-such-option", "1"], "unrecognized arguments: --no-such-option"),
+        (["--max-num-seqs", "sk-secret-value"], "invalid"),
+    ],
+)
+def test_validate_reads_extra_args_with_vllms_parser(tmp_path, parsed_by_vllm, args, message):
+    with pytest.raises(RecipeError) as info:
+        parsed_by_vllm(tmp_path, args)
+    text = str(info.value)
+    assert f"{tmp_path / 'r.toml'}:8: [serve.extra_args] vLLM's parser refuses them" in text
+    assert message in text and "sk-secret-value" not in text
+
+
+def test_validate_says_what_it_checked(tmp_path, parsed_by_vllm):
+    _, validated = parsed_by_vllm(tmp_path, ["--seed", "7", "--max-num-seqs=4"])
+    assert validated.notes == ["[serve] extra_args parsed by vLLM 0.32.0's own argument parser"]
+
+
+def test_validate_without_vllm_says_the_check_was_skipped(tmp_path):
+    recipe = tmp_path / "r.toml"
+    recipe.write_text(
+        '[project]\nname = "t"\n[[data.sources]]\nname = "d"\npath = "d.jsonl"\n'
+        '[serve]\nextra_args = ["--seed", "7"]\n'
+    )
+    hide_vllm = (
+        "import sys; sys.modules['vllm'] = None; sys.argv[0] = 'legalbuild'\n"
+        "from legalbuild.cli import main; main()"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", hide_vllm, "validate", str(recipe)],
+        capture_output=True, text=True, cwd=REPO, env={**os.environ, "COLUMNS": "300"},
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "not checked against vLLM's parser: vLLM is not installed here" in done.stdout
 
 
 # ---------------------------------------------------------------------------- process fate

@@ -22,6 +22,7 @@ from legalbuild.commands.common import (
     open_recipe,
     store_of,
 )
+from legalbuild.contract.inputs import MAX_CLAUSES
 
 
 # ------------------------------------------------------------------------------- serving
@@ -101,7 +102,15 @@ AuditConcurrency = Annotated[int, typer.Option(min=1, max=256, help="Requests in
 AuditRetries = Annotated[
     int, typer.Option(min=0, max=10, help="Retries of a failed request (with backoff).")
 ]
-AuditMaxClauses = Annotated[int | None, typer.Option(min=1, help="Audit only the first N clauses.")]
+AuditMaxClauses = Annotated[
+    int | None,
+    typer.Option(
+        min=1,
+        max=MAX_CLAUSES,
+        help="Audit only the first N clauses (reading stops there). A document of more than "
+        f"{MAX_CLAUSES:,} clauses needs it.",
+    ),
+]
 AuditEncoding = Annotated[
     str | None, typer.Option(help="Encoding of a text input that is not UTF-8, e.g. cp1252.")
 ]

@@ -15,13 +15,14 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import re
 import time
 from collections.abc import Callable
 from typing import Any
 
 from legalbuild.answer_format import parse_audit
 from legalbuild.contract.questions import Question
-from legalbuild.errors import ServeError
+from legalbuild.errors import DataError, ServeError
 from legalbuild.prompting import audit_instruction, chat_messages
 
 DEFAULT_MAX_TOKENS = 512
@@ -207,6 +208,41 @@ def audit_result(clause: str, answer: str | None, latency_s: float, **extra: Any
         "model": extra.get("model"),
         "error": extra.get("error"),
     }
+
+
+_HOST = re.compile(r"^(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._-]+)$")
+
+
+def checked_url(url: str, given: str = "--endpoint") -> str:
+    """`url` when it is an http(s) URL with a host name or address and a port in 1..65535; a
+    DataError naming where it came from (`given`) otherwise, before any request."""
+    import ipaddress
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(url)
+        port, host = parts.port, parts.netloc.rpartition("@")[2]
+        host = host.rsplit(":", 1)[0] if not host.endswith("]") and ":" in host else host
+        if host.startswith("["):
+            ipaddress.IPv6Address(host[1:-1])
+    except ValueError as exc:
+        problem = str(exc)
+    else:
+        problem = (
+            "not an http:// or https:// URL" if parts.scheme not in ("http", "https")
+            else "no host" if not host
+            else f"{host!r} is not a host name or address" if not _HOST.match(host)
+            else "port 0" if port == 0
+            else "spaces or control characters" if any(c.isspace() or ord(c) < 32 for c in url)
+            else None
+        )  # fmt: skip
+    if problem:
+        raise DataError(
+            f"{given} {url[:300]!r}: not a server URL ({problem})",
+            hint="give the server's base URL, e.g. --endpoint http://127.0.0.1:8000/v1 "
+            "(an IPv6 address in brackets: http://[::1]:8000/v1)",
+        )
+    return url
 
 
 def openai_base_url(endpoint: str) -> str:

@@ -17,7 +17,8 @@ import datetime
 from pathlib import Path
 from typing import Any
 
-from legalbuild.contract.document import need, open_docx
+from legalbuild.contract.docx_in import open_docx
+from legalbuild.contract.inputs import need
 from legalbuild.contract.record import comment_text, flagged
 
 AUTHOR, INITIALS = "legalbuild audit", "LB"

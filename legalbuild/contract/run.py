@@ -17,9 +17,9 @@ from pathlib import Path
 from typing import Any
 
 from legalbuild.contract.client import Outcome
-from legalbuild.contract.document import Document, read_document
+from legalbuild.contract.document import Document
 from legalbuild.contract.record import audit_record, write_json, write_markdown
-from legalbuild.contract.split import ContractClause, document_clauses
+from legalbuild.contract.split import ContractClause, read_clauses
 from legalbuild.errors import DataError, LegalbuildError
 from legalbuild.files import check_output_file, write_replacing
 
@@ -35,7 +35,7 @@ DEFAULT_ENDPOINT = "http://127.0.0.1:8000/v1"  # without a recipe
 class Job:
     document: Document
     clauses: list[ContractClause]  # those to audit (the first max_clauses)
-    found: int  # clauses in the document
+    found: int  # clauses in the document (in the part read, when reading stopped at the cap)
     outs: list[Path]
     source: str = "-"  # the path read ("-": standard input): never written over
 
@@ -46,6 +46,7 @@ class Job:
     def record(self, outcome: Outcome, meta: dict[str, Any]) -> dict[str, Any]:
         doc = self.document
         document = {"name": doc.name, "kind": doc.kind, "unit": doc.unit, "clauses": self.found}
+        document["complete"] = doc.complete
         meta = {"document": document, **meta}
         meta.update(elapsed_s=outcome.elapsed_s, interrupted=outcome.interrupted)
         return audit_record(self.clauses, outcome.results, meta)
@@ -57,12 +58,11 @@ def prepare(
     encoding: str | None = None,
     max_clauses: int | None = None,
 ) -> Job:
-    """The document read and split, the outputs checked: every error a user can fix comes before
-    any request is sent."""
+    """The document read and split (only as far as the first `max_clauses` clauses), the outputs
+    checked: every error a user can fix comes before any request is sent."""
     outs = [Path(o) for o in outs]
     check_outputs(outs, [source])
-    document = read_document(source, encoding)
-    clauses = document_clauses(document)
+    document, clauses = read_clauses(source, encoding, max_clauses)
     if not clauses:
         raise DataError(
             f"{document.name}: no clause found (no paragraph of contract prose)",
@@ -112,12 +112,15 @@ def write_outputs(job: Job, record: dict[str, Any]) -> list[tuple[Path, str]]:
     from legalbuild.contract.html import write_html
 
     written = []
+    # the commented copy of a DOCX needs all of it: one read only up to --max-clauses (thousands
+    # of paragraphs, maybe a hostile file) gets a new document of its audited clauses
+    raw = job.document.raw if job.document.complete else None
     for out in job.outs:
         kind = out.suffix.lower()
         check_output_file(out, [job.source])  # again: the folder may have changed since
         if kind == ".docx":
-            n = write_replacing(out, lambda p: write_docx(record, p, job.document.raw))
-            source = "the contract" if job.document.raw else "the clauses"
+            n = write_replacing(out, lambda p: write_docx(record, p, raw))
+            source = "the contract" if raw else "the clauses"
             written.append((out, f"{source} with {n} comment(s)"))
         elif kind == ".html":
             write_replacing(out, lambda p: write_html(record, p))
@@ -232,6 +235,7 @@ def resolve(
     playbook: str | None,
     serve: bool,
 ) -> Asked:
+    from legalbuild.contract.client import checked_url
     from legalbuild.contract.questions import playbook_rules
     from legalbuild.errors import LegalbuildError
     from legalbuild.recipe import DEFAULT_SYSTEM_PROMPT
@@ -245,7 +249,7 @@ def resolve(
             )
         if not model:
             raise LegalbuildError("no model name", hint="pass --recipe RECIPE or --model NAME")
-        url = endpoint or DEFAULT_ENDPOINT
+        url = checked_url(endpoint) if endpoint else DEFAULT_ENDPOINT
         return Asked(DEFAULT_SYSTEM_PROMPT, model, "LEGALBUILD_API_KEY", url, [])
     recipe = load_recipe(recipe_path)
     rules = []
@@ -255,7 +259,7 @@ def resolve(
         recipe.data.system_prompt,
         model or recipe.served_model_name,
         recipe.serve.api_key_env,
-        endpoint or default_endpoint(recipe.serve),
+        checked_url(endpoint) if endpoint else default_endpoint(recipe.serve),
         rules,
         recipe_key(recipe_path),
     )
@@ -286,9 +290,11 @@ def recipe_key(recipe_path: Path) -> str | None:
 
 
 def default_endpoint(serve_settings: Any) -> str:
+    from legalbuild.contract.client import checked_url
     from legalbuild.serve.server import client_host
 
-    return f"http://{client_host(serve_settings.host)}:{serve_settings.port}/v1"
+    url = f"http://{client_host(serve_settings.host)}:{serve_settings.port}/v1"
+    return checked_url(url, "[serve] host and port make")
 
 
 @contextlib.contextmanager

@@ -23,6 +23,8 @@ def clause_count(job: Any, concurrency: int) -> list[str]:
 
     found, n = job.found, len(job.clauses)
     capped = f" (auditing the first {n}: --max-clauses)" if n < found else ""
+    if not job.document.complete:
+        capped = f" read before reading stopped (auditing the first {n}: --max-clauses)"
     lines = [f"{escape(job.document.name)}: {found} clauses{capped}"]
     if n > run.LARGE_DOCUMENT:
         minutes = run.estimated_seconds(n, concurrency) / 60

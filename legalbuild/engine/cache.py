@@ -58,7 +58,9 @@ from legalbuild.engine.ownership import (
     real_dir,
     remove_tree,
 )
-from legalbuild.hashing import HashMemo, tree_manifest
+from legalbuild.errors import LegalbuildError
+from legalbuild.files import tree_files
+from legalbuild.hashing import HashMemo, hash_file, tree_manifest
 
 ENV_VAR = "LEGALBUILD_CACHE"
 
@@ -196,9 +198,12 @@ class Store:
         return trash
 
     def commit(self, tmp: Path, stage: str, key: str, manifest: dict[str, Any]) -> Path:
-        """Record output digests, write the manifest, and rename the temp folder into place."""
+        """Record output digests (and each file's size and modification time, for `quick_check`),
+        write the manifest, and rename the temp folder into place."""
         check_ref(stage, key)
-        manifest = {**manifest, "outputs": tree_manifest(tmp / "out")}
+        outputs = tree_manifest(tmp / "out")
+        stats = {p: _size_and_time(tmp / "out" / p) for p in outputs}
+        manifest = {**manifest, "outputs": outputs, "stats": stats}
         (tmp / "manifest.json").write_text(
             json.dumps(manifest, indent=2, sort_keys=True, default=str)
         )
@@ -307,6 +312,32 @@ class Store:
         problems += [f"unexpected: {p}" for p in sorted(actual.keys() - expected.keys())]
         return problems
 
+    def quick_check(self, stage: str, key: str) -> list[str]:
+        """What a cheap look finds wrong with an entry's outputs (no re-hash of unchanged files):
+        a file missing, unexpected, or of another kind or size than its manifest records, or with
+        another modification time and other bytes (only such a file is re-hashed). A byte changed
+        in place with the time put back is found by `verify` alone."""
+        manifest = self.manifest(stage, key)
+        if manifest is None:
+            return ["manifest.json is missing or unreadable"]
+        expected: dict[str, str] = manifest.get("outputs", {})
+        stats: dict[str, list[int]] = manifest.get("stats", {})  # absent before this check existed
+        out = self.out_dir(stage, key)
+        try:
+            actual = {str(p.relative_to(out)): p for p in tree_files(out)} if out.is_dir() else {}
+        except LegalbuildError as exc:  # a FIFO, device or broken link among the outputs
+            return [exc.message]
+        problems = [f"missing: {p}" for p in sorted(expected.keys() - actual.keys())]
+        problems += [f"unexpected: {p}" for p in sorted(actual.keys() - expected.keys())]
+        for name in sorted(expected.keys() & actual.keys()):
+            size, mtime = _size_and_time(actual[name])
+            recorded = stats.get(name, [size, mtime])
+            if size != recorded[0]:
+                problems.append(f"changed: {name} ({size:,} bytes, {recorded[0]:,} recorded)")
+            elif mtime != recorded[1] and hash_file(actual[name]) != expected[name]:
+                problems.append(f"changed: {name}")
+        return problems
+
     def size_bytes(self, stage: str, key: str) -> int:
         total = 0
         for dirpath, _dirs, files in os.walk(self.entry_dir(stage, key)):  # symlinks not followed
@@ -359,6 +390,11 @@ class Store:
                     p.unlink(missing_ok=True)
                 removed.append(p.name)
         return removed
+
+
+def _size_and_time(path: Path) -> list[int]:
+    st = os.stat(path)
+    return [st.st_size, st.st_mtime_ns]
 
 
 def entry_manifest(

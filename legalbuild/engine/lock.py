@@ -86,6 +86,8 @@ def lock_problem(data: dict[str, Any]) -> str | None:
         key = entry.get("key")
         if not isinstance(key, str) or not _DIGEST.fullmatch(key):
             return f"{where} key = {key!r}: expected a 64-hex-digit digest"
+        if not isinstance(entry.get("not_bit_reproducible", ""), str):
+            return f"{where} not_bit_reproducible must be a string"
         for table in ("inputs", "outputs"):
             if not isinstance(entry.get(table, {}), dict):
                 return f"{where} {table} must be a table"
@@ -104,13 +106,22 @@ def locked_stage(lock: dict[str, Any], stage: str) -> dict[str, Any] | None:
 
 # ----------------------------------------------------------------------------------- writing
 def record_stage(
-    lock: dict[str, Any], stage: str, key: str, inputs: dict[str, Any], outputs: dict[str, str]
+    lock: dict[str, Any],
+    stage: str,
+    key: str,
+    inputs: dict[str, Any],
+    outputs: dict[str, str],
+    not_bit_reproducible: str | None = None,
 ) -> None:
-    """Record one stage in `lock` (in memory; `write_lock` saves it)."""
+    """Record one stage in `lock` (in memory; `write_lock` saves it). `not_bit_reproducible`:
+    why a rebuild with the same key may write other bytes here (the stage's own statement)."""
     lock["version"] = LOCK_VERSION
     lock["legalbuild"] = __version__
+    entry: dict[str, Any] = {"key": key}
+    if not_bit_reproducible:
+        entry["not_bit_reproducible"] = not_bit_reproducible
     lock.setdefault("stages", {})[stage] = {
-        "key": key,
+        **entry,
         "inputs": flatten(inputs),
         "outputs": outputs,
     }

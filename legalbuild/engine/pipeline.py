@@ -144,7 +144,8 @@ def build(
     for p in plans:
         node = loaded.nodes[p.name]
         if p.cached:
-            log(f"{p.name:<10} cached    {p.key[:12]}")
+            _check_cached(loaded, store, p)
+            log(f"{p.name:<10} cached    {p.key[:12]}  (sizes checked)")
         else:
             log(f"{p.name:<10} building  {p.key[:12]}  ({'; '.join(p.reasons) or 'not cached'})")
             elapsed = _build_stage(loaded, store, node, force=p.forced, log=log, console=console)
@@ -153,22 +154,48 @@ def build(
                 built.append(p.name)
                 log(f"{p.name:<10} done      {p.key[:12]}  in {elapsed:.1f} s")
         outputs[p.name] = store.out_dir(p.name, node.key)
-        produced = (store.manifest(p.name, node.key) or {}).get("outputs", {})
+        manifest = store.manifest(p.name, node.key) or {}
+        produced = manifest.get("outputs", {})
+        why = manifest.get("facts", {}).get("not_bit_reproducible")  # a stage says so itself
         previous = locked_stage(lock, p.name) or {}
         if (
             previous.get("key") == node.key
             and produced
             and previous.get("outputs", produced) != produced
         ):
-            log(numerics_note(p.name, previous["outputs"], produced))
+            log(numerics_note(p.name, previous["outputs"], produced, why))
             produced = previous["outputs"]  # the committed lock keeps the digests it has
         if not locked:
-            record_stage(lock, p.name, node.key, node.inputs, produced)
+            record_stage(lock, p.name, node.key, node.inputs, produced, why)
             write_lock(loaded.recipe_path, lock)
+    if any(p.cached for p in plans):
+        log(
+            "cached entries were checked against their manifests by file size and modification "
+            "time, not re-hashed: `legalbuild verify` re-reads every byte (a stage that reads "
+            "an entry re-hashes it first)"
+        )
     if not locked and until is None and set(lock.get("stages", {})) - set(loaded.nodes):
         lock["stages"] = {k: v for k, v in lock["stages"].items() if k in loaded.nodes}
         write_lock(loaded.recipe_path, lock)
     return BuildResult(plans, built, outputs, seconds)
+
+
+def _check_cached(loaded: Loaded, store: Store, p: StagePlan) -> None:
+    """A cached entry is handed on only when its files are the ones its manifest records (the
+    cheap check of `Store.quick_check`); otherwise CacheCorruptError, as serve and export raise."""
+    if problems := store.quick_check(p.name, p.key):
+        raise _corrupt(loaded, p.name, p.key, problems)
+
+
+def _corrupt(loaded: Loaded, stage: str, key: str, problems: list[str]) -> LegalbuildError:
+    from legalbuild.errors import CacheCorruptError
+
+    return CacheCorruptError(
+        f"the cached {stage} output (key {key[:12]}) is corrupted, it differs from its manifest: "
+        + "; ".join(problems[:3])
+        + (f" and {len(problems) - 3} more" if len(problems) > 3 else ""),
+        hint=f"`legalbuild build {loaded.recipe_path.name} --force {stage}` rebuilds it",
+    )
 
 
 def _lock_for_build(loaded: Loaded, locked: bool, log: Callable[[str], None]) -> dict[str, Any]:
@@ -273,14 +300,7 @@ def locate_output(loaded: Loaded, store: Store, stage: str, verify: bool = False
             hint=f"run `legalbuild build {loaded.recipe_path.name} --until {stage}` first",
         )
     if verify and (problems := store.verify(stage, key)):
-        from legalbuild.errors import CacheCorruptError
-
-        raise CacheCorruptError(
-            f"the cached {stage} output (key {key[:12]}) is corrupted, it differs from its manifest: "
-            + "; ".join(problems[:3])
-            + (f" and {len(problems) - 3} more" if len(problems) > 3 else ""),
-            hint=f"`legalbuild build {loaded.recipe_path.name} --force {stage}` rebuilds it",
-        )
+        raise _corrupt(loaded, stage, key, problems)
     return store.out_dir(stage, key)
 
 

@@ -45,11 +45,18 @@ def rebuild_reasons(
     return reasons or ["key differs from the lock"]
 
 
-def numerics_note(stage: str, locked: dict[str, str], produced: dict[str, str]) -> str:
+def numerics_note(
+    stage: str, locked: dict[str, str], produced: dict[str, str], why: str | None = None
+) -> str:
     differ = [n for n in locked.keys() | produced.keys() if locked.get(n) != produced.get(n)]
+    cause = (
+        f"not bit-reproducible here: {why}"
+        if why
+        else "numerics differ on this machine, e.g. another CPU"
+    )
     return (
         f"{stage:<10} note: same key as the lock, but {first_names(differ)} differ from "
-        "the locked digests (numerics differ on this machine, e.g. another CPU); the lock keeps "
+        f"the locked digests ({cause}); the lock keeps "
         f"its digests (to record this build's, delete [stages.{stage}] from the lock and build)"
     )
 

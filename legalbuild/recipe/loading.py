@@ -4,6 +4,7 @@ secret: `NEVER_ECHOED`)."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import tomllib
@@ -55,6 +56,38 @@ def load_recipe(path: str | Path) -> Recipe:
         raise RecipeError(format_validation_error(shown, text, exc)) from None
     except RecursionError:  # deeply nested arrays or inline tables as a value
         raise RecipeError(f"{shown}: a value is nested too deeply to validate") from None
+
+
+@dataclasses.dataclass
+class Validated:
+    recipe: Recipe
+    notes: list[str]  # what was checked beyond the recipe's own rules (or why not)
+
+
+def validate_recipe(path: str | Path) -> Validated:
+    """`load_recipe`, then what only `legalbuild validate` checks: `[serve] extra_args` parsed by
+    vLLM's own argument parser (vllm_parse.py), where vLLM is installed."""
+    recipe = load_recipe(path)
+    args, notes = recipe.serve.extra_args, []
+    if args and recipe.serve.allow_code_loading_flags:
+        notes.append(
+            "[serve] extra_args not parsed by vLLM's parser: allow_code_loading_flags is set, "
+            "and parsing would import the code they name"
+        )
+    elif args:
+        from legalbuild.recipe.vllm_parse import check_with_vllm
+
+        done, problems = check_with_vllm(args)
+        if problems:
+            text = Path(path).read_text(encoding="utf-8", errors="replace")
+            line = find_key_line(text, ["serve", "extra_args"])
+            where = f"{path}:{line}" if line else str(path)
+            raise RecipeError(
+                f"{where}: [serve.extra_args] vLLM's parser refuses them: {'; '.join(problems)}",
+                hint="`python -m vllm.entrypoints.openai.api_server --help` lists vLLM's options",
+            )
+        notes.append(f"[serve] extra_args {done}")
+    return Validated(recipe, notes)
 
 
 def _line_of_max(text: str, score: Any) -> int:

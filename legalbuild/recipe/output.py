@@ -6,14 +6,28 @@ from typing import Literal
 
 from pydantic import (
     Field,
+    ValidationInfo,
     field_validator,
 )
 
 from legalbuild.recipe.fields import (
+    NO_KEY,
     PathText,
     RemoteFile,
     Strict,
 )
+
+# Environment variables that hold something other than a secret: taken as the API key, their
+# value (the program search path, the home folder...) would be the server's key.
+NOT_KEYS = frozenset(
+    ("PATH", "HOME", "USER", "LOGNAME", "USERNAME", "SHELL", "PWD", "OLDPWD", "LANG", "LANGUAGE",
+     "TERM", "TZ", "TMPDIR", "TMP", "TEMP", "HOSTNAME", "HOST", "DISPLAY", "EDITOR", "VISUAL",
+     "PAGER", "MAIL", "SHLVL", "MANPATH", "INFOPATH", "PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV",
+     "CONDA_PREFIX", "LD_LIBRARY_PATH", "LD_PRELOAD", "SSH_AUTH_SOCK", "SSH_CONNECTION",
+     "SSH_CLIENT", "SSH_TTY", "XAUTHORITY", "CUDA_VISIBLE_DEVICES", "OMP_NUM_THREADS",
+     "LEGALBUILD_CACHE", "HF_HOME", "_")
+)  # fmt: skip
+NOT_KEY_PREFIXES = ("LC_", "XDG_")
 
 
 # ------------------------------------------------------------------------------------------ eval
@@ -104,14 +118,20 @@ class EvalSection(Strict):
 # ----------------------------------------------------------------------------------------- serve
 class ServeSection(Strict):
     served_model_name: str | None = Field(
-        None, description="Model name clients ask for (default: project name)."
+        None,
+        description="Model name clients ask for (default: project name); not blank, at most "
+        "256 characters, no control characters.",
+        max_length=256,
     )
     host: str = Field(
         "127.0.0.1", description="Bind address. A non-loopback address needs an API key."
     )
     port: int = Field(8000, ge=1, le=65535, description="Port of the OpenAI-compatible endpoint.")
     api_key_env: str = Field(
-        "LEGALBUILD_API_KEY", description="Environment variable holding the API key."
+        "LEGALBUILD_API_KEY",
+        description="Environment variable holding the API key (a variable name; one that holds "
+        "something else, such as PATH, HOME, USER or LANG, is refused).",
+        pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,127}$",
     )
     max_model_len: int = Field(2048, ge=64, description="Context length the server allows.")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
@@ -146,18 +166,56 @@ class ServeSection(Strict):
         description="Answer GET /metrics (Prometheus) without the API key. With a key set, every "
         "other path but /health needs it.",
     )
+    allow_code_loading_flags: bool = Field(
+        False,
+        description="RISK: allow extra_args options that make vLLM import Python code the recipe "
+        "names (--tool-parser-plugin, --logits-processors, --worker-extension-cls, "
+        "--worker-cls, --scheduler-cls, --distributed-executor-backend CLASS, code keys of "
+        "--compilation-config, ...). Whoever can edit the recipe then runs code as the server's "
+        "user. Off: such options are refused, and a recipe stays data.",
+        json_schema_extra=NO_KEY,
+    )
     extra_args: list[str] = Field(
         default_factory=list,
         description="Passed verbatim to the vLLM server. Flags legalbuild sets itself (--host, "
         "--port, --api-key, --model, --served-model-name, --trust-remote-code, --middleware, "
-        "--config, ...) are refused: use the [serve] key named in the error.",
+        "--config, ...) are refused: use the [serve] key named in the error. Options that import "
+        "code are refused unless allow_code_loading_flags is set. `legalbuild validate` parses "
+        "them with vLLM's own parser where vLLM is installed.",
     )
+
+    @field_validator("served_model_name")
+    @classmethod
+    def _a_name(cls, name: str | None) -> str | None:
+        if name is not None and (not name.strip() or any(ord(c) < 32 or c == "\x7f" for c in name)):
+            raise ValueError(
+                "the served model name is blank or holds control characters: clients could not "
+                "ask for it (leave the key out to use the project name)"
+            )
+        return name
+
+    @field_validator("api_key_env")
+    @classmethod
+    def _a_key_variable(cls, name: str) -> str:
+        if name.upper() in NOT_KEYS or name.upper().startswith(NOT_KEY_PREFIXES):
+            raise ValueError(
+                f"{name} holds something other than a secret; its value would become the "
+                "server's API key (name a variable of its own, e.g. LEGALBUILD_API_KEY)"
+            )
+        return name
 
     @field_validator("extra_args")
     @classmethod
-    def _no_managed_flags(cls, args: list[str]) -> list[str]:
-        from legalbuild.recipe.vllm_flags import refused_extra_args
+    def _no_managed_flags(cls, args: list[str], info: ValidationInfo) -> list[str]:
+        from legalbuild.recipe.vllm_flags import code_loading_args, refused_extra_args
 
-        if problems := refused_extra_args(args):
+        problems = refused_extra_args(args)
+        if not info.data.get("allow_code_loading_flags"):
+            problems += [
+                f"{line}: a recipe is data; set [serve] allow_code_loading_flags = true to accept "
+                "the risk"
+                for line in code_loading_args(args)
+            ]
+        if problems:
             raise ValueError("; ".join(problems))
         return args

@@ -83,6 +83,8 @@ class SampleSettings(Strict):
 
 
 DEEPSPEED_PRESETS = ("zero2", "zero3", "zero3-offload")  # legalbuild/training/presets/<name>.json
+MAX_PROCESSES_PER_NODE = 256  # GPUs or CPU ranks one machine runs (8-16 GPUs is a big node)
+MAX_NODES = 4096
 
 
 class DistributedSettings(Strict):
@@ -95,12 +97,20 @@ class DistributedSettings(Strict):
         description="`torchrun` (torch.distributed.run) or `accelerate launch` (its --multi_gpu "
         "mode; its --cpu mode starts one process, so legalbuild never uses it).",
     )
-    nproc_per_node: Annotated[int, Field(ge=1)] | Literal["auto"] = Field(
-        "auto",
-        description="Processes per node; `auto` = the GPUs visible here (CUDA_VISIBLE_DEVICES or "
-        "nvidia-smi), 1 on a host without GPUs. On a CPU host give a number (gloo ranks).",
+    nproc_per_node: Annotated[int, Field(ge=1, le=MAX_PROCESSES_PER_NODE)] | Literal["auto"] = (
+        Field(
+            "auto",
+            description="Processes per node; `auto` = the GPUs visible here (CUDA_VISIBLE_DEVICES "
+            "or nvidia-smi), 1 on a host without GPUs. On a CPU host give a number (gloo ranks). "
+            f"At most {MAX_PROCESSES_PER_NODE}.",
+        )
     )
-    nnodes: int = Field(1, ge=1, description="Machines taking part (each runs the same build).")
+    nnodes: int = Field(
+        1,
+        ge=1,
+        le=MAX_NODES,
+        description=f"Machines taking part (each runs the same build), at most {MAX_NODES}.",
+    )
     node_rank: int = Field(
         0,
         ge=0,
@@ -130,6 +140,13 @@ class DistributedSettings(Strict):
         description="With strategy deepspeed: a ZeRO JSON file (relative to the recipe) or a "
         "preset shipped with legalbuild: `zero2`, `zero3`, `zero3-offload`.",
     )
+
+    @field_validator("rdzv_endpoint")
+    @classmethod
+    def _a_port(cls, endpoint: str | None) -> str | None:
+        if endpoint is not None and not 1 <= int(endpoint.rsplit(":", 1)[1]) <= 65535:
+            raise ValueError(f"port {endpoint.rsplit(':', 1)[1]} is not a TCP port (1 to 65535)")
+        return endpoint
 
     @model_validator(mode="after")
     def _consistent(self) -> DistributedSettings:

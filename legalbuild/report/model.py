@@ -26,6 +26,7 @@ from legalbuild.report.pieces import (
     note,
     read_json,
 )
+from legalbuild.training.outputs import TIMINGS
 
 
 def training_section(src: Sources) -> Section:
@@ -37,6 +38,8 @@ def training_section(src: Sources) -> Section:
         read_json(train / "log_history.json") if (train / "log_history.json").is_file() else []
     )
     m = read_json(train / "metrics.json") if (train / "metrics.json").is_file() else {}
+    timings = train.parent / "logs" / TIMINGS  # times and rates are kept beside out/
+    m.update(read_json(timings).get("metrics", {}) if timings.is_file() else {})
     parts = [loss_plot(history, m) if history else note("no log_history.json")]
     keys = ["global_step", "train_loss", "val_loss", "best_step", "best_val_loss", "overfitting", "early_stopped",
             "trainable_parameters", "tokens_per_second", "train_runtime", "device", "precision", "quantization"]  # fmt: skip

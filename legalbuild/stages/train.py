@@ -24,7 +24,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from legalbuild.hardware import auto_precision
+from legalbuild.hardware import auto_precision, training_threads
 
 if TYPE_CHECKING:
     from legalbuild.engine.context import StageContext
@@ -58,8 +58,37 @@ def key_inputs(recipe: Recipe, recipe_path: Path) -> dict[str, Any]:
             if recipe.train.precision == "auto"
             else {}
         ),
+        # a CPU run's sums follow its thread count: one process pins torch to this many threads
+        **({"cpu_threads": training_threads()} if _pinned(recipe) else {}),
         "libraries": library_versions(),
     }
+
+
+def _pinned(recipe: Recipe) -> bool:
+    """One process on a CPU host: the run legalbuild pins to `training_threads()`."""
+    from legalbuild.hardware import accelerator_kind
+    from legalbuild.training.distributed import multi_process
+
+    return accelerator_kind() == "cpu" and not multi_process(recipe)
+
+
+def reproducibility(recipe: Recipe) -> str | None:
+    """Why a rebuild of this train stage may write other bytes on this host (None: it does not;
+    measured on CPU: the same bytes twice with the threads pinned, idle or under load)."""
+    from legalbuild.hardware import accelerator_kind
+
+    if accelerator_kind() == "cuda":
+        return (
+            "GPU kernels (cuBLAS reductions, atomic adds) may sum in another order from run to "
+            "run and legalbuild does not force deterministic ones: the adapter is reproducible "
+            "to numerical noise, not promised bit for bit"
+        )
+    if not _pinned(recipe):
+        return (
+            "several training processes: each rank's threads are set by the launcher, not "
+            "pinned by legalbuild, and bit-identical rebuilds were not checked"
+        )
+    return None
 
 
 def run(ctx: StageContext, callbacks: Sequence[Any] = ()) -> dict[str, Any]:
@@ -70,6 +99,8 @@ def run(ctx: StageContext, callbacks: Sequence[Any] = ()) -> dict[str, Any]:
     from legalbuild.training.job import TrainJob
 
     resume_from = resume_point(ctx)
+    if why := reproducibility(ctx.recipe):  # recorded in the manifest and the lock
+        ctx.facts["not_bit_reproducible"] = why
     job = TrainJob(
         key=ctx.key,
         recipe=ctx.recipe,
@@ -89,9 +120,11 @@ def run(ctx: StageContext, callbacks: Sequence[Any] = ()) -> dict[str, Any]:
         if callbacks:
             raise ValueError("callbacks run in one process only")
         return launch.run(job, resume_from)
+    from legalbuild.hardware import torch_threads, training_threads
     from legalbuild.training.worker import train
 
-    return train(job, resume_from, callbacks)
+    with torch_threads(training_threads()):  # the count the key holds
+        return train(job, resume_from, callbacks)
 
 
 def resume_point(ctx: StageContext) -> Path | None:

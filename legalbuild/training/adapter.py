@@ -51,6 +51,19 @@ def record_base_identity(adapter_dir: Path, base_entry: Path) -> list[str]:
     return rewritten
 
 
+def sort_set_fields(adapter_dir: Path) -> None:
+    """PEFT keeps `target_modules` (and `exclude_modules`) as a set and writes it in the set's
+    order, which follows Python's per-process string hashing: two identical trainings wrote
+    ["q_proj", "v_proj"] and ["v_proj", "q_proj"]. Sorted, the file is the same every time."""
+    path = adapter_dir / "adapter_config.json"
+    config = json.loads(path.read_text(encoding="utf-8"))
+    for name in ("target_modules", "exclude_modules"):
+        value = config.get(name)
+        if isinstance(value, list) and all(isinstance(v, str) for v in value):
+            config[name] = sorted(value)
+    path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+
+
 def check_adapter_base(adapter_dir: Path, base_entry: Path) -> None:
     """Refuse to load an adapter onto another base than the one it was trained on. Adapters made
     outside legalbuild (a folder path in `base_model_name_or_path`) are not checked."""

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from legalbuild.errors import RecipeError, StageFailedError
 from legalbuild.hardware import visible_gpus
+from legalbuild.recipe.training import DEEPSPEED_PRESETS
 
 if TYPE_CHECKING:
     from legalbuild.recipe import DistributedSettings, Recipe
@@ -72,6 +73,11 @@ def key_part(recipe: Recipe, recipe_path: Path) -> dict[str, Any]:
         part["fsdp"] = fsdp_config(dist)
     if dist.strategy == "deepspeed":
         config = deepspeed_config(dist, recipe_path.parent)
+        if not config.is_file():  # found by `plan`, not by a launched build
+            raise RecipeError(
+                f"[train.distributed] deepspeed = {dist.deepspeed!r}: {config} is not a file",
+                hint=f"write the ZeRO JSON there, or use a preset: {', '.join(DEEPSPEED_PRESETS)}",
+            )
         part["deepspeed"] = path_digest(config.parent, config.name)
     return {"distributed": part}
 

@@ -1,5 +1,7 @@
 """What rank 0 writes when training ends: the adapter (named by the base's identity, never a
-path), samples.jsonl, log_history.json, loss.png and metrics.json."""
+path; set-valued fields sorted), samples.jsonl, log_history.json, loss.png and metrics.json, all
+without the run's times and rates, which go to the entry's logs/timings.json: a rebuild with the
+same key on the same host writes the same bytes (legalbuild/stages/train.py pins the threads)."""
 
 from __future__ import annotations
 
@@ -28,9 +30,10 @@ def save_adapter(job: TrainJob, setup: Setup, trainer: Any) -> bool:
         trainer.model.save_pretrained(adapter_dir, safe_serialization=True)
     if not main:
         return False
-    from legalbuild.training.adapter import record_base_identity
+    from legalbuild.training.adapter import record_base_identity, sort_set_fields
 
     setup.tokenizer.save_pretrained(adapter_dir)
+    sort_set_fields(adapter_dir)
     record_base_identity(adapter_dir, job.base_dir)
     return True
 
@@ -91,15 +94,32 @@ def write_reports(job: TrainJob, trainer: Any, metrics: dict[str, Any]) -> None:
     else:
         (job.out_dir / "samples.jsonl").write_text("")
     history = trainer.state.log_history
-    (job.out_dir / "log_history.json").write_text(json.dumps(history, indent=1) + "\n")
+    # times and rates differ on every run: they go beside out/ (logs/timings.json), not into it
+    timings = {
+        "metrics": {k: v for k, v in metrics.items() if timed(k)},
+        "log_history": [{k: v for k, v in e.items() if timed(k) or k == "step"} for e in history],
+    }
+    job.logs_dir.mkdir(parents=True, exist_ok=True)
+    (job.logs_dir / TIMINGS).write_text(json.dumps(timings, indent=1) + "\n")
+    untimed = [{k: v for k, v in e.items() if not timed(k)} for e in history]
+    (job.out_dir / "log_history.json").write_text(json.dumps(untimed, indent=1) + "\n")
     title = f"{job.recipe.project.name}: LoRA r={job.recipe.lora.r}"
     plot_losses(history, job.out_dir / "loss.png", title=title)
-    (job.out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    untimed_metrics = {k: v for k, v in metrics.items() if not timed(k)}
+    (job.out_dir / "metrics.json").write_text(json.dumps(untimed_metrics, indent=2) + "\n")
     job.log(
         f"done: step {metrics['global_step']}, train loss {_fmt(metrics['train_loss'])}, val loss "
         f"{_fmt(metrics['val_loss'])} (best {_fmt(metrics['best_val_loss'])} @ {metrics['best_step']}), "
         f"{metrics['tokens_per_second']:,} tok/s"
     )
+
+
+TIMINGS = "timings.json"  # in the entry's logs/: train_runtime, tokens_per_second and the like
+
+
+def timed(key: str) -> bool:
+    """A value that measures time (the trainer's *_runtime, *_per_second): never the same twice."""
+    return key.endswith(("_runtime", "_per_second"))
 
 
 def _fmt(value: float | None) -> str:
