@@ -86,12 +86,15 @@ def auto_precision(accelerator: str, flags: frozenset[str] | None = None) -> str
     return "bf16" if cpu_native_bf16(flags) else "fp32"
 
 
-def training_threads() -> int:
+def training_threads(setting: int | str = "auto") -> int:
     """The torch threads a CPU training run uses on this host. A CPU matrix product sums in an
     order that depends on its thread count, so the adapter's bytes do (1 and 2 threads gave other
     bytes; 2 threads twice, idle or under load, the same): the train key holds this number and
     the run pins torch to it. OMP_NUM_THREADS when it is a positive integer, else the physical
-    cores this process may run on (torch's own default)."""
+    cores this process may run on (torch's own default). A number in the recipe
+    (`[train] cpu_threads`) wins over both."""
+    if isinstance(setting, int):
+        return setting
     env = os.environ.get("OMP_NUM_THREADS", "").strip()
     if env.isdigit() and int(env) > 0:
         return int(env)

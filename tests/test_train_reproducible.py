@@ -82,3 +82,20 @@ def test_the_thread_count_enters_the_key_of_a_cpu_training(tmp_path, monkeypatch
     three = train.key_inputs(recipe, tmp_path / "r.toml")
     assert (one["cpu_threads"], three["cpu_threads"]) == (1, 3)
     assert train.reproducibility(recipe) is None  # one CPU process: pinned, the same bytes
+
+
+@pytest.mark.skipif(accelerator_kind() != "cpu", reason="the thread count is a CPU run's")
+def test_a_pinned_thread_count_gives_the_same_key_on_every_host(tmp_path, monkeypatch):
+    recipe = Recipe.model_validate(
+        {
+            "project": {"name": "t"},
+            "data": {"sources": [{"name": "d", "path": "d.jsonl"}]},
+            "train": {"cpu_threads": 2},
+        }
+    )
+    keys = []
+    for threads in ("1", "3"):  # another host's default
+        monkeypatch.setenv("OMP_NUM_THREADS", threads)
+        keys.append(train.key_inputs(recipe, tmp_path / "r.toml"))
+    assert keys[0] == keys[1] and keys[0]["cpu_threads"] == 2
+    assert "cpu_threads" not in keys[0]["train"]  # the setting itself is not hashed twice

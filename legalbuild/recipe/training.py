@@ -206,6 +206,14 @@ class TrainSection(Strict):
     precision: Literal["auto", "bf16", "fp16", "fp32"] = Field(
         "auto", description="`auto`: bf16 where the hardware has it, else fp16 on GPU, fp32 on CPU."
     )
+    cpu_threads: Annotated[int, Field(ge=1, le=1024)] | Literal["auto"] = Field(
+        "auto",
+        json_schema_extra=NO_KEY,  # the number it resolves to enters the train key where it is used
+        description="Torch threads of a one-process training on a CPU. The sums of a matrix "
+        "product depend on it, so the adapter's bytes do and the train key holds it. `auto`: "
+        "OMP_NUM_THREADS, else this host's physical cores (the key then depends on the host); a "
+        "number pins it, so the key and the bytes are the same on every host.",
+    )
     gradient_checkpointing: bool = Field(False, description="Trade compute for memory.")
     seed: int = Field(
         42, ge=0, le=2**32 - 1, description="Seed for initialisation, shuffling and dropout."

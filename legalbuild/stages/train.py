@@ -59,7 +59,7 @@ def key_inputs(recipe: Recipe, recipe_path: Path) -> dict[str, Any]:
             else {}
         ),
         # a CPU run's sums follow its thread count: one process pins torch to this many threads
-        **({"cpu_threads": training_threads()} if _pinned(recipe) else {}),
+        **({"cpu_threads": training_threads(recipe.train.cpu_threads)} if _pinned(recipe) else {}),
         "libraries": library_versions(),
     }
 
@@ -123,7 +123,7 @@ def run(ctx: StageContext, callbacks: Sequence[Any] = ()) -> dict[str, Any]:
     from legalbuild.hardware import torch_threads, training_threads
     from legalbuild.training.worker import train
 
-    with torch_threads(training_threads()):  # the count the key holds
+    with torch_threads(training_threads(ctx.recipe.train.cpu_threads)):  # the count the key holds
         return train(job, resume_from, callbacks)
 
 
