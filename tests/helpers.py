@@ -300,11 +300,14 @@ class OpenAIStub:
 
             def send(self, status: int, body: dict) -> None:
                 data = json.dumps(body).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
+                try:
+                    self.send_response(status)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(data)))
+                    self.end_headers()
+                    self.wfile.write(data)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass  # the client hung up (a timeout, Ctrl-C): nothing to answer
 
             def do_GET(self):
                 self.send(200, {"object": "list", "data": [{"id": stub.model, "object": "model", "created": 0, "owned_by": "t"}]})  # fmt: skip

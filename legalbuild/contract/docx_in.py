@@ -38,6 +38,7 @@ W = "{http://schemas.openxmlformats.org/wordprocessingml/2006/main}"
 REL = "{http://schemas.openxmlformats.org/package/2006/relationships}Relationship"
 _HEADING_STYLE = re.compile(r"^(?:heading\s*(\d)|title)$", re.I)
 _CHUNK = 1 << 16
+_DOCTYPE = re.compile(rb"<!\s*DOCTYPE", re.I)  # in a part's first chunk: before any element
 
 
 def docx_lines(data: bytes, name: str) -> Iterator[tuple[str, int]]:
@@ -59,41 +60,48 @@ def docx_lines(data: bytes, name: str) -> Iterator[tuple[str, int]]:
         raise DataError(f"{name}: the Word document has no text", hint="check the file")
 
 
-def checked_archive(data: bytes, name: str) -> zipfile.ZipFile:
-    """The zip archive of a DOCX, its declared sizes within the limits (nothing inflated yet)."""
+def checked_archive(
+    data: bytes,
+    name: str,
+    max_parts: int = MAX_PARTS,
+    max_part_bytes: int = MAX_PART_BYTES,
+    max_total_bytes: int = MAX_TOTAL_BYTES,
+) -> zipfile.ZipFile:
+    """The zip archive of a DOCX, its declared sizes within the limits (nothing inflated yet).
+    The review page passes its own, lower limits for uploads."""
     if not data.startswith(ZIP_MAGIC):
         raise DataError(
             f"{name}: not a DOCX file (a .docx is a zip archive; this is not one)",
             hint="save it from Word as .docx, or give it its real extension",
         )
-    _check_directory(data, name)
+    _check_directory(data, name, max_parts)
     with docx_errors(name):
         archive = zipfile.ZipFile(io.BytesIO(data))
         parts = archive.infolist()
     biggest = max(parts, key=lambda p: p.file_size, default=None)
     total = sum(p.file_size for p in parts)
-    if biggest is not None and (biggest.file_size > MAX_PART_BYTES or total > MAX_TOTAL_BYTES):
+    if biggest is not None and (biggest.file_size > max_part_bytes or total > max_total_bytes):
         raise DataError(
             f"{name}: its parts would inflate to {total:,} bytes ({biggest.filename}: "
             f"{biggest.file_size:,}), more than a Word document holds (at most "
-            f"{MAX_PART_BYTES // 2**20} MiB a part, {MAX_TOTAL_BYTES // 2**20} MiB in all): a zip "
-            "bomb, or not a contract; nothing was inflated",
+            f"{max_part_bytes / 2**20:g} MiB a part, {max_total_bytes / 2**20:g} MiB in all): a "
+            "zip bomb, or not a contract; nothing was inflated",
             hint="check where the file came from; save the contract from Word as a new .docx",
         )
     return archive
 
 
-def _check_directory(data: bytes, name: str) -> None:
+def _check_directory(data: bytes, name: str, max_parts: int = MAX_PARTS) -> None:
     """Refuse an archive whose directory lists more parts than a DOCX has, before zipfile reads
     it (it builds an object per entry)."""
     at = data.rfind(b"PK\x05\x06", max(0, len(data) - 22 - 65_535))
     if at < 0 or at + 22 > len(data):
         return  # not a zip archive: zipfile says so
     entries, size = struct.unpack_from("<HL", data, at + 10)
-    if entries > MAX_PARTS or size > MAX_PARTS * 1024:
+    if entries > max_parts or size > max_parts * 1024:
         raise DataError(
             f"{name}: a zip archive of {entries:,} parts ({size:,}-byte directory), more than "
-            f"a Word document has (at most {MAX_PARTS:,})",
+            f"a Word document has (at most {max_parts:,})",
             hint="check where the file came from; save the contract from Word as a new .docx",
         )
 
@@ -130,17 +138,29 @@ def _parser(pull: bool = False) -> Any:
 def _refuse_dtd(element: Any, name: str, part: str) -> None:
     info = element.getroottree().docinfo
     if info.internalDTD is not None or info.doctype:
-        raise DataError(
-            f"{name}: {part} has a DTD (<!DOCTYPE>), which Word never writes; it is how entity "
-            "bombs and external entities get into XML, so legalbuild refuses it",
-            hint="save the contract from Word as a new .docx",
-        )
+        _dtd_error(name, part)
+
+
+def _refuse_dtd_text(head: bytes, name: str, part: str) -> None:
+    """The same refusal from a part's first bytes, before the parser sees its entities."""
+    if _DOCTYPE.search(head):
+        _dtd_error(name, part)
+
+
+def _dtd_error(name: str, part: str) -> None:
+    raise DataError(
+        f"{name}: {part} has a DTD (<!DOCTYPE>), which Word never writes; it is how entity "
+        "bombs and external entities get into XML, so legalbuild refuses it",
+        hint="save the contract from Word as a new .docx",
+    )
 
 
 def _parse_part(archive: zipfile.ZipFile, part: str, name: str) -> Any:
     from lxml import etree
 
-    root = etree.fromstring(archive.read(part), _parser())
+    data = archive.read(part)
+    _refuse_dtd_text(data[:_CHUNK], name, part)
+    root = etree.fromstring(data, _parser())
     _refuse_dtd(root, name, part)
     return root
 
@@ -193,6 +213,8 @@ def _body_paragraphs(archive: zipfile.ZipFile, main: str, name: str) -> Iterator
     checked = False
     with archive.open(main) as stream:
         while chunk := stream.read(_CHUNK):
+            if not checked:
+                _refuse_dtd_text(chunk, name, main)
             parser.feed(chunk)
             for _event, element in parser.read_events():
                 if not checked:

@@ -5,10 +5,10 @@ HTTP status the page shows with its message; a reader's own LegalbuildError (an 
 scanned PDF, a file that is not what its name says) becomes a 422, and any other exception of a
 reader becomes one too, so a hostile file costs one answer, never the server.
 
-Checks made here, before a reader runs: a DOCX is a zip whose declared unpacked size and
-compression ratio are bounded (a zip bomb is refused without inflating it) and none of whose XML
-parts declares a DTD (Word never writes one; entities, external or nested, need one); a PDF has
-at most `max_pages` pages.
+Checks made here, before a reader runs: a DOCX's declared unpacked size and part count are
+within the page's limits (the reader's own check, contract/docx_in.py, with lower limits: a zip
+bomb is refused without inflating it; a DTD is refused by the reader as it parses); a PDF has at
+most `max_pages` pages.
 """
 
 from __future__ import annotations
@@ -16,7 +16,6 @@ from __future__ import annotations
 import dataclasses
 import re
 import unicodedata
-import zipfile
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -24,9 +23,7 @@ from legalbuild.errors import DataError, LegalbuildError
 
 KINDS = (".pdf", ".docx", ".md", ".txt")
 _UNSAFE = re.compile(r"[^\w.\- ]+")
-_DTD = re.compile(rb"<!\s*(?:DOCTYPE|ENTITY)", re.I)
 MAX_ZIP_MEMBERS = 2_000
-MAX_RATIO = 200  # unpacked / packed size of one zip member (Word's XML packs ~5-20x)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -93,53 +90,21 @@ def check_file(path: Path, limits: Limits) -> None:
 
 
 def check_docx_package(path: Path, limits: Limits) -> None:
-    name = path.name
-    try:
-        archive = zipfile.ZipFile(path)
-    except (zipfile.BadZipFile, OSError):
-        raise Refused(
-            f"{name}: not a Word document (a .docx is a zip archive; this is not one)",
-            hint="save it from Word as .docx",
-        ) from None
-    with archive:
-        members = archive.infolist()
-        unpacked = sum(m.file_size for m in members)
-        if len(members) > MAX_ZIP_MEMBERS or unpacked > limits.max_unpacked:
-            raise Refused(
-                f"{name}: unpacks to {unpacked / 2**20:,.0f} MB in {len(members):,} parts, over "
-                f"the limit of {limits.max_unpacked / 2**20:.0f} MB (a zip bomb?); not unpacked",
-                hint="a contract's .docx unpacks to a few MB; save it again from Word",
-                status=413,
-            )
-        for member in members:
-            if member.file_size > 2**20 and member.file_size > MAX_RATIO * member.compress_size:
-                raise Refused(
-                    f"{name}: part {member.filename[:80]} packs {member.file_size / 2**20:,.0f} "
-                    f"MB into {member.compress_size:,} bytes (a zip bomb?); not unpacked",
-                    hint="save the contract again from Word",
-                    status=413,
-                )
-            if member.filename.endswith((".xml", ".rels")) and _declares_dtd(archive, member):
-                raise Refused(
-                    f"{name}: part {member.filename[:80]} declares a DTD (entities, possibly "
-                    "external); Word never writes one, so the file is refused",
-                    hint="save the contract again from Word",
-                )
+    """The reader's own zip checks (contract/docx_in.py), with the page's lower limits: declared
+    sizes and part count, nothing inflated. A DTD is refused by the reader as it parses."""
+    from legalbuild.contract.docx_in import checked_archive
 
-
-def _declares_dtd(archive: zipfile.ZipFile, member: zipfile.ZipInfo) -> bool:
-    """Whether the part holds `<!DOCTYPE` or `<!ENTITY`, read in bounded chunks (a declaration
-    cut by a chunk boundary is caught by the overlap)."""
-    tail = b""
     try:
-        with archive.open(member) as f:
-            while chunk := f.read(2**16):
-                if _DTD.search(tail + chunk):
-                    return True
-                tail = chunk[-32:]
-    except (zipfile.BadZipFile, OSError, NotImplementedError, RuntimeError) as exc:
-        raise Refused(f"{member.filename[:80]}: a damaged zip part ({exc})") from None
-    return False
+        checked_archive(
+            path.read_bytes(),
+            path.name,
+            max_parts=MAX_ZIP_MEMBERS,
+            max_part_bytes=limits.max_unpacked,
+            max_total_bytes=limits.max_unpacked,
+        ).close()
+    except DataError as exc:
+        status = 413 if "zip bomb" in exc.message or "parts (" in exc.message else 422
+        raise Refused(exc.message, exc.hint, status=status) from None
 
 
 def check_pdf_pages(path: Path, limits: Limits) -> None:
