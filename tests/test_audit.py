@@ -57,9 +57,9 @@ def test_playbook_question_is_the_training_wording(tmp_path):
     import re
 
     from legalbuild.contract.questions import playbook_questions, playbook_rules
-    from legalbuild.curation.pairs import AUDIT_TEMPLATES
     from legalbuild.curation.review import catalogue, rules_for_text
     from legalbuild.curation.rulebook import PACKAGED_REDLINE
+    from legalbuild.curation.templates import AUDIT_TEMPLATES
 
     assert AUDIT_INSTRUCTION + PLAYBOOK_SUFFIX in AUDIT_TEMPLATES
     rules = playbook_rules([PACKAGED_REDLINE], tmp_path, "saas-vendor")
