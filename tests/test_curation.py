@@ -365,12 +365,12 @@ def test_default_settings_give_2000_to_5000_pairs(tmp_path):
 def test_every_instruction_template_reads_cleanly_for_every_playbook(rulebook):
     """Each template filled with each playbook's perspective: no doubled word ("I'm reviewing
     reviewing"), no placeholder left, no stray spacing or punctuation, balanced parentheses."""
-    from legalbuild.curation import templates
+    from legalbuild.curation import templates as wording
 
-    templates = [
+    phrasings = [
         t
         for name in ("AUDIT", "DEFECT", "FIX", "EXPLAIN", "MISSING")
-        for t in getattr(templates, f"{name}_TEMPLATES")
+        for t in getattr(wording, f"{name}_TEMPLATES")
     ]
     first_rule = {}
     for rule in rulebook.rules:
@@ -378,11 +378,11 @@ def test_every_instruction_template_reads_cleanly_for_every_playbook(rulebook):
     assert len(first_rule) == 51
     problems = []
     for playbook, rule in sorted(first_rule.items()):
-        view = templates.perspective(rule)
+        view = wording.perspective(rule)
         if not view.startswith("reviewing") or " — " in view:
             problems.append(f"{playbook}: perspective {view!r}")
-        for template in templates:
-            text = templates.fill(
+        for template in phrasings:
+            text = wording.fill(
                 template,
                 clause="CLAUSE",
                 type="limitation of liability",
