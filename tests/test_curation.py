@@ -503,3 +503,34 @@ def test_the_curate_stage_adds_labelled_pairs_and_credits_them(tmp_path):
     # the key holds the file's digest, not its path
     keys = curate.key_inputs(recipe, tmp_path / "recipe.toml")["settings"]["labelled"][0]
     assert "path" not in keys and len(keys["digest"]) == 64
+
+
+def test_balance_repeats_rare_red_flags_each_time_asked_another_way(rulebook, tmp_path):
+    from legalbuild.curation.labelled import labelled_pairs
+    from legalbuild.recipe.data import LabelledSource
+
+    rows = [
+        {"id": f"g{i}", "document": f"k{i}", "text": f"This Agreement is governed by the laws of State {i}.",
+         "categories": ["Governing Law"]}
+        for i in range(6)
+    ] + [
+        {"id": "n1", "document": "k9", "text": "The Distributor shall not sell competing products.",
+         "categories": ["Non-Compete"]},
+        {"id": "l1", "document": "k8", "text": "Licensor grants Licensee a licence to use the Software.",
+         "categories": ["License Grant"]},
+    ]  # fmt: skip
+    path = tmp_path / "rare.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    source = LabelledSource(
+        name="mine", path=str(path), pairs=8, balance=True, max_repeat=3,
+        playbooks=["saas-vendor", "consulting-msa"], plain_share=0.5,
+    )  # fmt: skip
+    pairs = labelled_pairs(source, path, rulebook.by_playbook(), seed=5)
+    per_clause = Counter(p.clause for p in pairs)
+    rare = per_clause[rows[6]["text"]]
+    assert rare == 3  # the one non-compete clause weighs as much as the six governing-law ones
+    assert all(per_clause[r["text"]] <= 1 for r in rows[:6])
+    assert len({p.instruction for p in pairs}) == len(pairs)  # each copy is another question
+    asks = {p.instruction.split("Playbook: ")[-1][:14] if "Playbook" in p.instruction else "plain"
+            for p in pairs if p.clause == rows[6]["text"]}  # fmt: skip
+    assert len(asks) == 3

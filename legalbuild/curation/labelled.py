@@ -8,6 +8,11 @@ Each labelled clause (legalbuild/curation/cuad.py reads them) becomes one pair, 
 The answer is the table's (`cuad.answer_for`): a `Clause type:` line, then a finding per red-flag
 category, citing a listed rule where one means that red flag. Every choice is seeded by the
 clause's id, so the pairs do not depend on file order.
+
+With `balance`, rare red-flag categories are not drowned by frequent ones: a clause's weight is
+1 / (clauses of its rarest red-flag category), clauses of no red-flag category weigh `neg_weight`
+times an average red-flag clause, and a clause may be used up to `max_repeat` times, each copy
+asked another way (plainly, then per playbook), so no two pairs are the same question.
 """
 
 from __future__ import annotations
@@ -38,15 +43,43 @@ def labelled_pairs(
         )
     clauses = cuad.read_labelled(path)
     clauses.sort(key=lambda c: rng_for(seed, source.name, c.id).random())
-    return [_pair(c, source, by_playbook, seed) for c in clauses[: source.pairs]]
+    if not source.balance:
+        return [_pair(c, source, by_playbook, seed) for c in clauses[: source.pairs]]
+    picked = []
+    for clause, copies in balanced_copies(clauses, source, seed):
+        picked += [_pair(clause, source, by_playbook, seed, copy) for copy in range(copies)]
+    picked.sort(key=lambda p: rng_for(seed, source.name, p.instruction).random())
+    return picked[: source.pairs]
 
 
-def _pair(clause: Any, source: Any, by_playbook: dict[str, list[Rule]], seed: int) -> Pair:
-    rng = rng_for(seed, source.name, clause.id, "ask")
-    playbook, rules = None, []
-    if source.playbooks and rng.random() >= source.plain_share:
-        playbook = source.playbooks[rng.randrange(len(source.playbooks))]
-        rules = rules_for_text(clause.text, by_playbook[playbook])
+def balanced_copies(clauses: list[Any], source: Any, seed: int) -> list[tuple[Any, int]]:
+    """(clause, how many pairs it gives) so that about `source.pairs` pairs weigh every red-flag
+    category alike (see the module docstring); fractions are rounded by a seeded draw."""
+    count = {c: sum(c in x.categories for x in clauses) for c in cuad.RED_FLAGS}
+    weights = []
+    for clause in clauses:
+        flags = [count[c] for c in clause.categories if c in cuad.RED_FLAGS and count[c]]
+        weights.append(1 / min(flags) if flags else None)
+    red = [w for w in weights if w is not None]
+    mean = sum(red) / len(red) if red else 1.0
+    weights = [w if w is not None else source.neg_weight * mean for w in weights]
+    scale = source.pairs / sum(weights) if weights else 0.0
+    ways = 1 + len(source.playbooks)  # each copy is asked another way
+    out = []
+    for clause, weight in zip(clauses, weights, strict=True):
+        k = min(weight * scale, source.max_repeat, ways)
+        whole = int(k)
+        extra = rng_for(seed, source.name, clause.id, "copies").random() < k - whole
+        if whole + extra:
+            out.append((clause, whole + extra))
+    return out
+
+
+def _pair(
+    clause: Any, source: Any, by_playbook: dict[str, list[Rule]], seed: int, copy: int = 0
+) -> Pair:
+    playbook = ask_of(clause, source, seed, copy)
+    rules = rules_for_text(clause.text, by_playbook[playbook]) if playbook else []
     listed = [(r.id, r.title, r.severity) for r in rules]
     answer = cuad.answer_for(clause.categories, [finding_of(r) for r in rules])
     flags = [c for c in cuad.ordered(clause.categories) if cuad.CATEGORIES[c].red_flag]
@@ -64,6 +97,18 @@ def _pair(clause: Any, source: Any, by_playbook: dict[str, list[Rule]], seed: in
         clause=clause.text,
         clean=not flags,
     )
+
+
+def ask_of(clause: Any, source: Any, seed: int, copy: int = 0) -> str | None:
+    """The playbook a copy of the clause is asked with (None: plainly). The first copy is plain
+    with probability `plain_share`, else names a seeded playbook; copy k is the k-th next way in
+    the cycle (plain, *playbooks), so the copies of one clause are different questions."""
+    if not source.playbooks:
+        return None
+    rng = rng_for(seed, source.name, clause.id, "ask")
+    ways = [None, *source.playbooks]
+    first = 0 if rng.random() < source.plain_share else 1 + rng.randrange(len(source.playbooks))
+    return ways[(first + copy) % len(ways)]
 
 
 def max_severity(red_flags: Sequence[str]) -> str:

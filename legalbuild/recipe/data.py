@@ -199,6 +199,21 @@ class LabelledSource(RemoteFile):
         description="Playbooks the non-plain questions name (one per clause, seeded); where one of "
         "a playbook's listed rules means the clause's red flag, the answer cites that rule.",
     )
+    balance: bool = Field(
+        False,
+        description="Weigh every red-flag category alike: a clause of a rare category is used "
+        "more often (up to max_repeat times, each asked another way), a frequent one less.",
+    )
+    max_repeat: int = Field(
+        3, ge=1, le=16, description="With `balance`: the most pairs one clause gives."
+    )
+    neg_weight: float = Field(
+        1.0,
+        ge=0,
+        le=10,
+        description="With `balance`: the weight of a clause of no red-flag category, relative to "
+        "an average red-flag clause (the negatives that teach 'Risk: none').",
+    )
 
 
 class CurateSection(Strict):
