@@ -61,7 +61,7 @@ def cache_savings(rows: list[dict[str, Any]]) -> dict[str, Any]:
 
 def summarise_study(sweep: Sweep, study: Any) -> dict[str, Any]:
     """Everything the report shows, as plain data (what `--json` prints)."""
-    from legalbuild.sweep.runner import best_of
+    from legalbuild.sweep.results import best_of
 
     rows = [trial_row(t) for t in sorted(study.get_trials(deepcopy=False), key=lambda t: t.number)]
     attrs = study.user_attrs

@@ -5,10 +5,8 @@ Once the study has its trials, the winner is built with the base recipe's own [e
 
 from __future__ import annotations
 
-import json
 import math
 import queue
-import socket
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,11 +16,12 @@ from rich.console import Console
 
 from legalbuild.engine.cache import Store
 from legalbuild.errors import LegalbuildError
-from legalbuild.hardware import host_summary, visible_gpus
+from legalbuild.hardware import visible_gpus
 from legalbuild.processes import stop_signals
 from legalbuild.sweep import study as studies
-from legalbuild.sweep.checks import check_sweep, objective_value, threads_per_job, usable_cores
+from legalbuild.sweep.checks import check_sweep, threads_per_job, usable_cores
 from legalbuild.sweep.progress import Progress, minutes
+from legalbuild.sweep.results import best_of, record_run, sign, tell, winner_record
 from legalbuild.sweep.running import TrialProcess, start, trial_env
 from legalbuild.sweep.spec import Sweep
 
@@ -179,8 +178,7 @@ class Loop:
         intermediate values in the study's direction) and prune a trial that falls behind."""
         if not math.isfinite(loss):
             return
-        sign = -1.0 if self.sweep.settings.direction == "maximize" else 1.0
-        handle.trial.report(sign * loss, step)
+        handle.trial.report(sign(self.sweep) * loss, step)
         if handle.stop_reason is None and handle.trial.should_prune():
             handle.pruned_at = step
             handle.stop("pruned")
@@ -195,7 +193,7 @@ class Loop:
         if handle.trial is None:
             self.winner = handle
             return
-        state, detail = tell(self, handle, code)
+        state, detail = tell(self.sweep, self.study, self.storage, handle, code)
         if state == "INTERRUPTED":
             self.interrupted.append(handle.number)
         self.failures = [*self.failures, detail] if state == "FAIL" else []
@@ -213,53 +211,6 @@ class Loop:
             )
         eta = self.progress.eta(remaining, self.jobs)
         return text + (f"; sweep ETA ~{minutes(eta)}" if eta is not None else "")
-
-
-def tell(loop: Loop, handle: TrialProcess, code: int) -> tuple[str, str]:
-    """Tell Optuna how the trial ended; (state, what to print)."""
-    from optuna.trial import TrialState
-
-    trial, study, result = handle.trial, loop.study, handle.result
-    trial.set_user_attr("seconds", round(time.time() - handle.started, 1))
-    trial.set_user_attr("stages", handle.stages)
-    if result is not None and handle.stages.get("train", {}).get("hit"):
-        _report_cached_curve(handle, Path(result["outputs"]["train"]), loop)
-    trial.set_user_attr("val_loss", handle.val_losses)
-    if code == 0 and result is not None:  # a trial that ended before its stop signal counts
-        eval_json = json.loads((Path(result["outputs"]["eval"]) / "eval.json").read_text())
-        value = objective_value(eval_json, loop.sweep.settings.objective)
-        trial.set_user_attr("eval", eval_json.get("headline", {}))
-        if isinstance(value, int | float) and math.isfinite(value):
-            study.tell(trial, float(value))
-            return "COMPLETE", f"{loop.sweep.settings.objective} = {value:.4g}"
-        note = f"{loop.sweep.settings.objective} is {value!r} in eval.json"
-    elif handle.stop_reason == "pruned":
-        trial.set_user_attr("pruned_at", handle.pruned_at)
-        study.tell(trial, state=TrialState.PRUNED)
-        return "PRUNED", f"at step {handle.pruned_at}"
-    elif handle.stop_reason == "interrupted":
-        note = "interrupted (stopped by a signal): queued to run again first"
-        studies.fail_and_retry(study, loop.storage, trial._trial_id, note)
-        return "INTERRUPTED", note
-    else:
-        error = handle.error or {}
-        note = error.get("message") or f"exit code {code}; see {handle.log_path}"
-    trial.set_user_attr("note", note)
-    study.tell(trial, state=TrialState.FAIL)
-    return "FAIL", note
-
-
-def _report_cached_curve(handle: TrialProcess, train_out: Path, loop: Loop) -> None:
-    """A trial whose training was a cache hit trained nothing: its curve is the cached one."""
-    try:
-        history = json.loads((train_out / "log_history.json").read_text())
-    except (OSError, ValueError):
-        return
-    sign = -1.0 if loop.sweep.settings.direction == "maximize" else 1.0
-    for entry in history:
-        if "eval_loss" in entry and "step" in entry and math.isfinite(entry["eval_loss"]):
-            handle.val_losses.append((int(entry["step"]), float(entry["eval_loss"])))
-            handle.trial.report(sign * float(entry["eval_loss"]), int(entry["step"]))
 
 
 # ------------------------------------------------------------------------------------ entry
@@ -295,11 +246,11 @@ def run_sweep(
                 stopped = list(guard.received)
                 test = None
                 if not stopped and not worker and not loop.failures:
-                    test = test_winner(loop, guard)
+                    test = score_winner(loop, guard)
                     stopped = list(guard.received)
             finally:
                 loop.stop_all()
-    _record_run(study, began, loop, jobs)
+    record_run(study, began, loop.ran, jobs)
     if stopped:
         again = (
             f"trial(s) {loop.interrupted} stopped and queued to run again first; "
@@ -324,16 +275,7 @@ def run_sweep(
     )
 
 
-def best_of(study: Any) -> dict[str, Any] | None:
-    from optuna.trial import TrialState
-
-    if not study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
-        return None
-    best = study.best_trial
-    return {"trial": best.number, "value": best.value, "values": best.params}
-
-
-def test_winner(loop: Loop, guard: Any) -> dict[str, Any] | None:
+def score_winner(loop: Loop, guard: Any) -> dict[str, Any] | None:
     """The best trial's values in the base recipe with its own [eval]: the test split, scored once
     for the winner (recorded in the study; a rerun with the same winner builds nothing)."""
     sweep, study = loop.sweep, loop.study
@@ -363,38 +305,7 @@ def test_winner(loop: Loop, guard: Any) -> dict[str, Any] | None:
         raise LegalbuildError(
             f"the winner's test build failed: {why}", hint=f"read {handle.log_path}"
         )
-    eval_json = json.loads((Path(handle.result["outputs"]["eval"]) / "eval.json").read_text())
-    record = {
-        "trial": best["trial"],
-        "values": values,
-        "split": eval_json.get("split"),
-        "rows": eval_json.get("rows"),
-        "objective": _safe_value(eval_json, sweep.settings.objective),
-        "headline": eval_json.get("headline", {}),
-        "stages": handle.stages,
-    }
+    record = winner_record(sweep, best, handle)
     study.set_user_attr("test", record)
     loop.progress.ended(handle, "COMPLETE", f"{sweep.settings.objective} = {record['objective']}")
     return record
-
-
-def _safe_value(eval_json: dict[str, Any], path: str) -> Any:
-    try:
-        return objective_value(eval_json, path)
-    except KeyError:
-        return None
-
-
-def _record_run(study: Any, began: float, loop: Loop, jobs: int) -> None:
-    """This run of the sweep (wall time, host and its CPU flags), under a key of its own."""
-    me = studies.me()
-    study.set_user_attr(
-        f"run:{me['host']}:{me['pid']}:{me['start']}",
-        {
-            "started": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(began)),
-            "wall_s": round(time.time() - began, 1),
-            "trials": loop.ran,
-            "jobs": jobs,
-            "host": {**host_summary(), "name": socket.gethostname()},
-        },
-    )

@@ -20,7 +20,9 @@ from legalbuild.sweep.checks import hide_password
 from legalbuild.sweep.spec import Sweep
 
 JOURNAL = "journal.log"
-MARKER = "legalbuild-study.json"  # marks a study folder as legalbuild's (its trial folders are replaced)
+MARKER = (
+    "legalbuild-study.json"  # marks a study folder as legalbuild's (its trial folders are replaced)
+)
 OWNER = "owner"  # user attr of a running trial: the sweep process that runs it
 HEARTBEAT_S = 60  # PostgreSQL: a trial whose sweep sent no heartbeat for GRACE_S is failed
 GRACE_S = 300
