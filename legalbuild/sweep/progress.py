@@ -5,6 +5,7 @@ validation loss, the ETA of its training and of the sweep. A terminal gets a liv
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any
 
 from rich.console import Console
@@ -36,7 +37,7 @@ class Progress:
     def __init__(self, console: Console, trials: int):
         self.console, self.trials = console, trials
         self.live: Live | None = None
-        self.summary = ""
+        self.drawn = 0.0
         self.durations: list[float] = []
 
     def __enter__(self) -> Progress:
@@ -78,10 +79,11 @@ class Progress:
             return None
         return sum(self.durations) / len(self.durations) * remaining / max(1, jobs)
 
-    def tick(self, running: list[TrialProcess], summary: str) -> None:
-        self.summary = summary
-        if self.live is None:
+    def tick(self, running: list[TrialProcess], summary: Callable[[], str]) -> None:
+        """Redraw the table (a terminal only; the summary reads the study: at most once a second)."""
+        if self.live is None or time.monotonic() - self.drawn < 1.0:
             return
+        self.drawn = time.monotonic()
         table = Table("trial", "values", "stage", "step", "val loss", "train ETA", box=None)
         for h in running:
             loss = f"{h.val_losses[-1][1]:.4f}" if h.val_losses else "–"
@@ -89,5 +91,5 @@ class Progress:
             table.add_row(
                 trial_name(h.number), short(h.values), h.stage, step, loss, minutes(h.eta_s())
             )
-        table.caption = summary
+        table.caption = summary()
         self.live.update(table)

@@ -82,7 +82,7 @@ class Loop:
                 self._recover_now()
             self._drain(POLL_S)
             self._heartbeat()
-            self.progress.tick(self.running, self._summary())
+            self.progress.tick(self.running, self._summary)
 
     def stop_all(self) -> None:
         """An error ends the loop: no trial process outlives it (their trials stay RUNNING in the
@@ -96,7 +96,7 @@ class Loop:
         self.running.append(handle)
         while self.running:
             self._drain(POLL_S)
-            self.progress.tick(self.running, "the winner on the test split")
+            self.progress.tick(self.running, lambda: "the winner on the test split")
 
     def _over_budget(self) -> bool:
         return self.deadline is not None and time.time() >= self.deadline
