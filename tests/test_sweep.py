@@ -14,13 +14,16 @@ import signal
 import subprocess
 import sys
 import time
+import tomllib
 from pathlib import Path
 
 import pytest
 from helpers import REPO, chromium, processes_mentioning, render_in_chromium, write_project
 from rich.console import Console
 
-from legalbuild.errors import RecipeError
+from legalbuild.errors import LegalbuildError, RecipeError
+from legalbuild.recipe.loading import load_recipe
+from legalbuild.sweep.apply import apply_trial
 from legalbuild.sweep.runner import run_sweep
 from legalbuild.sweep.spec import load_sweep
 
@@ -240,3 +243,57 @@ def test_two_workers_share_one_postgresql_study(tmp_path, tiny_model_dir, postgr
     assert [t.state.name for t in trials] == ["COMPLETE", "COMPLETE"]
     assert {t.user_attrs["owner"]["pid"] for t in trials} == {w.pid for w in workers}
     assert built(trials, "base") == 1  # one built it, the other waited for it: a cache hit
+
+
+# ------------------------------------------------------------------------- apply and overrides
+def _finished_study(sweep_file: Path, values: dict) -> None:
+    """A study holding one complete trial with these values (what a sweep leaves behind)."""
+    import optuna
+    from optuna.storages.journal import JournalFileBackend, JournalStorage
+
+    from legalbuild.sweep.study import claim_study_dir
+
+    sweep = load_sweep(sweep_file)
+    claim_study_dir(sweep)
+    storage = JournalStorage(JournalFileBackend(str(sweep.study_dir / "journal.log")))
+    study = optuna.create_study(study_name=sweep.study_name, storage=storage)
+    distributions = {p.key: p.distribution() for p in sweep.params}
+    study.add_trial(optuna.create_trial(params=values, distributions=distributions, value=1.0))
+
+
+def test_apply_in_place_keeps_a_backup_and_the_comments(tmp_path, tiny_model_dir):
+    sweep_file = project(tmp_path, tiny_model_dir, space='"lora.r" = [4, 8]')
+    sweep_file.write_text(sweep_file.read_text() + '[fixed]\n"train.seed" = 7\n')
+    recipe = tmp_path / "recipe.toml"
+    recipe.write_text("# my notes\n" + recipe.read_text())
+    original = recipe.read_text()
+    _finished_study(sweep_file, {"train.learning_rate": 0.002, "lora.r": 4})
+
+    applied = apply_trial(load_sweep(sweep_file), 0, in_place=True, cache_dir=tmp_path / "c")
+    backup = tmp_path / "recipe.toml.before-trial-0"
+    assert applied.path == recipe and applied.backup == backup
+    assert backup.read_text() == original
+    text = recipe.read_text()
+    assert "# my notes" in text and "learning_rate = 0.002" in text and "seed = 7" in text
+    assert load_recipe(recipe).lora.r == 4
+    assert (
+        "split" not in tomllib.loads(text)["eval"]
+    )  # the trials' validation scoring is not written
+    with pytest.raises(LegalbuildError, match="never overwrites a backup"):
+        apply_trial(load_sweep(sweep_file), 0, in_place=True)
+    with pytest.raises(RecipeError, match="relative paths resolve beside it"):
+        apply_trial(load_sweep(sweep_file), 0, out=tmp_path / "elsewhere" / "r.toml")
+    with pytest.raises(LegalbuildError, match="no trial 5"):
+        apply_trial(load_sweep(sweep_file), 5)
+
+
+def test_a_key_into_a_dict_keeps_its_other_entries(tmp_path, tiny_model_dir):
+    from legalbuild.sweep.overrides import recipe_with
+
+    recipe = write_project(
+        tmp_path, tiny_model_dir, more='[curate]\n[[curate.corpora]]\nkind = "nda_review"\n'
+    )
+    base = load_recipe(recipe)
+    text, changed = recipe_with(recipe.read_text(), base, {"curate.task_mix.audit": 0.9}, "t")
+    assert changed.curate.task_mix == {**base.curate.task_mix, "audit": 0.9}
+    assert "[[data.sources]]" in text  # the rest of the recipe as it was
