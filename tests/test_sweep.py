@@ -1,8 +1,9 @@
 """`legalbuild sweep` on the tests' tiny model, with real Optuna and real trial processes: bad
 input refused before any trial; 2 parameters x 4 trials x --jobs 2 on one shared cache (base and
 normalize built once, the report renders, `sweep apply` gives a recipe whose build is all cache
-hits); Ctrl-C, then kill -9 of the sweep in the middle of a trial, then the same command resumes
-with no duplicate trial and no orphan process; two workers sharing one PostgreSQL study."""
+hits); Ctrl-C, a trial process killed (as by the out-of-memory killer), kill -9 of the sweep in
+the middle of a trial, then the same command resumes with no duplicate trial and no orphan
+process; two workers sharing one PostgreSQL study."""
 
 from __future__ import annotations
 
@@ -195,7 +196,7 @@ def test_two_params_four_trials_two_jobs_share_the_cache(tmp_path, tiny_model_di
 
 # ----------------------------------------------------------------------- stop, kill, resume
 @pytest.mark.slow
-def test_ctrl_c_then_kill_9_then_the_same_command_resumes(tmp_path, tiny_model_dir):
+def test_ctrl_c_a_killed_trial_and_kill_9_then_the_same_command_resumes(tmp_path, tiny_model_dir):
     sweep_file = project(tmp_path, tiny_model_dir, steps=8, trials=2, more="test = false")
     command = ("sweep", "sweep.toml", "--cache-dir", "cache")
     logs = tmp_path / "sweep-study/trials"
@@ -215,19 +216,24 @@ def test_ctrl_c_then_kill_9_then_the_same_command_resumes(tmp_path, tiny_model_d
 
     second = start(*command, cwd=tmp_path)
     wait_for(lambda: training(1), 300, "trial 1 (the re-run) to train")
-    os.kill(second.pid, signal.SIGKILL)
+    trial_process = processes_mentioning(str(logs / "0001/spec.json"))[0].split(":")[0]
+    os.kill(int(trial_process), signal.SIGKILL)  # what the out-of-memory killer does
+    wait_for(lambda: training(2), 300, "trial 2 (its values again) to train")
+    os.kill(second.pid, signal.SIGKILL)  # kill -9 of the sweep itself
     second.wait(10)
     wait_for(lambda: processes_mentioning(str(tmp_path)) == [], 60, "the trial process to stop")
-    assert trials_of(sweep_file)[1].state.name == "RUNNING"  # as the killed sweep left it
+    trials = trials_of(sweep_file)
+    assert [t.state.name for t in trials] == ["FAIL", "FAIL", "RUNNING"]  # as the sweep left it
+    assert "killed by SIGKILL" in trials[1].user_attrs["note"]
 
     third = legalbuild(*command, cwd=tmp_path)
     assert third.returncode == 0, third.stdout + third.stderr
-    assert "trials [1] were interrupted" in third.stdout
+    assert "trials [2] were interrupted" in third.stdout
     trials = trials_of(sweep_file)
     states = [t.state.name for t in trials]
-    assert states[:2] == ["FAIL", "FAIL"] and states[2:] == ["COMPLETE", "COMPLETE"]
-    assert trials[2].params == trials[0].params  # the interrupted trial ran again, once
-    assert trials[2].system_attrs["retry_history"] == [0, 1]
+    assert states == ["FAIL", "FAIL", "FAIL", "COMPLETE", "COMPLETE"], states
+    assert trials[3].params == trials[0].params  # the interrupted values ran again, once
+    assert trials[3].system_attrs["retry_history"] == [0, 1, 2]
     assert processes_mentioning(str(tmp_path)) == []
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+import signal
 import socket
 import time
 from pathlib import Path
@@ -16,6 +17,8 @@ from legalbuild.sweep import study as studies
 from legalbuild.sweep.checks import objective_value
 from legalbuild.sweep.running import TrialProcess
 from legalbuild.sweep.spec import Sweep
+
+RETRIES = 2  # a trial process killed by a signal the sweep did not send runs again at most twice
 
 
 def sign(sweep: Sweep) -> float:
@@ -52,6 +55,11 @@ def tell(
         note = "interrupted (stopped by a signal): queued to run again first"
         studies.fail_and_retry(study, storage, trial._trial_id, note)
         return "INTERRUPTED", note
+    elif code < 0:  # a signal the sweep did not send: the out-of-memory killer, an operator
+        name = signal.Signals(-code).name if -code in signal.valid_signals() else str(-code)
+        note = f"its process was killed by {name} (out of memory?): queued to run again"
+        studies.fail_and_retry(study, storage, trial._trial_id, note, max_retry=RETRIES)
+        return "KILLED", note
     else:
         error = handle.error or {}
         note = error.get("message") or f"exit code {code}; see {handle.log_path}"

@@ -194,9 +194,10 @@ class Loop:
             self.winner = handle
             return
         state, detail = tell(self.sweep, self.study, self.storage, handle, code)
-        if state == "INTERRUPTED":
+        if state in ("INTERRUPTED", "KILLED"):
             self.interrupted.append(handle.number)
-        self.failures = [*self.failures, detail] if state == "FAIL" else []
+        failed = state in ("FAIL", "KILLED")  # killed: retried, but a sweep that keeps dying stops
+        self.failures = [*self.failures, detail] if failed else []
         self.progress.ended(handle, state, detail)
 
     def _summary(self) -> str:

@@ -37,10 +37,10 @@ def quiet_optuna() -> None:
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
 
 
-def retry_callback() -> Any:
+def retry_callback(max_retry: int | None = None) -> Any:
     from optuna.storages import RetryHeartbeatStaleTrialCallback
 
-    return RetryHeartbeatStaleTrialCallback(inherit_intermediate_values=True)
+    return RetryHeartbeatStaleTrialCallback(max_retry, inherit_intermediate_values=True)
 
 
 def claim_study_dir(sweep: Sweep) -> None:
@@ -190,9 +190,12 @@ def me() -> dict[str, Any]:
     return {"host": socket.gethostname(), "pid": os.getpid(), "start": process_start(os.getpid())}
 
 
-def fail_and_retry(study: Any, storage: Any, trial_id: int, note: str) -> bool:
-    """Fail a running trial and queue its values again (False: another process finished it).
-    `trial_id` is the storage's id of the trial (optuna's `_trial_id`), not its number."""
+def fail_and_retry(
+    study: Any, storage: Any, trial_id: int, note: str, max_retry: int | None = None
+) -> bool:
+    """Fail a running trial and queue its values again, at most `max_retry` times for one set of
+    values (False: another process finished it). `trial_id` is the storage's id of the trial
+    (optuna's `_trial_id`), not its number."""
     from optuna.exceptions import UpdateFinishedTrialError
     from optuna.trial import TrialState
 
@@ -202,7 +205,7 @@ def fail_and_retry(study: Any, storage: Any, trial_id: int, note: str) -> bool:
             return False
     except UpdateFinishedTrialError:
         return False
-    retry_callback()(study, storage.get_trial(trial_id))
+    retry_callback(max_retry)(study, storage.get_trial(trial_id))
     return True
 
 
@@ -247,13 +250,17 @@ def claimed(study: Any, before: int | None = None) -> int:
 
 
 def enqueue_baseline(sweep: Sweep, study: Any) -> dict[str, Any] | None:
-    """The base recipe's own values as the first trial, once per study, when they lie in the space."""
+    """The base recipe's own values as a trial, when they lie in the space, until one such trial
+    has finished (queued again after a failure; never twice while one is queued or running)."""
+    from optuna.trial import TrialState
+
     from legalbuild.sweep.overrides import resolve_key, value_at
 
-    if not sweep.settings.baseline or study.user_attrs.get("baseline_queued") or study.trials:
+    alive = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING, TrialState.WAITING)
+    trials = study.get_trials(deepcopy=False, states=alive)
+    if not sweep.settings.baseline or any(t.user_attrs.get("baseline") for t in trials):
         return None
     values = {p.key: value_at(sweep.recipe, resolve_key(p.key, "[space]")) for p in sweep.params}
-    study.set_user_attr("baseline_queued", True)
     if not all(p.contains(values[p.key]) for p in sweep.params):
         return None
     study.enqueue_trial(values, user_attrs={"baseline": True})
