@@ -21,6 +21,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from legalbuild.commands import deploy
+from legalbuild.commands import sweep as sweep_commands
 from legalbuild.commands.common import (
     AsJson,
     CacheDir,
@@ -316,6 +317,9 @@ def curate(
 # ------------------------------------------------------ serving, audit, review, export, report
 for _command in (deploy.serve, deploy.audit, deploy.export, deploy.report, review):
     app.command()(_command)
+
+# ------------------------------------------------------------------------------- sweeps
+app.add_typer(sweep_commands.app, name="sweep")
 
 
 def main() -> None:

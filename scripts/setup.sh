@@ -58,3 +58,13 @@ if ! command -v chromium >/dev/null 2>&1; then
     echo "note: install Debian's chromium package for the report screenshot test"
   fi
 fi
+# PostgreSQL's server binaries let the multi-worker sweep test run a throwaway cluster (skipped
+# without them; nothing is started here).
+if ! command -v initdb >/dev/null 2>&1 && ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null \
+      || echo "note: could not install postgresql; the PostgreSQL sweep test will be skipped"
+  else
+    echo "note: install Debian's postgresql package for the PostgreSQL sweep test"
+  fi
+fi

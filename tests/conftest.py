@@ -47,3 +47,23 @@ def smollm2_base(smollm2_gguf) -> Path:
         ctx.out_dir.rename(dest)
         shutil.rmtree(tmp)
     return dest
+
+
+@pytest.fixture
+def postgres_url():
+    """A throwaway PostgreSQL server where its binaries are installed (Debian's postgresql);
+    skipped elsewhere, saying why."""
+    from helpers import postgres_binaries, postgres_server
+
+    binaries = postgres_binaries()
+    if binaries is None:
+        pytest.skip("no PostgreSQL server binaries here (Debian: apt-get install postgresql)")
+    if os.geteuid() == 0:
+        import pwd
+
+        try:
+            pwd.getpwnam("postgres")
+        except KeyError:
+            pytest.skip("running as root with no `postgres` user to run the server as")
+    with postgres_server(binaries) as url:
+        yield url

@@ -8,6 +8,7 @@ entries, JSON/JSONL files, the tiny model and a random LoRA adapter on it.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import html
 import importlib.util
@@ -826,3 +827,68 @@ def legalbuild_tree() -> Path:
     import legalbuild
 
     return Path(legalbuild.__file__).resolve().parents[1]
+
+
+# ---------------------------------------------------------------------------------- PostgreSQL
+def postgres_binaries() -> Path | None:
+    """The folder of Debian's (or any installed) PostgreSQL server binaries, newest first."""
+    found = shutil.which("initdb")
+    if found:
+        return Path(found).parent
+    folders = sorted(Path("/usr/lib/postgresql").glob("*/bin"), key=lambda p: p.parent.name)
+    return next((f for f in reversed(folders) if (f / "initdb").exists()), None)
+
+
+@contextlib.contextmanager
+def postgres_server(binaries: Path):
+    """A throwaway PostgreSQL cluster on a free loopback port (trust auth, no fsync), removed
+    after; yields its URL. As root it runs as the `postgres` user (the server refuses root)."""
+    import pwd
+    import socket
+    import subprocess
+    import tempfile
+
+    prefix = []
+    folder = Path(tempfile.mkdtemp(prefix="legalbuild-pg-"))  # reachable by that user, not tmp_path
+    if os.geteuid() == 0:
+        user = pwd.getpwnam("postgres")
+        os.chown(folder, user.pw_uid, user.pw_gid)
+        prefix = ["runuser", "-u", "postgres", "--"]
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    db = folder / "db"
+    run = lambda *argv: subprocess.run([*prefix, *argv], check=True, capture_output=True)  # noqa: E731
+    try:
+        run(str(binaries / "initdb"), "-D", str(db), "-A", "trust", "-U", "postgres", "-N")
+        options = f"-p {port} -k {folder} -c listen_addresses=127.0.0.1 -c fsync=off"
+        run(
+            str(binaries / "pg_ctl"),
+            "-D",
+            str(db),
+            "-o",
+            options,
+            "-l",
+            str(folder / "log"),
+            "-w",
+            "start",
+        )
+        yield f"postgresql://postgres@127.0.0.1:{port}/postgres"
+    finally:
+        subprocess.run([*prefix, str(binaries / "pg_ctl"), "-D", str(db), "-m", "immediate", "stop"],
+                       capture_output=True)  # fmt: skip
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def processes_mentioning(text: str) -> list[str]:
+    """Live (non-zombie) processes whose command line contains `text`: what a test checks is gone."""
+    found = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            argv = cmdline.read_bytes().replace(b"\0", b" ").decode("utf-8", "replace")
+            state = (cmdline.parent / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        except (OSError, IndexError):
+            continue
+        if text in argv and state != "Z" and int(cmdline.parent.name) != os.getpid():
+            found.append(f"{cmdline.parent.name}: {argv.strip()}")
+    return found

@@ -95,8 +95,9 @@ def test_editing_a_module_rebuilds_exactly_the_stages_that_run_it(tmp_path, tiny
     keys = {s: v["key"] for s, v in before.items()}
     assert list(keys) == ["normalize", "base", "train", "merge", "eval"]
 
-    # the report, the CLI and its commands run in no stage
-    for module in ("report/__init__.py", "report/model.py", "cli.py", "commands/deploy.py"):
+    # the report, the sweep, the CLI and its commands run in no stage
+    edited = ("report/__init__.py", "report/model.py", "sweep/runner.py", "sweep/trial.py")
+    for module in (*edited, "cli.py", "commands/deploy.py", "commands/sweep.py"):
         path = pkg / "legalbuild" / module
         path.write_text(path.read_text() + "\n\ndef _probe():\n    return 1\n")
     assert {s: v["key"] for s, v in _plan_json(pkg, recipe, cache).items()} == keys

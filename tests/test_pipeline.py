@@ -147,6 +147,8 @@ def test_light_commands_never_import_heavy_libraries(project, tmp_path):
         ["status", str(project)],
         ["status", str(project), "--json"],
         ["schema"],
+        ["sweep", "--help"],
+        ["sweep", "report", "--help"],
     ):
         proc = _cli(*args, env_cache=cache)
         assert proc.returncode == 0, (args, proc.stderr[-2000:])

@@ -51,6 +51,13 @@ class Loaded:
     recipe: Recipe
     recipe_path: Path
     nodes: dict[str, StageNode]
+    # The lock is the one beside this path (default: the recipe). A sweep trial builds the base
+    # recipe's folder's files with its own overrides and keeps its lock in the trial's folder.
+    lock_beside: Path | None = None
+
+    @property
+    def lock_anchor(self) -> Path:
+        return self.lock_beside or self.recipe_path
 
     @classmethod
     def from_path(cls, recipe_path: str | Path) -> Loaded:
@@ -87,7 +94,7 @@ def plan(
 ) -> list[StagePlan]:
     """Each stage as cached or to-build, and why (compared with the lock file, read from beside
     the recipe unless given)."""
-    lock = read_lock(loaded.recipe_path) if lock is None else lock
+    lock = read_lock(loaded.lock_anchor) if lock is None else lock
     forced = _forced(loaded, force)
     plans = []
     for name in loaded.select(until):
@@ -167,7 +174,7 @@ def build(
             produced = previous["outputs"]  # the committed lock keeps the digests it has
         if not locked:
             record_stage(lock, p.name, node.key, node.inputs, produced, why)
-            write_lock(loaded.recipe_path, lock)
+            write_lock(loaded.lock_anchor, lock)
     if any(p.cached for p in plans):
         log(
             "cached entries were checked against their manifests by file size and modification "
@@ -176,7 +183,7 @@ def build(
         )
     if not locked and until is None and set(lock.get("stages", {})) - set(loaded.nodes):
         lock["stages"] = {k: v for k, v in lock["stages"].items() if k in loaded.nodes}
-        write_lock(loaded.recipe_path, lock)
+        write_lock(loaded.lock_anchor, lock)
     return BuildResult(plans, built, outputs, seconds)
 
 
@@ -202,9 +209,9 @@ def _lock_for_build(loaded: Loaded, locked: bool, log: Callable[[str], None]) ->
     """The lock a build starts from. Without --locked an unreadable lock (not a folder) is only
     a warning: this build writes a new one."""
     try:
-        return read_lock(loaded.recipe_path)
+        return read_lock(loaded.lock_anchor)
     except LockFileError as exc:
-        if locked or lock_path(loaded.recipe_path).is_dir():
+        if locked or lock_path(loaded.lock_anchor).is_dir():
             raise
         log(f"warning: {exc.message}; this build writes a new one")
         return {}

@@ -34,6 +34,12 @@ def load_recipe(path: str | Path) -> Recipe:
             raise RecipeError(f"{shown}: no such recipe file", hint=INIT_HINT) from None
         raise RecipeError(exc.message, hint=exc.hint) from None
     text = decode_utf8(data, shown, RecipeError, what="recipe")
+    return parse_recipe(text, shown)
+
+
+def parse_recipe(text: str, shown: str) -> Recipe:
+    """Validate recipe text (`shown` names it in errors): what `load_recipe` does once the file is
+    read, and what a sweep trial does with the base recipe's text and its overrides."""
     try:
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:

@@ -109,6 +109,11 @@ def _template() -> str:
 
 def render_html(src: Sources, sections: list[Section]) -> str:
     name = src.recipe.get("project", {}).get("name", src.recipe_path.stem)
+    return render_page(f"legalbuild report: {name}", sections)
+
+
+def render_page(title: str, sections: list[Section]) -> str:
+    """One self-contained page in the report's style: a title, a navigation bar, the sections."""
     nav = "".join(f'<a href="#{esc(s.id)}">{esc(s.title)}</a>' for s in sections)
     body = "".join(
         f'<section id="{esc(s.id)}"{"" if s.built else " class=missing"}><h2>{esc(s.title)}</h2>{s.html}</section>'
@@ -117,7 +122,7 @@ def render_html(src: Sources, sections: list[Section]) -> str:
     stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     return (
         _template()
-        .replace("{{title}}", esc(f"legalbuild report: {name}"))
+        .replace("{{title}}", esc(title))
         .replace("{{generated}}", esc(stamp))
         .replace("{{nav}}", nav)
         .replace("{{body}}", body)

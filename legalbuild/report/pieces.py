@@ -82,15 +82,25 @@ def md_table(header: list[str], rows: list[list[Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def figure_html(fig: Any, alt: str) -> str:
-    """A matplotlib figure as an inline base64 PNG (the figure is closed)."""
+def figure_png(fig: Any) -> bytes:
+    """A matplotlib figure as PNG bytes (the figure is closed)."""
     import matplotlib.pyplot as plt
 
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
     plt.close(fig)
-    data = base64.b64encode(buf.getvalue()).decode("ascii")
+    return buf.getvalue()
+
+
+def png_html(png: bytes, alt: str) -> str:
+    """PNG bytes as an inline base64 image."""
+    data = base64.b64encode(png).decode("ascii")
     return f'<img alt="{esc(alt)}" src="data:image/png;base64,{data}">'
+
+
+def figure_html(fig: Any, alt: str) -> str:
+    """A matplotlib figure as an inline base64 PNG (the figure is closed)."""
+    return png_html(figure_png(fig), alt)
 
 
 def read_json(path: Path) -> Any:
