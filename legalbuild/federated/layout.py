@@ -5,7 +5,8 @@ Under the train stage's work_dir (stable for its key, so a failed build resumes)
     coordinator/   what the coordinator holds: spec.json, the Flower app, FLWR_HOME, the
                    SuperLink's state and log, `flwr run`'s log, initial/ (the adapter every silo
                    starts from), rounds/round-N.safetensors (+ .json), last/ (the last round's
-                   silo adapters, for the exact combination), final.safetensors, result.json
+                   silo adapters, for the exact combination), final-<candidate>.safetensors,
+                   result.json
     silos/<name>/  what, on real hosts, lives on that silo's machine only: spec.json (its data
                    sources), data/ (its curated and normalized rows), the SuperNode's log,
                    sent/round-N.safetensors (a copy of every update it sent), trainer scratch
@@ -48,9 +49,8 @@ class Layout:
     def result(self) -> Path:
         return self.coordinator / "result.json"
 
-    @property
-    def final(self) -> Path:
-        return self.coordinator / "final.safetensors"
+    def final(self, candidate: str) -> Path:
+        return self.coordinator / f"final-{candidate}.safetensors"
 
     @property
     def server_spec(self) -> Path:

@@ -97,25 +97,14 @@ def federate(layout: Layout, silos: list[str], venv: Path, log: Callable[[str], 
 
 
 def write_outputs(recipe: Recipe, layout: Layout, base_dir: Path, out_dir: Path, log: Callable[[str], None]) -> dict[str, Any]:  # fmt: skip
-    from safetensors.numpy import load_file, save_file
-    from transformers import AutoTokenizer
-
-    from legalbuild.training.adapter import record_base_identity
     from legalbuild.training.monitoring import plot_losses
 
     result = read_json(layout.result)
-    chosen, rank = result["chosen"], result["ranks"][result["chosen"]]
-    adapter = out_dir / "adapter"
-    adapter.mkdir(parents=True)
-    config = read_json(layout.initial / "adapter_config.json")
-    config.update({"r": rank["r"], "lora_alpha": rank["alpha"]})
-    (adapter / "adapter_config.json").write_text(
-        json.dumps(config, indent=2, sort_keys=True) + "\n"
-    )
-    arrays = load_file(str(layout.final))
-    save_file(arrays, str(adapter / "adapter_model.safetensors"))
-    AutoTokenizer.from_pretrained(base_dir / "model").save_pretrained(adapter)
-    record_base_identity(adapter, base_dir)
+    chosen = result["chosen"]
+    others = [n for n in result["ranks"] if n != chosen]  # final_adapter = "best": the one not kept
+    arrays = write_adapter(layout, chosen, result["ranks"][chosen], base_dir, out_dir / "adapter")
+    for name in others:  # kept beside it (merge reads adapter/ only)
+        write_adapter(layout, name, result["ranks"][name], base_dir, out_dir / "alternative" / name)
     history = log_history(recipe, result["rounds"])
     (out_dir / "log_history.json").write_text(json.dumps(history, indent=1) + "\n")
     plot_losses(
@@ -128,10 +117,30 @@ def write_outputs(recipe: Recipe, layout: Layout, base_dir: Path, out_dir: Path,
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     log(
         f"done: {len(result['rounds'])} rounds x {metrics['federated']['silos']} silos, final adapter "
-        f"{chosen} (r={rank['r']}), validation loss {metrics['val_loss']:.4f}, "
+        f"{chosen} (r={result['ranks'][chosen]['r']}), validation loss {metrics['val_loss']:.4f}, "
         f"{metrics['federated']['bytes_total'] / 1e6:.1f} MB sent and received in all"
     )
     return metrics
+
+
+def write_adapter(layout: Layout, candidate: str, rank: dict[str, int], base_dir: Path, folder: Path) -> dict[str, Any]:  # fmt: skip
+    """A PEFT adapter folder: the initial adapter's config at the candidate's rank, its weights,
+    the tokenizer, the base named by identity (as one-process training writes it)."""
+    from safetensors.numpy import load_file, save_file
+    from transformers import AutoTokenizer
+
+    from legalbuild.training.adapter import record_base_identity
+
+    folder.mkdir(parents=True)
+    config = read_json(layout.initial / "adapter_config.json")
+    config.update({"r": rank["r"], "lora_alpha": rank["alpha"]})
+    text = json.dumps(config, indent=2, sort_keys=True) + "\n"
+    (folder / "adapter_config.json").write_text(text)
+    arrays = load_file(str(layout.final(candidate)))
+    save_file(arrays, str(folder / "adapter_model.safetensors"))
+    AutoTokenizer.from_pretrained(base_dir / "model").save_pretrained(folder)
+    record_base_identity(folder, base_dir)
+    return arrays
 
 
 def log_history(recipe: Recipe, rounds: list[dict[str, Any]]) -> list[dict[str, Any]]:

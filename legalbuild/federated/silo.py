@@ -150,7 +150,10 @@ class Local:
             eval_dataset=evaluation, processing_class=self.tokenizer)  # fmt: skip
 
     def val_loss(self, trainer: Any) -> float | None:
-        return float(trainer.evaluate()["eval_loss"]) if self.val_rows else None
+        """None without validation rows (or when max_length drops them all: TRL drops a row whose
+        prompt alone fills it)."""
+        value = trainer.evaluate().get("eval_loss") if self.val_rows else None
+        return None if value is None else float(value)
 
 
 def train_round(spec: dict[str, Any], arrays: dict[str, Any], config: dict[str, Any]) -> tuple[dict[str, Any], dict[str, float]]:  # fmt: skip
