@@ -175,8 +175,8 @@ def evaluate(args: argparse.Namespace, made: dict[str, Path], arm: str, merged: 
     ctx = StageContext(
         name="eval", key="bench", recipe=recipe.model_copy(update={"eval": settings}),
         recipe_path=made["central"], out_dir=out, work_dir=args.out / "eval" / "work",
-        inputs={"normalize": entry(made["central"], "normalize", args.cache)[0],
-                "base": entry(made["central"], "base", args.cache)[0], "merge": merged},
+        inputs={"normalize": args.entries[("central", "normalize")],
+                "base": args.entries[("central", "base")], "merge": merged},
         log_fn=lambda m: print(f"  eval {arm}: {m}", flush=True),
     )  # fmt: skip
     began = time.perf_counter()
@@ -190,8 +190,8 @@ def merge_alternative(args: argparse.Namespace, made: dict[str, Path], name: str
     from legalbuild.recipe.loading import load_recipe
 
     recipe = load_recipe(made["federated"])
-    train_out, _ = entry(made["federated"], "train", args.cache)
-    base_out, _ = entry(made["federated"], "base", args.cache)
+    train_out = args.entries[("federated", "train")]
+    base_out = args.entries[("federated", "base")]
     dest = args.out / "eval" / f"federated-{name}-merged"
     if not (dest / "model" / "config.json").is_file():
         merge_adapter(base_out / "model", train_out / "alternative" / name, dest / "model",
@@ -217,6 +217,7 @@ def main() -> None:
     args.out = args.out or Path(tempfile.mkdtemp(prefix="federated-compare-"))
     args.out.mkdir(parents=True, exist_ok=True)
     args.cache = args.out / "cache"
+    args.entries = {}  # (arm, stage) -> out folder, found right after the arm's build
     (args.out / "silos").mkdir(exist_ok=True)
     if args.smoke:
         from helpers import tiny_model
@@ -231,6 +232,9 @@ def main() -> None:
     report: dict = {"silo_pairs": rows, "steps": args.steps, "rounds": args.rounds, "arms": {}}
     for arm in ("federated", "central", *(f"alone-{n}" for n in files)):
         wall = build(made[arm], args.cache)
+        for stage in ("normalize", "base", "train", "merge"):  # keys of the code that built them
+            if arm != "federated" or stage != "normalize":
+                args.entries[(arm, stage)] = entry(made[arm], stage, args.cache)[0]
         _, manifest = entry(made[arm], "train", args.cache)
         report["arms"][arm] = {"build_seconds": round(wall, 1), "train_seconds": manifest["timings"]["seconds"],
                                "metrics": manifest["metrics"]}  # fmt: skip
@@ -239,7 +243,7 @@ def main() -> None:
             flush=True,
         )
     fed = report["arms"]["federated"]["metrics"]["federated"]
-    models = {arm: entry(made[arm], "merge", args.cache)[0] for arm in report["arms"]}
+    models = {arm: args.entries[(arm, "merge")] for arm in report["arms"]}
     models[f"federated ({fed['final_adapter']}, kept)"] = models.pop("federated")
     for alt in set(fed["final_val_loss"]) - {fed["final_adapter"]}:
         models[f"federated ({alt})"] = merge_alternative(args, made, alt)

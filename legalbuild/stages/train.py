@@ -120,12 +120,11 @@ def silo_keys(recipe: Recipe, recipe_path: Path) -> dict[str, dict[str, Any]]:
 
 def silo_data_keys(recipe: Recipe, recipe_path: Path) -> dict[str, str]:
     """A digest of each silo's data key part: a silo reuses its prepared rows while it holds."""
-    from legalbuild.engine.graph import split_file_sets
+    from legalbuild.engine.keys import summarized
     from legalbuild.hashing import digest_json
 
     return {
-        name: digest_json(split_file_sets(part)[0])
-        for name, part in silo_keys(recipe, recipe_path).items()
+        name: digest_json(summarized(part)) for name, part in silo_keys(recipe, recipe_path).items()
     }
 
 
