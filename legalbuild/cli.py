@@ -33,6 +33,7 @@ from legalbuild.commands.common import (
     open_recipe,
     store_of,
 )
+from legalbuild.commands.review import review
 from legalbuild.errors import LegalbuildError
 
 app = typer.Typer(
@@ -101,21 +102,34 @@ def plan(
     force: Annotated[
         list[str] | None, typer.Option("--force", help="Pretend these stages are forced.")
     ] = None,
+    locked: Annotated[
+        bool,
+        typer.Option(
+            "--locked",
+            help="Compare every stage's key with the lock beside the recipe; exit 4 naming each "
+            "stage that differs and why (nothing is built). Example, on a fresh clone: "
+            "legalbuild plan recipes/legal-audit-smollm2.toml --locked",
+        ),
+    ] = False,
     cache_dir: CacheDir = None,
     as_json: AsJson = False,
 ) -> None:
     """Show each stage as cached or to-build, and WHY (which input changed since the lock)."""
-    from legalbuild.engine.status import stage_states
+    from legalbuild.engine.status import locked_states
 
     loaded, store = open_recipe(recipe, cache_dir)
-    states = stage_states(loaded, store, until, force or [])
+    states, mismatch = locked_states(loaded, store, until, force or [])
     if as_json:
-        return _print_json(loaded, store, states)
-    table = Table("stage", "action", "key", "why", box=None)
-    for s in states:
-        action = "[green]cached[/]" if s.cached else "[yellow]build[/]"
-        table.add_row(s.stage, action, s.key[:12], escape("\n".join(s.reasons)))
-    console.print(table)
+        _print_json(loaded, store, states)
+    else:
+        table = Table("stage", "action", "key", *(["lock"] if locked else []), "why", box=None)
+        for s in states:
+            action = "[green]cached[/]" if s.cached else "[yellow]build[/]"
+            lock = ["same" if s.locked else str(s.locked_key or "none")[:12]] if locked else []
+            table.add_row(s.stage, action, s.key[:12], *lock, escape("\n".join(s.reasons)))
+        console.print(table)
+    if locked and mismatch:
+        raise mismatch
 
 
 def _print_json(loaded, store, states) -> None:
@@ -293,8 +307,8 @@ def curate(
         console.print(pair["output"], markup=False)
 
 
-# ------------------------------------------------------------- serving, audit, export, report
-for _command in (deploy.serve, deploy.audit, deploy.export, deploy.report):
+# ------------------------------------------------------ serving, audit, review, export, report
+for _command in (deploy.serve, deploy.audit, deploy.export, deploy.report, review):
     app.command()(_command)
 
 

@@ -103,6 +103,7 @@ def stage_context(
         work_dir=tmp / "work",
         inputs=entries,
         log_fn=log.append if log is not None else (lambda _m: None),
+        downloads_dir=tmp / "downloads",
     )
 
 
@@ -341,6 +342,72 @@ class OpenAIStub:
     def __exit__(self, *exc) -> None:
         self.server.shutdown()
         self.server.server_close()
+
+
+def recipe_with_merged_model(
+    merged_dir: Path, root: Path, base_dir: Path, model_name: str
+) -> tuple[Path, Path]:
+    """A recipe whose merge stage is already in a fresh cache (committed with the cache's own
+    API) and holds `merged_dir`: `legalbuild serve` on it launches vLLM at once, no build."""
+    from legalbuild.engine.cache import Store
+    from legalbuild.engine.pipeline import Loaded
+
+    row = {"instruction": "Audit this clause: the term is unlimited.", "output": "Risk: high."}
+    (root / "data.jsonl").write_text(json.dumps(row) + "\n")
+    recipe = root / "recipe.toml"
+    recipe.write_text(
+        f'[project]\nname = "early-stop"\n[[data.sources]]\nname = "d"\npath = "data.jsonl"\n'
+        f'[model]\nbase = "{base_dir}"\n'
+        f'[serve]\nserved_model_name = "{model_name}"\ndtype = "float32"\nmax_model_len = 512\n'
+        "enforce_eager = true\nstartup_timeout_s = 600\n"
+    )
+    store = Store(root / "cache")
+    key = Loaded.from_path(recipe).nodes["merge"].key
+    tmp = store.new_tmp("merge", key)
+    shutil.copytree(merged_dir, tmp / "out" / "model")
+    store.commit(tmp, "merge", key, {})
+    return recipe, (store.out_dir("merge", key) / "model").resolve()
+
+
+def teach_tiny_model(
+    base_dir: Path, dest: Path, pairs: list[tuple[str, str]], steps: int = 150
+) -> Path:
+    """`base_dir` (a servable tiny Llama) fully fine-tuned until it answers each (user message,
+    answer) pair of `pairs` with that answer under the default system prompt and its chat
+    template: a real model whose greedy answers a test knows (e.g. `stub_answer` of the contract's
+    clauses, so vLLM gives the findings the OpenAI stub gives). A few seconds on a CPU."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from legalbuild.prompting import chat_messages
+    from legalbuild.recipe import DEFAULT_SYSTEM_PROMPT
+
+    tokenizer = AutoTokenizer.from_pretrained(base_dir)
+    model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
+    rows = []
+    for message, answer in pairs:
+        prompt = tokenizer.apply_chat_template(
+            chat_messages(DEFAULT_SYSTEM_PROMPT, message),
+            tokenize=False,
+            add_generation_prompt=True,
+        )
+        p = tokenizer(prompt, add_special_tokens=False).input_ids
+        a = tokenizer(answer + "<|im_end|>", add_special_tokens=False).input_ids
+        rows.append((torch.tensor([p + a]), torch.tensor([[-100] * len(p) + a])))
+    torch.manual_seed(0)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    model.train()
+    for step in range(steps):
+        ids, labels = rows[step % len(rows)]
+        loss = model(input_ids=ids, labels=labels).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    model.eval()
+    model.save_pretrained(dest)
+    tokenizer.save_pretrained(dest)
+    model.generation_config.save_pretrained(dest)
+    return dest
 
 
 # ------------------------------------------------------------------------------------ browser

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 from collections import Counter
 from pathlib import Path
 
@@ -358,3 +359,147 @@ def test_default_settings_give_2000_to_5000_pairs(tmp_path):
     )
     assert sum(card["counts"]["verified_by"].values()) == card["pairs"]
     assert "CC-BY-4.0" in (ctx.out_dir / "card.md").read_text()
+
+
+# ------------------------------------------------------------------------------- data hygiene
+def test_every_instruction_template_reads_cleanly_for_every_playbook(rulebook):
+    """Each template filled with each playbook's perspective: no doubled word ("I'm reviewing
+    reviewing"), no placeholder left, no stray spacing or punctuation, balanced parentheses."""
+    from legalbuild.curation import pairs
+
+    templates = [
+        t
+        for name in ("AUDIT", "DEFECT", "FIX", "EXPLAIN", "MISSING")
+        for t in getattr(pairs, f"{name}_TEMPLATES")
+    ]
+    first_rule = {}
+    for rule in rulebook.rules:
+        first_rule.setdefault(rule.playbook, rule)
+    assert len(first_rule) == 51
+    problems = []
+    for playbook, rule in sorted(first_rule.items()):
+        view = pairs.perspective(rule)
+        if not view.startswith("reviewing") or " — " in view:
+            problems.append(f"{playbook}: perspective {view!r}")
+        for template in templates:
+            text = pairs.fill(
+                template,
+                clause="CLAUSE",
+                type="limitation of liability",
+                playbook=playbook,
+                perspective=view,
+                title="No cap",
+                rule_id="x.no-cap",
+                severity="high",
+                contract="CONTRACT",
+            )
+            prose = text.replace("CLAUSE", "").replace("CONTRACT", "")
+            bad = [
+                ("doubled word", re.search(r"\b(\w+)[ ,]+\1\b", prose, re.I)),
+                ("placeholder", re.search(r"[{}]", prose)),
+                ("spacing", re.search(r"  |\s[,.;:)]|\(\s|,,|\.\.(?!\.)", prose)),
+                ("parentheses", prose.count("(") != prose.count(")")),
+            ]
+            problems += [f"{playbook}: {what}: {text[:90]!r}" for what, hit in bad if hit]
+    assert problems == []
+
+
+def test_the_doubled_word_check_can_fail():
+    assert re.search(r"\b(\w+)[ ,]+\1\b", "I'm reviewing reviewing, as licensee", re.I)
+
+
+# ------------------------------------------------------------------- beyond the rulebook's labels
+def test_a_plain_share_of_audits_is_asked_without_playbook_or_rule_list(rulebook):
+    settings = small_settings(plain_share=1.0, target_pairs=150)
+    docs = load_corpus(settings.corpora[0], HERE) + load_corpus(settings.corpora[1], HERE)
+    pairs, _ = generate_pairs(docs, rulebook, settings)
+    audits = [p for p in pairs if p.task == "audit"]
+    assert audits and all(
+        p.instruction.startswith("Audit this contract clause:\n\n") for p in audits
+    )
+    assert not any(
+        "Rules to check:" in p.instruction or "Playbook" in p.instruction for p in audits
+    )
+    clean = [p for p in audits if p.clean]
+    assert clean and all("No red flag found in this" in p.output for p in clean)
+    assert not any("checks that apply" in p.output for p in clean)  # no list was shown
+    defects = [p for p in pairs if p.task == "defect"]
+    assert defects and all("Rules to check:" in p.instruction for p in defects)  # audits only
+
+
+LABELLED_CLAUSES = [  # written for the tests, in CUAD's clause-level shape
+    ("a1", "k1", "This Agreement shall automatically renew for successive one-year terms unless "
+     "either party gives notice of non-renewal.", ["Renewal Term"]),
+    ("a2", "k1", "This Agreement shall be governed by the laws of the State of New York.",
+     ["Governing Law"]),
+    ("a3", "k2", "The Licensee may use the Software at its facilities worldwide.",
+     ["License Grant"]),
+    ("a4", "k2", "Neither party may assign this Agreement without the prior written consent of "
+     "the other party.", ["Anti-Assignment"]),
+]  # fmt: skip
+
+
+def labelled_file(tmp_path: Path) -> Path:
+    rows = [{"id": i, "document": d, "text": t, "categories": c} for i, d, t, c in LABELLED_CLAUSES]
+    path = tmp_path / "labelled.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def test_labelled_clauses_become_pairs_whose_answers_come_from_the_labels(rulebook, tmp_path):
+    from legalbuild.curation import cuad
+    from legalbuild.curation.labelled import labelled_pairs
+    from legalbuild.recipe.data import LabelledSource
+
+    path = labelled_file(tmp_path)
+    plain = LabelledSource(name="mine", path=str(path), plain_share=1.0, pairs=10)
+    pairs = labelled_pairs(plain, path, rulebook.by_playbook(), seed=3)
+    assert len(pairs) == 4 and {p.task for p in pairs} == {"labelled"}
+    by_clause = {p.clause: p for p in pairs}
+    for _, doc, text, cats in LABELLED_CLAUSES:
+        p = by_clause[text]
+        assert p.instruction == f"Audit this contract clause:\n\n{text}"
+        assert p.output == cuad.answer_for(cats) and p.doc_id == f"mine:{doc}"
+        assert p.clean == (not cuad.CATEGORIES[cats[0]].red_flag)
+    # asked with a playbook: its applicable rules are listed and a listed rule that means the
+    # red flag is cited instead of the table's default finding
+    asked = LabelledSource(
+        name="mine", path=str(path), plain_share=0.0, playbooks=["saas-vendor"], pairs=10
+    )
+    renewal = next(
+        p for p in labelled_pairs(asked, path, rulebook.by_playbook(), 3) if "renew" in p.clause
+    )
+    assert (
+        "Playbook: saas-vendor." in renewal.instruction and "Rules to check:" in renewal.instruction
+    )
+    audit = parse_audit(renewal.output)
+    assert audit.rule_ids == ["saas-vendor.auto-renewal"] and audit.clause_type == "Renewal Term"
+    assert "- saas-vendor.auto-renewal:" in renewal.instruction
+    with pytest.raises(Exception, match="unknown playbook"):
+        labelled_pairs(asked.model_copy(update={"playbooks": ["nope"]}), path, {}, 3)
+
+
+def test_the_curate_stage_adds_labelled_pairs_and_credits_them(tmp_path):
+    from legalbuild.stages import curate
+
+    labelled_file(tmp_path)
+    recipe = Recipe.model_validate(
+        {
+            "project": {"name": "t"},
+            "curate": {
+                "corpora": [{"kind": "nda_review"}],
+                "target_pairs": 20,
+                "labelled": [{"name": "mine", "path": "labelled.jsonl", "pairs": 3}],
+            },
+        }
+    )
+    ctx = stage_context(tmp_path, "curate", recipe)
+    metrics = curate.run(ctx)
+    rows = [json.loads(x) for x in (ctx.out_dir / "pairs.jsonl").read_text().splitlines()]
+    assert sum(r["task"] == "labelled" for r in rows) == 3 and metrics["tasks"]["labelled"] == 3
+    card = json.loads((ctx.out_dir / "card.json").read_text())
+    entry = next(s for s in card["sources"] if s["name"] == "mine")
+    assert entry["pairs"] == 3 and "CUAD v1, The Atticus Project" in entry["attribution"]
+    # the key holds the file's digest, not its path
+    keys = curate.key_inputs(recipe, tmp_path / "recipe.toml")["settings"]["labelled"][0]
+    assert "path" not in keys and len(keys["digest"]) == 64

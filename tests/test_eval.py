@@ -200,31 +200,64 @@ def test_clause_from_instruction():
     assert rows.clause_from_instruction("No lead-in here.") == "No lead-in here."
 
 
-def test_regex_baseline_uses_the_curation_rulebook(tmp_path):
+SECOND_PLAYBOOK = """\
+name: other-book
+description: Other rules.
+rules:
+  - id: liability-unlimited-too
+    title: Liability without a cap
+    severity: medium
+    description: The limitation of liability clause leaves liability unlimited.
+    why: No cap.
+    suggestion: Add a cap.
+    check:
+      kind: forbids_any
+      patterns: ['liability\\s+(is|shall\\s+be)\\s+unlimited']
+"""
+
+
+def baseline_row(clause: str, instruction: str | None = None, clause_type=None) -> rows.EvalRow:
+    return rows.EvalRow(
+        id="r",
+        set="test",
+        instruction=instruction or f"Audit this contract clause:\n\n{clause}",
+        clause=clause,
+        reference_text=None,
+        reference=None,
+        meta={"clause_type": clause_type} if clause_type else {},
+    )
+
+
+def test_regex_baselines_use_the_curation_rulebook(tmp_path):
     (tmp_path / "rules.yaml").write_text(PLAYBOOK)
-    from legalbuild.curation.rulebook import load_rulebooks
-
-    answer = baseline.make_regex_baseline(load_rulebooks(["rules.yaml"], tmp_path).rules)
-    flagged = answer("The Supplier's liability is unlimited.", "limitation_of_liability")
-    assert (
-        flagged.startswith("Risk: high")
-        and f"[{RULE}]" in flagged
-        and "Why: Unlimited liability" in flagged
-    )
-    assert answer("Liability is capped at the fees paid.", "limitation_of_liability").startswith(
-        "Risk: none"
-    )
-    assert answer("The Supplier's liability is unlimited.", "payment").startswith(
-        "Risk: none"
-    )  # other type
-    assert f"[{RULE}]" in answer(
-        "The liability is unlimited for damages.", None
-    )  # typed by classifier
-    # the baseline answers exactly as curation writes a training answer for the same finding
+    (tmp_path / "other.yaml").write_text(SECOND_PLAYBOOK)
     from legalbuild.curation.review import audit_answer
+    from legalbuild.curation.rulebook import load_rulebooks
+    from legalbuild.prompting import audit_instruction
 
-    rule = load_rulebooks(["rules.yaml"], tmp_path).rules[0]
-    assert flagged == audit_answer([rule], "")
+    book = load_rulebooks(["rules.yaml", "other.yaml"], tmp_path)
+    answers = baseline.make_regex_baselines(book.rules)
+    fair, unscoped = answers["regex"], answers["regex-unscoped"]
+    unlimited = "The Supplier's liability is unlimited."
+    flagged = unscoped(baseline_row(unlimited, clause_type="limitation_of_liability"))
+    assert flagged.startswith("Risk: high") and f"[{RULE}]" in flagged
+    assert "[other-book.liability-unlimited-too]" in flagged  # every playbook's rules fire
+    capped = baseline_row(
+        "Liability is capped at the fees paid.", clause_type="limitation_of_liability"
+    )
+    assert unscoped(capped).startswith("Risk: none")
+    assert unscoped(baseline_row(unlimited, clause_type="payment")).startswith("Risk: none")
+    assert f"[{RULE}]" in unscoped(baseline_row("The liability is unlimited for damages."))
+    # told the listed rules, the fair baseline checks those and only those
+    rule = next(r for r in book.rules if r.id == RULE)
+    told = audit_instruction(unlimited, "test-book", [(rule.id, rule.title, rule.severity)])
+    assert fair(baseline_row(unlimited, told)) == audit_answer([rule], "")
+    # told a playbook without a catalogue: that playbook's rules that apply to the clause
+    named = audit_instruction(unlimited, "other-book")
+    assert "[other-book.liability-unlimited-too]" in fair(baseline_row(unlimited, named))
+    assert f"[{RULE}]" not in fair(baseline_row(unlimited, named))
+    # a plain question: nothing to scope by, every playbook
+    assert fair(baseline_row(unlimited, clause_type="limitation_of_liability")) == flagged
 
 
 # ------------------------------------------------------------------------------- the stage
@@ -244,7 +277,8 @@ def test_eval_stage_compares_models_and_traces_rows(tmp_path, tiny_model_dir, cl
     headline = eval_stage.run(ctx)
 
     result = json.loads((ctx.out_dir / "eval.json").read_text())
-    assert result["models"] == ["base", "merged", "regex"] and result["rows"] == 5
+    assert result["models"] == ["base", "merged", "regex", "regex-unscoped"]
+    assert result["rows"] == 5
     assert result["sets"] == {"extra:extra": 1, "val": 4} and result["split"] == "val"
     assert any("no test split" in w for w in result["warnings"])
     assert result["clean_rows"] == 2
@@ -258,7 +292,8 @@ def test_eval_stage_compares_models_and_traces_rows(tmp_path, tiny_model_dir, cl
     assert merged_m["val_loss"] < base_m["val_loss"] and merged_m["perplexity"] > 1
     assert merged_m["loss_tokens"] > 0 and base_m["loss_tokens"] == merged_m["loss_tokens"]
     assert 0 <= merged_m["rouge_l"] <= 1 and merged_m["mean_latency_s"] > 0
-    assert set(result["by_category"]) == {"task", "clause_type", "severity", "set"}
+    assert set(result["by_category"]) == {"task", "ask", "clause_type", "severity", "set"}
+    assert set(result["by_category"]["ask"]) == {"plain"}  # the val rows ask without a rule list
     assert result["by_category"]["task"]["defect"]["merged"]["rows"] == 2
     assert result["regression"] is None and headline["merged_label_accuracy"] == pytest.approx(
         2 / 5
@@ -267,7 +302,8 @@ def test_eval_stage_compares_models_and_traces_rows(tmp_path, tiny_model_dir, cl
     answers = [
         json.loads(line) for line in (ctx.out_dir / "answers.jsonl").read_text().splitlines()
     ]
-    assert len(answers) == 5 and set(answers[0]["answers"]) == {"base", "merged", "regex"}
+    assert len(answers) == 5
+    assert set(answers[0]["answers"]) == {"base", "merged", "regex", "regex-unscoped"}
     assert all(a["answers"]["merged"]["text"].startswith("Risk: none") for a in answers)
     extra_row = next(a for a in answers if a["set"] == "extra:extra")
     assert (
@@ -332,8 +368,9 @@ def test_constrained_generation_follows_the_regex(tiny_model_dir):
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32).eval()
     prompts = [generate.prompt_text(tokenizer, "", f"Audit clause {i}") for i in range(3)]
     regexes = ["Risk: (?:high|low)", "Risk: none", "Risk: (?:high|low)"]
-    free = generate.generate_transformers(model, tokenizer, prompts, 3, 12)
-    held = generate.generate_transformers(model, tokenizer, prompts, 3, 12, regexes)
+    caps = [12] * len(prompts)
+    free = generate.generate_transformers(model, tokenizer, prompts, 3, caps)
+    held = generate.generate_transformers(model, tokenizer, prompts, 3, caps, regexes)
     assert all(re.fullmatch(r, a.text) for r, a in zip(regexes, held, strict=True))
     assert not any(re.fullmatch(r, a.text) for r, a in zip(regexes, free, strict=True))
 
@@ -345,7 +382,7 @@ def test_eval_reports_constrained_answers_beside_the_free_ones(
     ctx = make_ctx(tmp_path, base, merged, compare_base=False, constrained=True, max_new_tokens=40)
     eval_stage.run(ctx)
     result = json.loads((ctx.out_dir / "eval.json").read_text())
-    assert result["models"] == ["merged", "merged+constrained", "regex"]
+    assert result["models"] == ["merged", "merged+constrained", "regex", "regex-unscoped"]
     held = result["metrics"]["merged+constrained"]
     assert held["unparseable"] == 0 and held["false_alarms"] == 0
     assert "constrained" in table.format_comparison_table(result)
@@ -366,3 +403,70 @@ def test_bootstrap_intervals_bracket_the_figure_and_repeat():
     assert first == scoring.bootstrap_intervals(pool, answers, samples=200)  # seeded
     low, high = first["label_accuracy"]
     assert accuracy == 0.75 and low < accuracy < high and low > 0.4 and high <= 1.0
+
+
+# --------------------------------------------------------------------- labels the rulebook did not write
+LABELLED = [  # clauses written for this test, in CUAD's clause-level shape
+    (
+        "c1",
+        "d1",
+        "The Supplier's liability is unlimited under this Agreement.",
+        ["Uncapped Liability"],
+    ),
+    (
+        "c2",
+        "d1",
+        "This Agreement is governed by the laws of the State of Delaware.",
+        ["Governing Law"],
+    ),
+    (
+        "c3",
+        "d2",
+        "The Distributor shall not sell competing products in the Territory.",
+        ["Non-Compete"],
+    ),
+    (
+        "c4",
+        "d2",
+        "This Agreement expires on the fifth anniversary of the Effective Date.",
+        ["Expiration Date"],
+    ),
+    ("c5", "d3", "Licensor grants Licensee a licence to use the Software.", ["License Grant"]),
+]
+
+
+@pytest.mark.slow
+def test_label_sets_are_asked_plainly_and_per_playbook_and_scored_by_topic(
+    tmp_path, tiny_model_dir, clean_answer_model
+):
+    labelled = write_jsonl(
+        tmp_path / "labelled.jsonl",
+        [{"id": i, "document": d, "text": t, "categories": c} for i, d, t, c in LABELLED],
+    )
+    label_set = {"name": "mini", "path": str(labelled), "playbooks": ["test-book"]}
+    ctx = make_ctx(
+        tmp_path, tiny_model_dir, clean_answer_model, compare_base=False, label_sets=[label_set]
+    )
+    eval_stage.run(ctx)
+    result = json.loads((ctx.out_dir / "eval.json").read_text())
+    scores = result["label_sets"]["mini"]
+    assert scores["clauses"] == 5 and set(scores["asks"]) == {"plain", "test-book"}
+    merged = scores["asks"]["plain"]["merged"]
+    # the clean-answer model raises nothing: chance on topic and on "flags any risk"
+    assert merged["topic"]["macro_ba"] == 0.5 and merged["flags_any_risk"]["ba"] == 0.5
+    assert merged["topic"]["red_flag_categories_scored"] == 3
+    assert merged["topic"]["categories"]["Non-Compete"]["positives"] == 1
+    asked = [json.loads(x) for x in (ctx.out_dir / "answers.jsonl").read_text().splitlines()]
+    playbook_rows = [a for a in asked if a["set"] == "mini:test-book"]
+    assert len(playbook_rows) == 5 and all("categories" in a for a in playbook_rows)
+    told = next(a for a in playbook_rows if a["id"] == "c1:test-book")
+    assert f"- {RULE}:" in told["instruction"]  # the playbook's applicable rules are listed
+    # the regex told test-book's rules fires on c1, but a rule the table does not map raises no
+    # CUAD topic: the mapping is conservative
+    assert f"[{RULE}]" in told["answers"]["regex"]["text"]
+    fair = scores["asks"]["test-book"]["regex"]["topic"]["categories"]["Uncapped Liability"]
+    assert fair["tpr"] == 0 and fair["ba"] == 0.5
+    assert result["rows"] == 4  # the held-out figures stay on the held-out rows
+    text = table.format_comparison_table(result)
+    assert "labels the rulebook did not write" in text
+    assert "mini (5)" in text and "merged" in text and "0.500 [" in text

@@ -40,7 +40,7 @@ def smollm2_f16(smollm2_base, tmp_path_factory) -> tuple[Path, Path]:  # noqa: F
 
 
 def test_llama_cpp_greedy_answer_matches_transformers_and_stops_at_im_end(smollm2_f16):
-    llama_cpp = pytest.importorskip("llama_cpp", reason="pip install -e '.[dev]' builds it")
+    llama_cpp = pytest.importorskip("llama_cpp", reason="bash scripts/setup.sh --dev builds it")
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 

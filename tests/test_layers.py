@@ -7,7 +7,7 @@ layers below (a module may import its own layer and those listed before it):
     libraries   data/ curation/ basemodel/ training/ merging/ evaluation/   (stage libraries)
     engine      engine/ (graph keys code_digest cache ownership lock pipeline status context)
     stages      stages/ (thin: DEPENDS_ON, key_inputs, run)
-    deploy      serve/ contract/ export/ report/
+    deploy      serve/ contract/ export/ report/ review/
     cli         cli.py commands/ __main__.py
 
 The engine runs the stages it finds by name in `graph.STAGES` (importlib with a computed name),
@@ -52,7 +52,13 @@ LAYERS = (
     ("stages", ("legalbuild.stages",)),
     (
         "deploy",
-        ("legalbuild.serve", "legalbuild.contract", "legalbuild.export", "legalbuild.report"),
+        (
+            "legalbuild.serve",
+            "legalbuild.contract",
+            "legalbuild.export",
+            "legalbuild.report",
+            "legalbuild.review",
+        ),
     ),
     ("cli", ("legalbuild.cli", "legalbuild.commands", "legalbuild.__main__")),
 )

@@ -207,6 +207,32 @@ def test_a_folder_in_place_of_the_lock_is_a_clear_error(project, tmp_path, capsy
         assert code == 4 and "is a folder, not a lock file" in err and "delete it" in err, err
 
 
+# ----------------------------------------------------------------------------- plan --locked
+def test_plan_locked_compares_every_key_with_the_lock_and_names_what_differs(
+    project, tmp_path, capsys
+):
+    fresh = ["--cache-dir", str(tmp_path / "fresh")]  # a new machine: nothing in its cache
+    args = ["plan", str(project), "--locked", "--until", "normalize", *fresh]
+    code, _out, err = _cli(capsys, *args)
+    assert code == 4 and "no lock file beside recipe.toml" in err, err
+    _build(project, Store(tmp_path / "store"))  # writes the lock
+    code, out, err = _cli(capsys, *args)
+    assert code == 0, err
+    assert out.split("\n")[0].split() == ["stage", "action", "key", "lock", "why"]
+    assert out.split("\n")[1].split()[:4] == ["normalize", "build", _key(project)[:12], "same"]
+    assert not (tmp_path / "fresh" / "normalize").exists()  # nothing built
+    write_jsonl(project.parent / "data.jsonl", ROWS[:20])
+    code, out, err = _cli(capsys, *args)
+    assert code == 4 and "normalize" in out, err
+    assert "normalize: lock" in err and "sources[0].data: files changed" in err, err
+    code, out, _ = _cli(capsys, *args, "--json")
+    assert code == 4 and json.loads(out)["stages"][0]["locked"] is False
+
+
+def _key(recipe: Path) -> str:
+    return pipeline.Loaded.from_path(recipe).nodes["normalize"].key
+
+
 # ------------------------------------------------------------------------------------- JSON
 def test_status_and_plan_json_share_one_shape(project, tmp_path, capsys):
     cache = ["--cache-dir", str(tmp_path / "store")]

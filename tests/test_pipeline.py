@@ -155,6 +155,10 @@ def test_light_commands_never_import_heavy_libraries(project, tmp_path):
     assert build.returncode == 0, build.stderr[-2000:]
     cached = _cli("build", str(project), "--until", "normalize", env_cache=cache)
     assert "cached" in cached.stdout and _heavy(cached) == []
+    locked = _cli("plan", str(project), "--locked", env_cache=tmp_path / "fresh")
+    assert locked.returncode == 4, locked.stderr[-2000:]
+    assert "train: not in the lock (never built" in locked.stderr
+    assert _heavy(locked) == []
 
 
 def test_two_builders_at_once_build_once(project, tmp_path):

@@ -12,7 +12,6 @@ import http.client
 import json
 import os
 import re
-import shutil
 import signal
 import subprocess
 import sys
@@ -20,7 +19,7 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import build_servable_base, random_adapter
+from helpers import build_servable_base, random_adapter, recipe_with_merged_model
 
 from legalbuild.errors import ServeError
 from legalbuild.hardware import host_kind
@@ -178,29 +177,6 @@ def test_ctrl_c_is_forwarded_to_the_server_group():
 
 
 # ------------------------------------------------------------ `legalbuild serve` stopped early
-def recipe_with_merged_model(merged_dir: Path, root: Path, base_dir: Path) -> tuple[Path, Path]:
-    """A recipe whose merge stage is already in a fresh cache (committed with the cache's own
-    API) and holds `merged_dir`: `legalbuild serve` on it launches vLLM at once, no build."""
-    from legalbuild.engine.cache import Store
-    from legalbuild.engine.pipeline import Loaded
-
-    row = {"instruction": "Audit this clause: the term is unlimited.", "output": "Risk: high."}
-    (root / "data.jsonl").write_text(json.dumps(row) + "\n")
-    recipe = root / "recipe.toml"
-    recipe.write_text(
-        f'[project]\nname = "early-stop"\n[[data.sources]]\nname = "d"\npath = "data.jsonl"\n'
-        f'[model]\nbase = "{base_dir}"\n'
-        f'[serve]\nserved_model_name = "{MODEL_NAME}"\ndtype = "float32"\nmax_model_len = 512\n'
-        "enforce_eager = true\nstartup_timeout_s = 600\n"
-    )
-    store = Store(root / "cache")
-    key = Loaded.from_path(recipe).nodes["merge"].key
-    tmp = store.new_tmp("merge", key)
-    shutil.copytree(merged_dir, tmp / "out" / "model")
-    store.commit(tmp, "merge", key, {})
-    return recipe, (store.out_dir("merge", key) / "model").resolve()
-
-
 def orphans_mentioning(text: str) -> list[int]:
     """Live processes reparented to pid 1 whose command line mentions `text`."""
     found = []
@@ -221,7 +197,7 @@ def test_sigterm_during_startup_leaves_no_vllm_process(merged_dir, tmp_path, mom
     """SIGTERM to `legalbuild serve` before the server is ready (3 s after launch, or once vLLM
     has spawned its engine core) ends the CLI and every process of vLLM's group: none in the
     group, none carrying the server's marker, no orphan under pid 1 naming the model folder."""
-    recipe, model_dir = recipe_with_merged_model(merged_dir, tmp_path, merged_dir)
+    recipe, model_dir = recipe_with_merged_model(merged_dir, tmp_path, merged_dir, MODEL_NAME)
     env = {**os.environ, "LEGALBUILD_CACHE": str(tmp_path / "cache"), "PYTHONUNBUFFERED": "1"}
     env.pop("LEGALBUILD_API_KEY", None)
     log_path = tmp_path / "serve.log"
@@ -269,7 +245,7 @@ def test_audit_with_serve_starts_the_server_and_stops_it(merged_dir, tmp_path):
     the clauses are answered, and no process of the server remains, orphaned or not."""
     from helpers import REPO, contract_markdown
 
-    recipe, model_dir = recipe_with_merged_model(merged_dir, tmp_path, merged_dir)
+    recipe, model_dir = recipe_with_merged_model(merged_dir, tmp_path, merged_dir, MODEL_NAME)
     (tmp_path / "contract.md").write_text(contract_markdown())
     env = {**os.environ, "LEGALBUILD_CACHE": str(tmp_path / "cache"), "PYTHONPATH": str(REPO)}
     env.pop("LEGALBUILD_API_KEY", None)

@@ -30,16 +30,21 @@ def audit_record(
     """The record of an audit: `meta` gives document, model, endpoint, recipe, recipe_key,
     playbook, constrained, max_tokens, temperature, concurrency, elapsed_s, interrupted."""
     rows = [clause_row(c, r) for c, r in zip(clauses, results, strict=True)]
-    summary = {rank: 0 for rank in RANKS}
-    for row in rows:
-        summary[rank_of(row)] += 1
     return {
         "schema": SCHEMA_ID,
         "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         **meta,
-        "summary": summary,
+        "summary": summary_of(rows),
         "clauses": rows,
     }
+
+
+def summary_of(rows: list[dict[str, Any]]) -> dict[str, int]:
+    """Clauses per risk (audited) or per status, every rank present."""
+    summary = {rank: 0 for rank in RANKS}
+    for row in rows:
+        summary[rank_of(row)] += 1
+    return summary
 
 
 def clause_row(clause: ContractClause, result: dict[str, Any] | None) -> dict[str, Any]:

@@ -250,10 +250,7 @@ def resolve(
     recipe = load_recipe(recipe_path)
     rules = []
     if playbook:
-        from legalbuild.curation.rulebook import PACKAGED_REDLINE
-
-        specs = recipe.curate.rulebooks if recipe.curate else [PACKAGED_REDLINE]
-        rules = playbook_rules(list(specs), recipe_path.resolve().parent, playbook)
+        rules = playbook_rules(rulebook_specs(recipe), recipe_path.resolve().parent, playbook)
     return Asked(
         recipe.data.system_prompt,
         model or recipe.served_model_name,
@@ -262,6 +259,22 @@ def resolve(
         rules,
         recipe_key(recipe_path),
     )
+
+
+def rulebook_specs(recipe: Any) -> list[str]:
+    """The rulebooks a recipe's playbooks come from: its [curate] ones, else the packaged set."""
+    from legalbuild.curation.rulebook import PACKAGED_REDLINE
+
+    return list(recipe.curate.rulebooks) if recipe.curate else [PACKAGED_REDLINE]
+
+
+def playbook_names(recipe_path: Path) -> list[str]:
+    """The playbooks `--playbook` (and the review page) may name for this recipe, sorted."""
+    from legalbuild.curation.rulebook import load_rulebooks
+    from legalbuild.recipe.loading import load_recipe
+
+    specs = rulebook_specs(load_recipe(recipe_path))
+    return sorted(load_rulebooks(specs, recipe_path.resolve().parent).by_playbook())
 
 
 def recipe_key(recipe_path: Path) -> str | None:

@@ -119,9 +119,13 @@ def render_card_markdown(card: dict[str, Any]) -> str:
         "",
     ]
     for s in card["sources"]:
+        used = (
+            f"{len(s['documents_used'])} of {s['documents_read']} documents used"
+            if "documents_used" in s
+            else f"{s['pairs']} pairs from labelled clauses"
+        )
         lines.append(
-            f"- **{s['name']}** ({s['kind']}): {s['licence']}. {s['attribution']} "
-            f"({len(s['documents_used'])} of {s['documents_read']} documents used)"
+            f"- **{s['name']}** ({s['kind']}): {s['licence']}. {s['attribution']} ({used})"
         )
     rb = card["rulebooks"]
     lines += [

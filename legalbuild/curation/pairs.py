@@ -18,6 +18,7 @@ depend on iteration order or PYTHONHASHSEED.
 from __future__ import annotations
 
 import random
+import re
 from collections import Counter, defaultdict
 from collections.abc import Callable
 
@@ -32,6 +33,7 @@ from legalbuild.curation.review import (
     clean_note,
     explain_answer,
     finding_of,
+    plain_clean_note,
     playbooks_for,
     review,
     revise,
@@ -54,7 +56,7 @@ AUDIT_TEMPLATES = (
     "Does this clause contain anything the {playbook} playbook would flag? Answer in the structured "
     "audit format.\n\nClause text:\n{clause}",
     "Check the clause below for risks under the {playbook} playbook ({perspective}).\n---\n{clause}\n---",
-    "I'm reviewing {perspective}. Run the {playbook} checks on this clause and give me the audit.\n\n{clause}",
+    "I'm {perspective}. Run the {playbook} checks on this clause and give me the audit.\n\n{clause}",
     AUDIT_INSTRUCTION + PLAYBOOK_SUFFIX,  # the wording `legalbuild audit` and eval use
 )
 DEFECT_TEMPLATES = (
@@ -80,7 +82,7 @@ FIX_TEMPLATES = (
 )
 EXPLAIN_TEMPLATES = (
     'Explain why the clause below triggers "{title}" under the {playbook} playbook.\n\n{clause}',
-    'Why is this clause a risk {perspective}? Focus on the rule "{title}" ({rule_id}).\n\nClause:\n{clause}',
+    'Why is this clause a risk when {perspective}? Focus on the rule "{title}" ({rule_id}).\n\nClause:\n{clause}',
     'The {playbook} review flagged this clause as "{title}". Explain the problem in plain language '
     'and what to ask for instead.\n\n"""\n{clause}\n"""',
     "In two or three sentences, why does rule {rule_id} ({title}) fire on this {type} clause?\n\n{clause}",
@@ -101,11 +103,23 @@ MISSING_TEMPLATES = (
 
 
 def perspective(rule: Rule) -> str:
-    text = rule.playbook_description or f"the {rule.playbook} playbook"
+    """Whose side the playbook takes, as a phrase that starts with "reviewing": the playbook
+    descriptions say it two ways ("reviewing NDAs from the recipient side", "Tenant-side review of
+    commercial lease agreements — ..."); both become the first form, without the dash's aside."""
+    text = (rule.playbook_description or f"the {rule.playbook} playbook").split(" — ")[0]
+    text = text.strip().rstrip(".")
     for prefix in ("Red-flag rules for reviewing ", "Red-flag rules for "):
         if text.startswith(prefix):
             text = "reviewing " + text[len(prefix) :]
-    return text.rstrip(".").replace("Licensee-side review of", "reviewing, as licensee,")
+    text = text.replace("Licensee-side review of", "reviewing, as licensee,")
+    side = _SIDE_REVIEW.fullmatch(text)
+    if side:
+        who = side["side"][0].lower() + side["side"][1:] + (side["aside"] or "")
+        text = f"reviewing {side['what']} from the {who} side"
+    return text if text.startswith("reviewing") else f"reviewing with the {rule.playbook} playbook"
+
+
+_SIDE_REVIEW = re.compile(r"(?P<side>.+?)[- ]side(?P<aside> \([^)]*\))? review of (?P<what>.+)")
 
 
 def fill(template: str, **values: str) -> str:
@@ -117,9 +131,12 @@ def pick(rng: random.Random, templates: tuple[str, ...]) -> str:
 
 
 # ---------------------------------------------------------------------------- per-clause pairs
-def clause_pairs(rv: Review, seed: int, generous: bool = False) -> list[Pair]:
+def clause_pairs(
+    rv: Review, seed: int, generous: bool = False, plain_share: float = 0.0
+) -> list[Pair]:
     """The audit, fix, explain and defect pairs of one clause under one playbook. `generous` (a
-    small source) explains every finding and tries a defect for every passing rule."""
+    small source) explains every finding and tries a defect for every passing rule; a
+    `plain_share` of the audits are asked with the plain question (no playbook, no rule list)."""
     c = rv.clause
     rng = rng_for(seed, c.key, rv.playbook)
     first = rv.rules[0]
@@ -139,9 +156,18 @@ def clause_pairs(rv: Review, seed: int, generous: bool = False) -> list[Pair]:
     # common case in a real contract, and a model that never saw one answers every clause with a
     # finding (measured: 94% false alarms on clean clauses when only engaged ones were used).
     if rv.engaged or generous or not rv.findings:
+        if rng_for(seed, c.key, rv.playbook, "plain").random() < plain_share:
+            question = AUDIT_INSTRUCTION.format(clause=text)  # what an OpenAI client sends
+            plain = audit_answer(rv.findings, plain_clean_note(c.clause_type))
+            question_answer = (question, plain)
+        else:
+            question_answer = (
+                fill(pick(rng, AUDIT_TEMPLATES), clause=text, **values) + rules,
+                answer,
+            )
         out.append(
             Pair(
-                fill(pick(rng, AUDIT_TEMPLATES), clause=text, **values) + rules, answer, **base,
+                *question_answer, **base,
                 rule_id=primary.id if primary else None, severity=primary.severity if primary else "none",
                 task="audit", verified_by="regex", clean=not rv.findings,
             )
@@ -311,7 +337,7 @@ def candidate_pairs(
                 for clause in clauses:
                     stats["clauses_reviewed"][source] += 1
                     for rv in _reviews(clause, names, by_playbook, seed, generous):
-                        for p in clause_pairs(rv, seed, generous):
+                        for p in clause_pairs(rv, seed, generous, settings.plain_share):
                             counts["clean" if p.clean else p.task] += 1
                             pairs.append(p)
             if not _full(counts, need, ("missing",)):

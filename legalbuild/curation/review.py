@@ -117,6 +117,11 @@ def clean_note(clause_type: str, playbook: str, n_rules: int) -> str:
     return f"The {type_label(clause_type)} clause raises none of the {n_rules} {playbook} checks that apply to it."
 
 
+def plain_clean_note(clause_type: str) -> str:
+    """The clean verdict of a plain question: no list of checks was shown, so none is counted."""
+    return f"No red flag found in this {type_label(clause_type)} clause."
+
+
 def explain_answer(rule: Rule, text: str) -> str:
     found = evidence(rule, text)
     if rule.check.kind == "requires_any":

@@ -44,6 +44,8 @@ class StageContext:
     # extra facts the key was computed from (e.g. resolved hub revision), for the manifest
     facts: dict[str, Any] = field(default_factory=dict)
     log_fn: Callable[[str], None] | None = None
+    # where data files named by URL are downloaded once (the store's downloads/<sha256>)
+    downloads_dir: Path | None = None
 
     @property
     def logs_dir(self) -> Path:

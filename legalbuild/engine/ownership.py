@@ -20,7 +20,7 @@ MARKER_TEXT = (
 )
 _STAGES = "|".join(ALL_STAGES)
 TOP_NAMES = re.compile(
-    r"entries|tmp|work|failed|locks|hash-memo\.json|hash-memo\.tmp\d+|code-memo\.json"
+    r"entries|tmp|work|failed|locks|downloads|hash-memo\.json|hash-memo\.tmp\d+|code-memo\.json"
     r"|\.code-memo\.json\.tmp\d+|CACHEDIR\.TAG(\.tmp\d+)?"
 )
 KEY = re.compile(r"[0-9a-f]{64}")
@@ -95,8 +95,9 @@ class NotAStoreError(LegalbuildError):
         super().__init__(
             f"{root} is not a legalbuild cache: it has no legalbuild {MARKER} and holds {shown}",
             hint="point --cache-dir or LEGALBUILD_CACHE at a new or empty folder, or at a legalbuild "
-            "cache (a cache holds only entries/, tmp/, work/, failed/, locks/, hash-memo.json, code-memo.json and "
-            f"{MARKER}); legalbuild neither builds into nor deletes from any other folder",
+            "cache (a cache holds only entries/, tmp/, work/, failed/, locks/, downloads/, "
+            f"hash-memo.json, code-memo.json and {MARKER}); legalbuild neither builds into nor "
+            "deletes from any other folder",
         )
 
 

@@ -135,8 +135,8 @@ def build(
     have. Without it, the lock records every stage built or found (an unreadable lock is replaced)."""
     lock = _lock_for_build(loaded, locked, log)
     plans = plan(loaded, store, until, force, lock)
-    if locked:
-        _check_locked(loaded, plans, lock)
+    if locked and (mismatch := lock_mismatch(loaded, plans, lock)):
+        raise mismatch
     store.claim()  # refuses a folder that is not a legalbuild cache before anything is written
     if stale := store.clean_tmp():
         log(f"removed {len(stale)} temp folder(s) left by builds that were killed")
@@ -183,22 +183,33 @@ def _lock_for_build(loaded: Loaded, locked: bool, log: Callable[[str], None]) ->
         return {}
 
 
-def _check_locked(loaded: Loaded, plans: list[StagePlan], lock: dict[str, Any]) -> None:
+def lock_mismatch(
+    loaded: Loaded, plans: list[StagePlan], lock: dict[str, Any]
+) -> LockMismatchError | None:
+    """What `--locked` refuses (`build --locked`, `plan --locked`): no lock beside the recipe, or
+    the stages whose key differs from it, each with why (`reasons.rebuild_reasons`). None when
+    every stage's key is the locked one."""
     if not lock:
-        raise LockMismatchError(
+        return LockMismatchError(
             f"--locked: no lock file beside {loaded.recipe_path.name}",
             hint="run `legalbuild build` once without --locked and commit the lock",
         )
     bad = [p for p in plans if p.locked_key != p.key]
-    if bad:
-        lines = [
-            f"  {p.name}: lock {str(p.locked_key)[:12]} != recipe {p.key[:12]} ({'; '.join(p.reasons)})"
-            for p in bad
-        ]
-        raise LockMismatchError(
-            "--locked: the recipe no longer matches its lock file:\n" + "\n".join(lines),
-            hint="build without --locked to update the lock, or restore the recipe/data the lock was made from",
+    if not bad:
+        return None
+    lines = []
+    for p in bad:
+        keys = (
+            f"lock {p.locked_key[:12]} != recipe {p.key[:12]}"
+            if p.locked_key
+            else "not in the lock"
         )
+        lines.append(f"  {p.name}: {keys} ({'; '.join(p.reasons)})")
+    return LockMismatchError(
+        "--locked: the recipe no longer matches its lock file:\n" + "\n".join(lines),
+        hint="build without --locked to update the lock, or restore the recipe, data or "
+        "libraries the lock was made from (`bash scripts/setup.sh` installs the pinned ones)",
+    )
 
 
 def _build_stage(
@@ -230,6 +241,7 @@ def _build_stage(
             inputs=VerifiedInputs(store, {d: loaded.nodes[d].key for d in node.deps}, node.name),
             console=console,
             log_fn=lambda m: log(f"{node.name:<10} {m}"),
+            downloads_dir=store.root / "downloads",
         )
         started = time.time()
         try:

@@ -8,11 +8,13 @@ from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from legalbuild.engine.pipeline import plan
+from legalbuild.engine.lock import read_lock
+from legalbuild.engine.pipeline import StagePlan, lock_mismatch, plan
 
 if TYPE_CHECKING:
     from legalbuild.engine.cache import Store
     from legalbuild.engine.pipeline import Loaded
+    from legalbuild.errors import LockMismatchError
 
 
 @dataclass
@@ -32,8 +34,22 @@ class StageState:
 def stage_states(
     loaded: Loaded, store: Store, until: str | None = None, force: Iterable[str] = ()
 ) -> list[StageState]:
+    return states_of(loaded, store, plan(loaded, store, until, force))
+
+
+def locked_states(
+    loaded: Loaded, store: Store, until: str | None = None, force: Iterable[str] = ()
+) -> tuple[list[StageState], LockMismatchError | None]:
+    """`plan --locked`: every stage's state, and the error naming each stage whose key differs
+    from the lock beside the recipe (None when all match). Nothing is built or imported."""
+    lock = read_lock(loaded.recipe_path)
+    plans = plan(loaded, store, until, force, lock)
+    return states_of(loaded, store, plans), lock_mismatch(loaded, plans, lock)
+
+
+def states_of(loaded: Loaded, store: Store, plans: list[StagePlan]) -> list[StageState]:
     states = []
-    for p in plan(loaded, store, until, force):
+    for p in plans:
         output = loaded.output(store, p.name)
         manifest = store.manifest(p.name, p.key) if output is not None else None
         timings = (manifest or {}).get("timings", {})

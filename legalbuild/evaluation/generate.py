@@ -61,12 +61,13 @@ def evaluate_model(
     *,
     engine: str,
     batch_size: int,
-    max_new_tokens: int,
+    max_new_tokens: int | Sequence[int],
     constraints: Sequence[str] | None = None,
     log: Callable[[str], None] = print,
 ) -> tuple[list[Answer], list[Answer] | None]:
     """(free answers with their reference loss, constrained answers or None) for one model
-    folder. `constraints` holds one regular expression per row (see answer_format.audit_regex)."""
+    folder. `constraints` holds one regular expression per row (see answer_format.audit_regex);
+    `max_new_tokens` is one cap for every row or one per row."""
     import torch
     from transformers import AutoModelForCausalLM
 
@@ -75,6 +76,8 @@ def evaluate_model(
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype).to(device).eval()
     prompts = [prompt_text(tokenizer, system_prompt, row.instruction) for row in rows]
+    if isinstance(max_new_tokens, int):
+        max_new_tokens = [max_new_tokens] * len(rows)
 
     started = time.perf_counter()
     losses = answer_losses(model, tokenizer, system_prompt, rows, prompts, batch_size)
@@ -208,10 +211,11 @@ def generate_transformers(
     tokenizer: Any,
     prompts: Sequence[str],
     batch_size: int,
-    max_new_tokens: int,
+    max_new_tokens: Sequence[int],
     constraints: Sequence[str] | None = None,
 ) -> list[Answer]:
-    """Greedy, batched, left-padded generation; prompts are sorted by length to limit padding.
+    """Greedy, batched, left-padded generation; prompts are sorted by their token cap, then by
+    length, to limit padding (a batch runs to its largest cap; each answer is cut to its own).
     With `constraints` (one regex per prompt) each row is held to its own expression."""
     import torch
 
@@ -219,7 +223,7 @@ def generate_transformers(
 
     tokenizer.padding_side = "left"
     stop_ids = _stop_token_ids(model, tokenizer)
-    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+    order = sorted(range(len(prompts)), key=lambda i: (max_new_tokens[i], len(prompts[i])))
     answers: list[Answer | None] = [None] * len(prompts)
     device = next(model.parameters()).device
     for start in range(0, len(order), batch_size):
@@ -238,7 +242,7 @@ def generate_transformers(
         with torch.no_grad():
             out = model.generate(
                 **enc,
-                max_new_tokens=max_new_tokens,
+                max_new_tokens=max(max_new_tokens[i] for i in batch),
                 do_sample=False,
                 pad_token_id=tokenizer.pad_token_id,
                 eos_token_id=stop_ids,
@@ -247,7 +251,7 @@ def generate_transformers(
         seconds = (time.perf_counter() - began) / len(batch)
         for b, i in enumerate(batch):
             new = out[b, enc["input_ids"].shape[1] :].tolist()
-            new = _cut_at_stop(new, set(stop_ids))
+            new = _cut_at_stop(new, set(stop_ids))[: max_new_tokens[i]]
             text = tokenizer.decode(new, skip_special_tokens=True).strip()
             answers[i] = Answer(text=text, tokens=len(new), seconds=seconds)
     return [a for a in answers if a is not None]
@@ -284,7 +288,7 @@ def generate_vllm(
     model_dir: Path,
     tokenizer: Any,
     prompts: Sequence[str],
-    max_new_tokens: int,
+    max_new_tokens: Sequence[int],
     constraints: Sequence[str] | None = None,
 ) -> tuple[list[Answer], list[Answer] | None]:
     """vLLM's offline engine, greedy: free answers, then (with `constraints`) answers held to each
@@ -318,7 +322,7 @@ def generate_vllm(
             for o in outputs
         ]
 
-    free = run(llm, SamplingParams(temperature=0.0, max_tokens=max_new_tokens))
+    free = run(llm, [SamplingParams(temperature=0.0, max_tokens=n) for n in max_new_tokens])
     constrained = None
     if constraints:
         constrained = run(
@@ -326,10 +330,10 @@ def generate_vllm(
             [
                 SamplingParams(
                     temperature=0.0,
-                    max_tokens=max_new_tokens,
+                    max_tokens=n,
                     structured_outputs=StructuredOutputsParams(regex=regex),
                 )
-                for regex in constraints
+                for regex, n in zip(constraints, max_new_tokens, strict=True)
             ],
         )
     del llm

@@ -23,9 +23,9 @@ from typing import Any
 from legalbuild.answer_format import RISK_LEVELS, Audit, Finding, parse_audit
 from legalbuild.data.readers import read_jsonl
 from legalbuild.errors import DataError
-from legalbuild.prompting import AUDIT_INSTRUCTION
+from legalbuild.prompting import AUDIT_INSTRUCTION, CATALOGUE_HEADER
 
-CATEGORY_FIELDS = ("task", "clause_type", "severity", "set")
+CATEGORY_FIELDS = ("task", "ask", "clause_type", "severity", "set")
 
 
 @dataclass
@@ -42,6 +42,10 @@ class EvalRow:
     def category(self, name: str) -> str:
         if name == "set":
             return self.set
+        if name == "ask":  # how the question was put: with a rule list, a playbook, or plainly
+            if CATALOGUE_HEADER in self.instruction:
+                return "rule list"
+            return "playbook" if "Playbook: " in self.instruction else "plain"
         if name == "severity":  # the curated severity, else the reference's overall risk
             value = self.meta.get("severity") or (self.reference.risk if self.reference else None)
             return str(value or "unknown")

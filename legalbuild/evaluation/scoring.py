@@ -20,7 +20,7 @@ from legalbuild.evaluation.rows import CATEGORY_FIELDS, EvalRow
 
 # Answerers in the order tables print them; "merged+constrained" is the merged model held to the
 # audit format by constrained decoding, reported beside (never instead of) its free answers.
-MODEL_ORDER = ("base", "merged", "merged+constrained", "regex")
+MODEL_ORDER = ("base", "merged", "merged+constrained", "regex", "regex-unscoped")
 BOOTSTRAP_SAMPLES = 1000
 INTERVAL_METRICS = ("label_accuracy", "macro_f1")
 
@@ -164,6 +164,7 @@ def summarise(
             "base_val_loss": base.get("val_loss"),
             "regex_label_accuracy": overall.get("regex", {}).get("label_accuracy"),
             "regex_macro_f1": overall.get("regex", {}).get("macro_f1"),
+            "regex_false_alarm_rate": overall.get("regex", {}).get("false_alarm_rate"),
             "regression": bool(regression),
         },
     }
@@ -189,8 +190,11 @@ def write_answers(path: Path, rows: Sequence[EvalRow], answers: dict[str, list[A
                 "clause": row.clause,
                 "reference": row.reference_text
                 if row.reference_text is not None
-                else render_audit(row.reference),
+                else render_audit(row.reference)
+                if row.reference is not None
+                else None,
                 "reference_labels": sorted(metrics.label_set(row.reference)),
+                **({"categories": row.meta["categories"]} if "categories" in row.meta else {}),
                 "answers": {
                     name: {
                         **asdict(model_answers[i]),

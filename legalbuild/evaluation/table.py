@@ -19,7 +19,11 @@ TABLE_ROWS = (
     ("mean_answer_tokens", "mean answer length (tokens)", "int", None),
     ("mean_latency_s", "latency per answer (s)", "sec", None),
 )
-COLUMN_TITLES = {"merged+constrained": "constrained"}
+COLUMN_TITLES = {
+    "merged+constrained": "constrained",
+    "regex": "regex (told the rules)",
+    "regex-unscoped": "regex (every playbook)",
+}
 
 
 def format_value(value: Any, kind: str) -> str:
@@ -77,6 +81,45 @@ def _verdict(diff: float, higher: bool | None) -> str:
     return " better" if (diff > 0) == higher else " worse"
 
 
+LABEL_SET_HEADER = [
+    "label set",
+    "asked",
+    "answerer",
+    "topic BA (16 red flags)",
+    "clause-type BA",
+    "flags any risk BA",
+    "unparseable",
+]
+
+
+def label_set_rows(eval_json: dict) -> list[list[str]]:
+    """One row per label set, way of asking and answerer: macro balanced accuracy on topic (with
+    its 95% interval), on the clause-type line, "flags any risk", and the unparseable share."""
+    out = []
+    for name, data in eval_json.get("label_sets", {}).items():
+        for ask, models in data["asks"].items():
+            for model in [m for m in MODEL_ORDER if m in models]:
+                s = models[model]
+                out.append(
+                    [
+                        f"{name} ({data['clauses']})",
+                        ask,
+                        COLUMN_TITLES.get(model, model),
+                        _ba(s["topic"]["macro_ba"], s["topic"]["macro_interval"]),
+                        _ba(s["clause_type"]["macro_ba"], s["clause_type"]["macro_interval"]),
+                        _ba(s["flags_any_risk"]["ba"], s["flags_any_risk"]["interval"]),
+                        format_value(s["unparseable_rate"], "pct"),
+                    ]
+                )
+    return out
+
+
+def _ba(value: float | None, interval: list[float] | None) -> str:
+    if value is None:
+        return "–"
+    return f"{value:.3f}" + (f" [{interval[0]:.2f}–{interval[1]:.2f}]" if interval else "")
+
+
 def format_comparison_table(eval_json: dict) -> str:
     """A plain-text table of every headline metric for each answerer."""
     header = comparison_header(eval_json)
@@ -98,5 +141,16 @@ def format_comparison_table(eval_json: dict) -> str:
             "constrained = the merged model held to the audit format by constrained decoding; "
             "'merged' is its free output"
         )
+    if rows := label_set_rows(eval_json):
+        out += ["", "labels the rulebook did not write (balanced accuracy, 0.5 = chance):"]
+        out += _plain_table(LABEL_SET_HEADER, rows)
     out += [f"WARNING: {w}" for w in eval_json.get("warnings", [])]
     return "\n".join(out)
+
+
+def _plain_table(header: list[str], body: list[list[str]]) -> list[str]:
+    widths = [max(len(r[c]) for r in [header, *body]) for c in range(len(header))]
+    return [
+        "  ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True))
+        for cells in [header, ["-" * w for w in widths], *body]
+    ]

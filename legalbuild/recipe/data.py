@@ -14,6 +14,7 @@ from legalbuild.recipe.fields import (
     DEFAULT_SYSTEM_PROMPT,
     NO_KEY,
     PathText,
+    RemoteFile,
     Strict,
     TaskName,
     _at_least,
@@ -167,6 +168,39 @@ class ContractCorpus(Strict):
     )
 
 
+class LabelledSource(RemoteFile):
+    """Clauses labelled by people (e.g. CUAD's expert annotators), turned into audit pairs whose
+    findings come from their labels (legalbuild/curation/labelled.py). `path`, or `url` +
+    `sha256`, name the file."""
+
+    name: str = Field(
+        description="Source name recorded on each pair (and in the dataset card).",
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$",
+    )
+    labels: Literal["cuad"] = Field(
+        "cuad",
+        description="How the labels are read: `cuad`, clause-level CUAD v1 rows (id, document, "
+        "text, categories), answered by the table in legalbuild/curation/cuad.py.",
+    )
+    licence: str = Field(
+        "CC-BY-4.0 (CUAD v1, The Atticus Project)",
+        description="Licence and attribution recorded in the dataset card.",
+    )
+    pairs: int = Field(1000, ge=1, description="Pairs to make, at most one per labelled clause.")
+    plain_share: float = Field(
+        0.6,
+        ge=0,
+        le=1,
+        description="Share asked with the plain question (no playbook, no rule list), as an "
+        "OpenAI client asks; the others are asked as `legalbuild audit --playbook` asks.",
+    )
+    playbooks: list[str] = Field(
+        default_factory=lambda: ["consulting-msa", "saas-vendor", "software-license"],
+        description="Playbooks the non-plain questions name (one per clause, seeded); where one of "
+        "a playbook's listed rules means the clause's red flag, the answer cites that rule.",
+    )
+
+
 class CurateSection(Strict):
     """Turn contracts + red-flag rulebooks into audit pairs (a cached stage feeding normalize)."""
 
@@ -192,6 +226,19 @@ class CurateSection(Strict):
     )
     clean_share: float = Field(
         0.2, ge=0, le=0.9, description="Share of audit pairs on clauses with no red flag."
+    )
+    plain_share: float = Field(
+        0.0,
+        ge=0,
+        le=1,
+        description="Share of audit pairs asked with the plain question (`Audit this contract "
+        "clause:` alone, no playbook, no rule list), as an OpenAI client asks; their findings are "
+        "the playbook's that the clause fails.",
+    )
+    labelled: list[LabelledSource] = Field(
+        default_factory=list,
+        description="Clauses labelled by people, made into pairs beside the rulebook's (their "
+        "count is on top of target_pairs).",
     )
     max_rule_share: float = Field(
         0.05, gt=0, le=1, description="Cap on the share of pairs citing any one rule."

@@ -13,6 +13,7 @@ from pydantic import (
     Field,
     ValidationInfo,
     field_validator,
+    model_validator,
 )
 
 NO_KEY = {"affects_output": False}  # json_schema_extra marker: the field never enters a cache key
@@ -73,3 +74,40 @@ def key_settings(model: BaseModel) -> dict[str, Any]:
             value = [key_settings(v) for v in value]
         out[name] = value
     return out
+
+
+SHA256_PATTERN = r"^[0-9a-f]{64}$"
+
+
+class RemoteFile(Strict):
+    """A data file named by a local path, or by a URL and its SHA-256 (downloaded once into the
+    cache, checked, reused), or both (the local copy first). The cache key holds the file's digest,
+    never where it lies. Offline machines set LEGALBUILD_MIRROR to folders holding a copy under the
+    URL's file name."""
+
+    path: PathText | None = Field(
+        None,
+        description="The file, relative to the recipe's folder (a local copy or mirror).",
+        json_schema_extra=NO_KEY,  # where it lies is not what it is: the key holds its digest
+    )
+    url: str | None = Field(
+        None,
+        description="Where to download the file when `path` is absent (http/https); needs `sha256`.",
+        pattern=r"^https?://[^\s]+$",
+        max_length=2048,
+        json_schema_extra=NO_KEY,
+    )
+    sha256: str | None = Field(
+        None,
+        pattern=SHA256_PATTERN,
+        description="The file's SHA-256 (64 lowercase hex digits): checked on the local copy and "
+        "after a download.",
+    )
+
+    @model_validator(mode="after")
+    def _somewhere(self) -> RemoteFile:
+        if self.path is None and self.url is None:
+            raise ValueError("give `path` (a local file) or `url` with `sha256`")
+        if self.url is not None and self.sha256 is None:
+            raise ValueError(f"`url` {self.url!r} needs `sha256`: a download is checked against it")
+        return self

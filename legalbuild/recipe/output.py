@@ -11,11 +11,48 @@ from pydantic import (
 
 from legalbuild.recipe.fields import (
     PathText,
+    RemoteFile,
     Strict,
 )
 
 
 # ------------------------------------------------------------------------------------------ eval
+class LabelSet(RemoteFile):
+    """Clauses labelled by someone other than the recipe's rulebook, scored by topic (see
+    legalbuild/evaluation/labelsets.py). `path`, or `url` + `sha256`, name the file."""
+
+    name: str = Field(
+        description="Name of the set in eval.json and the report.",
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$",
+    )
+    labels: Literal["cuad"] = Field(
+        "cuad",
+        description="How the labels are read: `cuad`, clause-level CUAD v1 rows (id, document, "
+        "text, categories), mapped to findings by legalbuild/curation/cuad.py.",
+    )
+    max_rows: int = Field(
+        600,
+        ge=1,
+        description="Clauses scored at most (a deterministic pick that keeps every red-flag "
+        "category represented); each is asked once per way of asking.",
+    )
+    plain: bool = Field(
+        True, description="Ask each clause with the plain question, as an OpenAI client does."
+    )
+    playbooks: list[str] = Field(
+        default_factory=list,
+        description="Also ask each clause as `legalbuild audit --playbook NAME` does: the "
+        "playbook's rules that apply to it listed in the question.",
+    )
+    seed: int = Field(0, description="Seed of the pick when the set has more than max_rows.")
+    max_new_tokens: int = Field(
+        96,
+        ge=8,
+        description="Answer length cap for these questions: the clause type, the verdict and the "
+        "first findings are what is scored (a base model's rambling is cut short).",
+    )
+
+
 class EvalSection(Strict):
     enabled: bool = Field(True, description="Run the eval stage after merge.")
     max_rows: int = Field(
@@ -49,6 +86,19 @@ class EvalSection(Strict):
         False,
         description="Fail the build when the merged model's label accuracy is below the base's.",
     )
+    label_sets: list[LabelSet] = Field(
+        default_factory=list,
+        description="Clauses whose labels do not come from the recipe's rulebook (e.g. CUAD), "
+        "scored by topic with balanced accuracy per category, beside the held-out split.",
+    )
+
+    @field_validator("label_sets")
+    @classmethod
+    def _unique_names(cls, sets: list[LabelSet]) -> list[LabelSet]:
+        names = [s.name for s in sets]
+        if len(set(names)) != len(names):
+            raise ValueError(f"label set names must be unique (got {names})")
+        return sets
 
 
 # ----------------------------------------------------------------------------------------- serve

@@ -6,7 +6,12 @@ from __future__ import annotations
 from typing import Any
 
 from legalbuild.evaluation.scoring import MODEL_ORDER
-from legalbuild.evaluation.table import comparison_header, comparison_rows
+from legalbuild.evaluation.table import (
+    LABEL_SET_HEADER,
+    comparison_header,
+    comparison_rows,
+    label_set_rows,
+)
 from legalbuild.report.pieces import (
     MAX_SAMPLES,
     MODEL_COLOURS,
@@ -151,6 +156,14 @@ def eval_section(src: Sources) -> Section:
             f"<h3>By {esc(category.replace('_', ' '))}</h3>" + category_bars(category, values)
         )
     md = [md_table(header, rows)] + [f"**{w}**\n" for w in result.get("warnings", [])]
+    if labelled := label_set_rows(result):
+        text = (
+            "Clauses labelled by others (not by the rulebook), asked plainly and per playbook; "
+            "balanced accuracy per category, macro over the red-flag categories, 0.5 = chance."
+        )
+        parts.append("<h3>Labels the rulebook did not write</h3>" + note(text))
+        parts.append(html_table(LABEL_SET_HEADER, labelled, numeric_from=3))
+        md.append("\n" + md_table(LABEL_SET_HEADER, labelled))
     return Section("eval", "Evaluation", "".join(parts), "\n".join(md))
 
 

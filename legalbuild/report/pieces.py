@@ -18,6 +18,7 @@ MODEL_COLOURS = {
     "merged": "#2f6fde",
     "merged+constrained": "#7fa8ef",
     "regex": "#e3a33b",
+    "regex-unscoped": "#f2cf94",
 }
 
 

@@ -250,15 +250,20 @@ def wait_until_ready(
 
 def models_endpoint_answers(handle: ServerHandle) -> bool:
     """GET /v1/models lists our served model name (with the API key when there is one)."""
-    request = urllib.request.Request(f"{handle.base_url}/models")
-    if handle.api_key:
-        request.add_header("Authorization", f"Bearer {handle.api_key}")
+    return serves_model(handle.base_url, handle.served_model_name, handle.api_key)
+
+
+def serves_model(base_url: str, model: str, api_key: str | None, timeout_s: float = 5) -> bool:
+    """Whether GET `base_url`/models answers and lists `model` (`base_url` ends in /v1)."""
+    request = urllib.request.Request(f"{base_url}/models")
+    if api_key:
+        request.add_header("Authorization", f"Bearer {api_key}")
     try:
-        with urllib.request.urlopen(request, timeout=5) as response:
+        with urllib.request.urlopen(request, timeout=timeout_s) as response:
             listed = json.loads(response.read())
     except (urllib.error.URLError, ConnectionError, TimeoutError, ValueError):
         return False
-    return any(m.get("id") == handle.served_model_name for m in listed.get("data", []))
+    return any(m.get("id") == model for m in listed.get("data", []))
 
 
 def check_key_guard(handle: ServerHandle) -> None:

@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from legalbuild.data.remote import key_digest
 from legalbuild.engine.keys import file_set
 from legalbuild.errors import DataError
 from legalbuild.recipe import key_settings
@@ -36,6 +37,8 @@ def key_inputs(recipe, recipe_path: Path) -> dict:
     for corpus in settings["corpora"]:
         corpus.pop("path", None)  # a folder's bytes are hashed below; its location is not
     settings["rulebooks"] = [r for r in settings["rulebooks"] if r.startswith("package:")]
+    for entry, source in zip(settings["labelled"], recipe.curate.labelled, strict=True):
+        entry["digest"] = key_digest(source, recipe_path.parent)  # its bytes, not where they lie
     files = curate_input_files(recipe, recipe_path)
     return {
         "settings": settings,
@@ -46,6 +49,7 @@ def key_inputs(recipe, recipe_path: Path) -> dict:
 
 def run(ctx) -> dict:
     from legalbuild.curation.card import build_card, render_card_markdown
+    from legalbuild.curation.labelled import card_entry, labelled_sources
     from legalbuild.curation.pairs import generate_pairs
     from legalbuild.curation.rulebook import load_rulebooks
 
@@ -59,6 +63,8 @@ def run(ctx) -> dict:
         f"{len(rulebook.rules)} rules from {len(rulebook.files)} playbook file(s); {len(documents)} documents"
     )
     pairs, stats = generate_pairs(documents, rulebook, settings, log=ctx.log)
+    labelled = labelled_sources(settings, rulebook, ctx.recipe_dir, ctx.downloads_dir, ctx.log)
+    pairs += [p for source_pairs in labelled.values() for p in source_pairs]
     if not pairs:
         raise DataError(
             "[curate] produced no pair", hint="check the corpora: no clause matched any rule"
@@ -68,6 +74,7 @@ def run(ctx) -> dict:
         for pair in pairs:
             f.write(json.dumps(pair.row(), ensure_ascii=False) + "\n")
     card = build_card(pairs, documents, rulebook, settings, settings.corpora, stats, seconds)
+    card["sources"] += [card_entry(s, len(labelled[s.name])) for s in settings.labelled]
     (ctx.out_dir / "card.json").write_text(
         json.dumps(card, indent=2, ensure_ascii=False) + "\n", encoding="utf-8"
     )

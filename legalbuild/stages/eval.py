@@ -4,30 +4,31 @@ Answerers, all on the same rows:
   - `base`:   the base model (`ctx.inputs["base"]/model`), unless `[eval] compare_base = false`;
   - `merged`: the fine-tuned, merged model (`ctx.inputs["merge"]/model`), free decoding;
   - `merged+constrained`: the merged model under constrained decoding (`[eval] constrained`);
-  - `regex`:  the rulebook's regex checks, a non-neural baseline (legalbuild.evaluation.baseline).
+  - `regex`:  the rulebook's regex checks told the rules the question lists (the fair baseline),
+    and `regex-unscoped`: every playbook's rules of the clause type (legalbuild.evaluation.baseline).
 
 Rows: the test split of normalize (`[eval] split`; val when there is none, with a warning) plus
 every `[eval] extra_sets` file, bounded by `[eval] max_rows` with a deterministic pick balanced
-across (set, task, clean) strata (legalbuild.evaluation.rows).
+across (set, task, clean) strata (legalbuild.evaluation.rows); and the questions of every
+`[[eval.label_sets]]`: clauses labelled by others (CUAD), asked plainly and per playbook, scored
+by topic with balanced accuracy per category (legalbuild.evaluation.labelsets).
 
 Writes `eval.json` (every metric per model, 95% bootstrap intervals of label accuracy and
-macro-F1, per task / clause type / severity / set, warnings) and `answers.jsonl` (each row with
-every answer, its length, latency and loss), so every figure can be traced back to its rows.
+macro-F1, per task / clause type / severity / set, the label sets' scores, warnings) and
+`answers.jsonl` (each row with every answer, its length, latency and loss), so every figure can be
+traced back to its rows. The work between rows and scores is legalbuild.evaluation.run.
 """
 
 from __future__ import annotations
 
 import json
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from legalbuild.answer_format import audit_regex
 from legalbuild.engine.context import StageContext
 from legalbuild.errors import DataError, StageFailedError
-from legalbuild.evaluation.baseline import load_regex_baseline, run_baseline
-from legalbuild.evaluation.generate import Answer, choose_engine, evaluate_model, tokenizer_of
+from legalbuild.evaluation.generate import choose_engine
 from legalbuild.evaluation.rows import EvalRow, load_extra_set, load_split_rows, select_rows
 from legalbuild.evaluation.scoring import summarise, write_answers
 from legalbuild.prompting import catalogue_rules
@@ -41,6 +42,7 @@ def enabled(recipe) -> bool:
 
 
 def key_inputs(recipe, recipe_path: Path) -> dict[str, Any]:
+    from legalbuild.data.remote import key_digest
     from legalbuild.engine.keys import library_versions
     from legalbuild.hardware import accelerator_kind
     from legalbuild.hashing import path_digest
@@ -49,6 +51,8 @@ def key_inputs(recipe, recipe_path: Path) -> dict[str, Any]:
     recipe_dir = recipe_path.parent
     settings = key_settings(recipe.eval)
     settings["extra_sets"] = [path_digest(recipe_dir, p) for p in recipe.eval.extra_sets]
+    for entry, label_set in zip(settings["label_sets"], recipe.eval.label_sets, strict=True):
+        entry["digest"] = key_digest(label_set, recipe_dir)
     return {
         "eval": settings,
         "system_prompt": recipe.data.system_prompt,
@@ -85,6 +89,9 @@ def row_constraint(row: EvalRow) -> str:
 
 
 def run(ctx: StageContext) -> dict:
+    from legalbuild.evaluation.labelsets import score_label_sets, summary_lines
+    from legalbuild.evaluation.run import answer_rows, label_set_rows
+
     settings = ctx.recipe.eval
     rows, split = [], "extra_sets"  # a federated recipe may have no data of its own
     if "normalize" in ctx.inputs:
@@ -93,48 +100,33 @@ def run(ctx: StageContext) -> dict:
         rows += load_extra_set(ctx.resolve(extra))
     available = len(rows)
     rows = select_rows(rows, settings.max_rows)
-    if not rows:
+    labelled = label_set_rows(ctx.recipe, ctx.recipe_dir, ctx.downloads_dir, ctx.log)
+    if not rows and not labelled:
         raise DataError(
             "eval: no evaluation rows (the held-out split is empty and no [eval] extra_sets)"
         )
     engine = choose_engine(settings.engine, ctx.inputs["merge"] / "model")
     ctx.log(
-        f"{len(rows)} of {available} rows ({split} split, {sum(r.clean for r in rows)} clean), engine {engine}"
+        f"{len(rows)} of {available} rows ({split} split, {sum(r.clean for r in rows)} clean), "
+        f"{len(labelled)} label-set questions, engine {engine}"
     )
-
     model_dirs = {"merged": ctx.inputs["merge"] / "model"}
     if settings.compare_base:
         model_dirs = {"base": ctx.inputs["base"] / "model", **model_dirs}
-    answers: dict[str, list[Answer]] = {}
-    for name, model_dir in model_dirs.items():
-        began = time.perf_counter()
-        constrain = settings.constrained and name == "merged"
-        free, constrained = evaluate_model(
-            model_dir,
-            rows,
-            ctx.recipe.data.system_prompt,
-            engine=engine,
-            batch_size=settings.batch_size,
-            max_new_tokens=settings.max_new_tokens,
-            constraints=[row_constraint(r) for r in rows] if constrain else None,
-            log=lambda msg, name=name: ctx.log(f"{name}: {msg}"),
-        )
-        answers[name] = free
-        if constrained is not None:
-            answers[f"{name}+constrained"] = constrained
-        ctx.log(f"{name}: {len(rows)} answers in {time.perf_counter() - began:.1f}s")
-
-    specs = ctx.recipe.curate.rulebooks if ctx.recipe.curate else None
-    baseline, baseline_note = load_regex_baseline(specs, ctx.recipe_dir)
-    if baseline is not None:
-        answers["regex"] = run_baseline(baseline, rows, _token_counter(model_dirs["merged"]))
-    ctx.log(baseline_note)
-
+    answers, baseline_note = answer_rows(
+        rows + labelled, model_dirs, ctx.recipe, ctx.recipe_dir, engine, row_constraint, ctx.log
+    )
+    held = {name: given[: len(rows)] for name, given in answers.items()}
     result = summarise(
-        rows, answers, engine=engine, available=available, baseline_note=baseline_note, split=split
+        rows, held, engine=engine, available=available, baseline_note=baseline_note, split=split
     )
     result["settings"] = settings.model_dump()
-    write_answers(ctx.out_dir / "answers.jsonl", rows, answers)
+    if labelled:
+        result["label_sets"] = score_label_sets(
+            labelled, {name: given[len(rows) :] for name, given in answers.items()}
+        )
+        summary_lines(result["label_sets"], ctx.log)
+    write_answers(ctx.out_dir / "answers.jsonl", rows + labelled, answers)
     (ctx.out_dir / "eval.json").write_text(
         json.dumps(result, indent=2, default=str) + "\n", encoding="utf-8"
     )
@@ -147,8 +139,3 @@ def run(ctx: StageContext) -> dict:
             hint="[eval] fail_if_worse = true; eval.json and answers.jsonl are kept under the cache's failed/ folder",
         )
     return result["headline"]
-
-
-def _token_counter(model_dir: Path) -> Callable[[str], int]:
-    tokenizer = tokenizer_of(model_dir)
-    return lambda text: len(tokenizer(text, add_special_tokens=False)["input_ids"])
