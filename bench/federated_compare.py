@@ -169,7 +169,7 @@ def evaluate(args: argparse.Namespace, made: dict[str, Path], arm: str, merged: 
     settings = recipe.eval.model_copy(update={
         "enabled": True, "max_rows": args.eval_max_rows, "compare_base": False,
         "constrained": False, "max_new_tokens": 16 if args.smoke else 256,
-        **({"engine": "transformers"} if args.smoke else {})})  # fmt: skip
+        **({"engine": "transformers"} if args.smoke else {}), "label_sets": cuad_sets(args)})  # fmt: skip
     out = args.out / "eval" / arm
     out.mkdir(parents=True, exist_ok=True)
     ctx = StageContext(
@@ -181,7 +181,23 @@ def evaluate(args: argparse.Namespace, made: dict[str, Path], arm: str, merged: 
     )  # fmt: skip
     began = time.perf_counter()
     headline = eval_stage.run(ctx)
-    return {**headline, "eval_seconds": round(time.perf_counter() - began, 1)}
+    seconds = round(time.perf_counter() - began, 1)
+    labels = json.loads((out / "eval.json").read_text()).get("label_sets", {})
+    cuad = labels.get("cuad-dev", {}).get("asks", {}).get("plain", {}).get("merged")
+    if cuad:
+        headline["cuad"] = {"clauses": labels["cuad-dev"]["clauses"], "topic_macro_ba": cuad["topic"]["macro_ba"],
+                            "clause_type_macro_ba": cuad["clause_type"]["macro_ba"],
+                            "flags_any_risk_ba": cuad["flags_any_risk"]["ba"], "unparseable_rate": cuad["unparseable_rate"]}  # fmt: skip
+    return {**headline, "eval_seconds": seconds}
+
+
+def cuad_sets(args: argparse.Namespace) -> list:
+    """The CUAD dev split as a label set (read in place; `--cuad`), asked plainly."""
+    from legalbuild.recipe.output import LabelSet
+
+    if args.cuad is None:
+        return []
+    return [LabelSet(name="cuad-dev", path=str(args.cuad), max_rows=args.cuad_rows, plain=True)]
 
 
 def merge_alternative(args: argparse.Namespace, made: dict[str, Path], name: str) -> Path:
@@ -209,6 +225,10 @@ def main() -> None:
     parser.add_argument(
         "--eval-max-rows", type=int, default=None, help="test rows scored per model"
     )
+    parser.add_argument(
+        "--cuad", type=Path, help="CUAD dev clauses (JSONL) scored as a label set too"
+    )
+    parser.add_argument("--cuad-rows", type=int, default=120, help="CUAD clauses scored per model")
     args = parser.parse_args()
     args.steps = args.steps or (3 if args.smoke else 24)
     args.rounds = args.rounds or (1 if args.smoke else 2)
@@ -261,6 +281,12 @@ def print_table(report: dict) -> None:
         parse = 1 - (h["merged_unparseable_rate"] or 0)
         print(f"{arm:32} {h['rows']:>5} {parse:>6.1%} {h['merged_label_accuracy'] or 0:>9.1%} "
               f"{h['merged_macro_f1'] or 0:>8.1%} {h['merged_false_alarm_rate'] or 0:>9.1%} {h['eval_seconds']:>7}")  # fmt: skip
+    for arm, h in report["test"].items():
+        if "cuad" in h:
+            c = h["cuad"]
+            print(f"CUAD dev ({c['clauses']} clauses, plain question) {arm:32} topic macro BA {c['topic_macro_ba']}, "
+                  f"clause type macro BA {c['clause_type_macro_ba']}, flags any risk BA {c['flags_any_risk_ba']}, "
+                  f"unparseable {c['unparseable_rate']}")  # fmt: skip
     fed = report["arms"]["federated"]["metrics"]["federated"]
     print(f"federated: validation loss over the silos {fed['final_val_loss']}, kept {fed['final_adapter']}; "
           f"product error of averaging A and B apart {fed['product_error']}")  # fmt: skip
