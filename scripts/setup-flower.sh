@@ -6,7 +6,7 @@
 # per silo and `flwr run` from this one, as subprocesses. It holds the same torch CPU wheel and the
 # same transformers/peft/trl/datasets/accelerate versions as .venv (read from .venv when it exists),
 # so a silo trains exactly as the one-process train stage does.
-# Elsewhere: TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu bash scripts/setup-flower.sh
+# Elsewhere, as for setup.sh: TORCH_FIND_LINKS=https://download.pytorch.org/whl/cpu/torch/ bash scripts/setup-flower.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
@@ -14,13 +14,15 @@ VENV=${LEGALBUILD_FLOWER_VENV:-.venv-flower}
 [ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
 pip="$VENV/bin/python -m pip"
 $pip install -q -U pip
-$pip install -q "torch==2.13.0" ${TORCH_INDEX_URL:+--index-url "$TORCH_INDEX_URL"}
+$pip install -q "torch==2.13.0" ${TORCH_FIND_LINKS:+--find-links "$TORCH_FIND_LINKS"} \
+  ${TORCH_INDEX_URL:+--index-url "$TORCH_INDEX_URL"}
 # The training libraries at the versions .venv has (its train key names them), else pyproject's.
 pins=()
 if [ -x .venv/bin/python ]; then
   mapfile -t pins < <(.venv/bin/python - <<'PY'
 import importlib.metadata as m
-for name in ("transformers", "peft", "trl", "datasets", "accelerate", "safetensors"):
+for name in ("transformers", "peft", "trl", "datasets", "accelerate", "safetensors", "tokenizers",
+             "huggingface-hub", "numpy"):
     try:
         print(f"{name}=={m.version(name)}")
     except m.PackageNotFoundError:
