@@ -229,6 +229,11 @@ def main() -> None:
         "--cuad", type=Path, help="CUAD dev clauses (JSONL) scored as a label set too"
     )
     parser.add_argument("--cuad-rows", type=int, default=120, help="CUAD clauses scored per model")
+    parser.add_argument("--eval-arms", type=lambda t: t.split(","), default=None,
+                        help="score only these: central, alone-<silo>, fed-kept, fed-other")  # fmt: skip
+    parser.add_argument("--tag", default="", help="write compare-TAG.json")
+    parser.add_argument("--arms", type=lambda t: t.split(","), default=None,
+                        help="build only these arms (federated, central, alone-<silo>)")  # fmt: skip
     args = parser.parse_args()
     args.steps = args.steps or (3 if args.smoke else 24)
     args.rounds = args.rounds or (1 if args.smoke else 2)
@@ -250,7 +255,7 @@ def main() -> None:
     print(f"silos (curated pairs): {rows}", flush=True)
     made = recipes(args, files, base)
     report: dict = {"silo_pairs": rows, "steps": args.steps, "rounds": args.rounds, "arms": {}}
-    for arm in ("federated", "central", *(f"alone-{n}" for n in files)):
+    for arm in args.arms or ("federated", "central", *(f"alone-{n}" for n in files)):
         wall = build(made[arm], args.cache)
         for stage in ("normalize", "base", "train", "merge"):  # keys of the code that built them
             if arm != "federated" or stage != "normalize":
@@ -267,8 +272,12 @@ def main() -> None:
     models[f"federated ({fed['final_adapter']}, kept)"] = models.pop("federated")
     for alt in set(fed["final_val_loss"]) - {fed["final_adapter"]}:
         models[f"federated ({alt})"] = merge_alternative(args, made, alt)
+    if args.eval_arms:  # several processes may share the evaluations (each writes its own file)
+        short = {a: "fed-kept" if a.endswith("kept)") else "fed-other" if a.startswith("federated") else a for a in models}  # fmt: skip
+        models = {a: p for a, p in models.items() if short[a] in args.eval_arms}
     report["test"] = {arm: evaluate(args, made, arm, path) for arm, path in models.items()}
-    (args.out / "compare.json").write_text(json.dumps(report, indent=1, default=str) + "\n")
+    name = f"compare-{args.tag}.json" if args.tag else "compare.json"
+    (args.out / name).write_text(json.dumps(report, indent=1, default=str) + "\n")
     print_table(report)
 
 
@@ -291,14 +300,11 @@ def print_table(report: dict) -> None:
     print(f"federated: validation loss over the silos {fed['final_val_loss']}, kept {fed['final_adapter']}; "
           f"product error of averaging A and B apart {fed['product_error']}")  # fmt: skip
     print(f"federated: bytes per round {fed['bytes_per_round']}, total {fed['bytes_total']:,}")
-    central = report["test"]["central"]["merged_label_accuracy"] or 0
-    kept = (
-        next(h for a, h in report["test"].items() if a.endswith("kept)"))["merged_label_accuracy"]
-        or 0
-    )
-    print(
-        f"ratio federated / central label accuracy: {kept / central if central else float('nan'):.2f}"
-    )
+    if "central" in report["test"] and any(a.endswith("kept)") for a in report["test"]):
+        central = report["test"]["central"]["merged_label_accuracy"] or 0
+        kept = next(h for a, h in report["test"].items() if a.endswith("kept)"))
+        ratio = (kept["merged_label_accuracy"] or 0) / central if central else float("nan")
+        print(f"ratio federated / central label accuracy: {ratio:.2f}")
     for arm, data in report["arms"].items():
         print(f"{arm}: train {data['train_seconds']:.0f} s, build {data['build_seconds']:.0f} s")
 
