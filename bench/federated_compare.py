@@ -175,8 +175,8 @@ def evaluate(args: argparse.Namespace, made: dict[str, Path], arm: str, merged: 
     ctx = StageContext(
         name="eval", key="bench", recipe=recipe.model_copy(update={"eval": settings}),
         recipe_path=made["central"], out_dir=out, work_dir=args.out / "eval" / "work",
-        inputs={"normalize": args.entries[("central", "normalize")],
-                "base": args.entries[("central", "base")], "merge": merged},
+        inputs={"normalize": pooled(args, made, "normalize"), "base": pooled(args, made, "base"),
+                "merge": merged},
         log_fn=lambda m: print(f"  eval {arm}: {m}", flush=True),
     )  # fmt: skip
     began = time.perf_counter()
@@ -189,6 +189,11 @@ def evaluate(args: argparse.Namespace, made: dict[str, Path], arm: str, merged: 
                             "clause_type_macro_ba": cuad["clause_type"]["macro_ba"],
                             "flags_any_risk_ba": cuad["flags_any_risk"]["ba"], "unparseable_rate": cuad["unparseable_rate"]}  # fmt: skip
     return {**headline, "eval_seconds": seconds}
+
+
+def pooled(args: argparse.Namespace, made: dict[str, Path], stage: str) -> Path:
+    """The central recipe's normalize (the pooled test split) or base entry."""
+    return args.entries.get(("central", stage)) or entry(made["central"], stage, args.cache)[0]
 
 
 def cuad_sets(args: argparse.Namespace) -> list:
