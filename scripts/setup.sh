@@ -48,6 +48,9 @@ if [ -n "$broken" ]; then
   exit 1
 fi
 ./.venv/bin/python -c "import legalbuild, torch, vllm; print('legalbuild ready: torch', torch.__version__)"
+# Flower (federated training, [federated] in a recipe) in its own venv, .venv-flower: flwr pins a
+# fastapi that vLLM's cannot share. The federated tests run only where it exists.
+bash scripts/setup-flower.sh
 [ "$DEV" = 1 ] || exit 0
 # Headless Chromium renders the HTML build report in the tests (Debian's package; needs root + apt).
 if ! command -v chromium >/dev/null 2>&1; then

@@ -892,3 +892,62 @@ def processes_mentioning(text: str) -> list[str]:
         if text in argv and state != "Z" and int(cmdline.parent.name) != os.getpid():
             found.append(f"{cmdline.parent.name}: {argv.strip()}")
     return found
+
+
+# ------------------------------------------------------------------------------------ federated
+def flower_venv() -> Path | None:
+    """The Flower venv federated builds use (scripts/setup-flower.sh), or None when absent."""
+    from legalbuild.federated.environment import flower_ready, flower_venv
+
+    venv = flower_venv()
+    return venv if flower_ready(venv) else None
+
+
+def silo_rows(name: str, n: int) -> list[dict]:
+    """Rows only silo `name` holds; each carries a marker no other file should ever contain."""
+    return [
+        {
+            "instruction": f"Audit clause {name}-{i}: the supplier of silo {name} may terminate "
+            f"at any time (secret marker Qz{name}x{i}Wv).",
+            "output": f"Risk: high\nFinding 1: Termination at will [rule.{i % 3}] (severity: high)\n"
+            f"Why: Silo {name} case {i}.\nFix: Add notice.",
+        }
+        for i in range(n)
+    ]
+
+
+def write_federated_project(folder: Path, base: Path, federated: str, sizes=None) -> Path:
+    """A tiny federated recipe in `folder`: silos a, b, c (24, 16 and 8 rows of their own)."""
+    sizes = sizes or {"a": 24, "b": 16, "c": 8}
+    silos = ""
+    for name, n in sizes.items():
+        write_jsonl(folder / f"{name}.jsonl", silo_rows(name, n))
+        silos += (
+            f'\n[[federated.silos]]\nname = "{name}"\n'
+            f'sources = [{{ name = "{name}", path = "{name}.jsonl" }}]\n'
+            'split = { by = "row", val_fraction = 0.2 }\n'
+        )
+    recipe = folder / "recipe.toml"
+    recipe.write_text(
+        f"""[project]
+name = "fed"
+[model]
+base = "{base}"
+[lora]
+r = 4
+alpha = 8
+target_modules = ["q_proj", "v_proj"]
+[train]
+batch_size = 4
+gradient_accumulation_steps = 1
+learning_rate = 1e-2
+max_length = 128
+eval_rows = 4
+report_to = ["none"]
+[eval]
+enabled = false
+[federated]
+{federated}
+{silos}"""
+    )
+    return recipe

@@ -45,6 +45,7 @@ LAYERS = (
             "legalbuild.training",
             "legalbuild.merging",
             "legalbuild.evaluation",
+            "legalbuild.federated",
         ),
     ),
     ("engine", ("legalbuild.engine",)),

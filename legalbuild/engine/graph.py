@@ -5,7 +5,9 @@ Each stage module `legalbuild/stages/<name>.py` declares, beside `run`:
   `[curate]` section, are skipped);
 - `key_inputs(recipe, recipe_path)`: what else its output depends on (settings, data digests,
   library versions...), computed without loading anything heavy;
-- optionally `enabled(recipe)`: whether the recipe has the stage at all (default: yes).
+- optionally `enabled(recipe)`: whether the recipe has the stage at all (default: yes);
+- optionally `depends_on(recipe)`: DEPENDS_ON as this recipe needs it (a federated train reads
+  no normalize output).
 
 A key hashes the stage's name, its upstream keys, the digest of the legalbuild code it runs
 (`legalbuild.engine.code_digest`) and its `key_inputs`. Keys chain: one changed byte in one data file
@@ -67,7 +69,8 @@ def build_graph(recipe: Recipe, recipe_path: Path) -> dict[str, StageNode]:
     nodes: dict[str, StageNode] = {}
     for name in stage_names(recipe):
         module = stage_module(name)
-        deps = tuple(d for d in module.DEPENDS_ON if d in nodes)
+        wanted = module.depends_on(recipe) if hasattr(module, "depends_on") else module.DEPENDS_ON
+        deps = tuple(d for d in wanted if d in nodes)
         node = StageNode(name, deps)
         node.inputs, node.files = split_file_sets(
             {

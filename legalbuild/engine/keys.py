@@ -30,6 +30,15 @@ class FileSet:
         return {"digest": digest_json(self.files), "files": len(self.files)}
 
 
+def summarized(obj: Any) -> Any:
+    """Nested key inputs with each FileSet as its summary (what a key hashes of it)."""
+    if isinstance(obj, FileSet):
+        return obj.summary()
+    if isinstance(obj, dict):
+        return {k: summarized(v) for k, v in obj.items()}
+    return [summarized(v) for v in obj] if isinstance(obj, list) else obj
+
+
 def file_set(paths: Iterable[str | Path], root: str | Path | None = None) -> FileSet:
     """Digests of `paths`, named relative to `root` (default: their common folder), so the names
     are the same on every machine."""

@@ -89,7 +89,8 @@ def pick(clauses: Sequence[Any], max_rows: int, seed: int) -> list[Any]:
             while queue and queue[0].id in chosen:
                 queue.pop(0)
             if queue and len(chosen) < max_rows // 2:
-                chosen[queue[0].id] = queue.pop(0)
+                clause = queue.pop(0)  # (chosen[queue[0].id] = queue.pop(0) pops before it reads)
+                chosen[clause.id] = clause
     for clause in order:
         if len(chosen) >= max_rows:
             break

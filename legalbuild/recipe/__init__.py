@@ -23,6 +23,7 @@ from legalbuild.recipe.data import (
     ProjectSection,
     SplitSettings,
 )
+from legalbuild.recipe.federated import DpSettings, FederatedSection, SiloSection
 from legalbuild.recipe.fields import (
     DEFAULT_SYSTEM_PROMPT,
     MAX_INT,
@@ -66,11 +67,24 @@ class Recipe(Strict):
         default_factory=EvalSection, description="Evaluation of base vs merged model."
     )
     serve: ServeSection = Field(default_factory=ServeSection, description="vLLM serving options.")
+    federated: FederatedSection | None = Field(
+        None,
+        description="Train across silos with Flower; [data] and [curate] then hold only the "
+        "coordinator's own evaluation data (optional).",
+    )
 
     @model_validator(mode="after")
     def _has_data(self) -> Recipe:
-        if not self.data.sources and self.curate is None:
+        if not self.data.sources and self.curate is None and self.federated is None:
             raise ValueError("declare at least one [[data.sources]] entry or a [curate] section")
+        if self.federated is not None and self.train.distributed is not None:
+            raise ValueError(
+                "[federated] and [train.distributed] exclude each other: each silo trains in one process"
+            )
+        if self.federated is not None and self.model.quantization != "none":
+            raise ValueError(
+                '[federated] trains full-precision LoRA: set [model] quantization = "none"'
+            )
         dist = self.train.distributed
         if dist is not None and (why := dist.refusal(self.model.quantization)):
             raise ValueError(f"[train.distributed] {why}")
@@ -92,6 +106,8 @@ __all__ = [
     "DataSection",
     "DataSource",
     "DistributedSettings",
+    "DpSettings",
+    "FederatedSection",
     "EvalSection",
     "FilterSettings",
     "LoraSection",
@@ -102,6 +118,7 @@ __all__ = [
     "Recipe",
     "SampleSettings",
     "ServeSection",
+    "SiloSection",
     "SplitSettings",
     "Strict",
     "TaskName",

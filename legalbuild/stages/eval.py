@@ -93,7 +93,9 @@ def run(ctx: StageContext) -> dict:
     from legalbuild.evaluation.run import answer_rows, label_set_rows
 
     settings = ctx.recipe.eval
-    rows, split = held_out_rows(ctx.inputs["normalize"], settings.split)
+    rows, split = [], "extra_sets"  # a federated recipe may have no data of its own
+    if "normalize" in ctx.inputs:
+        rows, split = held_out_rows(ctx.inputs["normalize"], settings.split)
     for extra in settings.extra_sets:
         rows += load_extra_set(ctx.resolve(extra))
     available = len(rows)

@@ -24,6 +24,11 @@ if TYPE_CHECKING:
 DEPENDS_ON = ("curate",)
 
 
+def enabled(recipe: Recipe) -> bool:
+    """Always, but for a federated recipe without data of the coordinator's own."""
+    return bool(recipe.data.sources) or recipe.curate is not None
+
+
 def run(ctx: StageContext) -> dict:
     """The stage: user sources, then the curated pairs when the curate stage ran."""
     sources = stage_sources(ctx.recipe, ctx.inputs)

@@ -31,6 +31,13 @@ if TYPE_CHECKING:
     from legalbuild.recipe import Recipe
 
 DEPENDS_ON = ("normalize", "base")
+# Keys of [train] a federated run does not read (each round trains [federated] local_steps).
+NOT_FEDERATED = ("epochs", "max_steps", "warmup_ratio", "eval_steps", "early_stopping_patience")
+
+
+def depends_on(recipe: Recipe) -> tuple[str, ...]:
+    """A federated recipe trains on the silos' rows, never on the coordinator's normalize output."""
+    return ("base",) if recipe.federated is not None else DEPENDS_ON
 
 
 def key_inputs(recipe: Recipe, recipe_path: Path) -> dict[str, Any]:
@@ -40,6 +47,8 @@ def key_inputs(recipe: Recipe, recipe_path: Path) -> dict[str, Any]:
     from legalbuild.training.distributed import key_part
 
     model = recipe.model
+    if recipe.federated is not None:
+        return federated_key(recipe, recipe_path)
     return {
         "model": {
             "dtype": model.dtype,
@@ -69,7 +78,8 @@ def _pinned(recipe: Recipe) -> bool:
     from legalbuild.hardware import accelerator_kind
     from legalbuild.training.distributed import multi_process
 
-    return accelerator_kind() == "cpu" and not multi_process(recipe)
+    single = recipe.federated is None and not multi_process(recipe)
+    return accelerator_kind() == "cpu" and single
 
 
 def reproducibility(recipe: Recipe) -> str | None:
@@ -83,6 +93,11 @@ def reproducibility(recipe: Recipe) -> str | None:
             "run and legalbuild does not force deterministic ones: the adapter is reproducible "
             "to numerical noise, not promised bit for bit"
         )
+    if recipe.federated is not None:
+        return (
+            "federated: each silo trains in its own Flower process, whose threads legalbuild "
+            "does not pin, and bit-identical rebuilds were not checked"
+        )
     if not _pinned(recipe):
         return (
             "several training processes: each rank's threads are set by the launcher, not "
@@ -91,16 +106,81 @@ def reproducibility(recipe: Recipe) -> str | None:
     return None
 
 
+def federated_key(recipe: Recipe, recipe_path: Path) -> dict[str, Any]:
+    """[federated] settings, each silo's data as its own curate and normalize keys would hash it
+    (names and digests, never rows or paths), the Flower venv's library versions."""
+    from legalbuild.engine.keys import library_versions
+    from legalbuild.federated.environment import flower_versions
+    from legalbuild.hardware import accelerator_kind
+    from legalbuild.recipe import key_settings
+
+    fed = recipe.federated
+    assert fed is not None
+    settings = key_settings(fed)
+    settings.pop("silos")
+    train = {k: v for k, v in key_settings(recipe.train).items() if k not in NOT_FEDERATED}
+    return {
+        "federated": settings,
+        "silos": [{"name": s, **part} for s, part in silo_keys(recipe, recipe_path).items()],
+        "lora": key_settings(recipe.lora),
+        "train": train,
+        "model": {"dtype": recipe.model.dtype},
+        "system_prompt": recipe.data.system_prompt,
+        "accelerator": accelerator_kind(),
+        **(
+            {"precision_resolved": auto_precision(accelerator_kind())}
+            if recipe.train.precision == "auto"
+            else {}
+        ),
+        "libraries": library_versions(),
+        "flower": flower_versions(),
+    }
+
+
+def silo_keys(recipe: Recipe, recipe_path: Path) -> dict[str, dict[str, Any]]:
+    """Per silo, what its curate and normalize stages would put in their keys."""
+    from legalbuild.federated.layout import silo_recipe
+    from legalbuild.stages import curate, normalize
+
+    assert recipe.federated is not None
+    out = {}
+    for silo in recipe.federated.silos:
+        own = silo_recipe(recipe, silo)
+        out[silo.name] = {
+            "curate": curate.key_inputs(own, recipe_path) if own.curate else None,
+            "normalize": normalize.key_inputs(own, recipe_path),
+        }
+    return out
+
+
+def silo_data_keys(recipe: Recipe, recipe_path: Path) -> dict[str, str]:
+    """A digest of each silo's data key part: a silo reuses its prepared rows while it holds."""
+    from legalbuild.engine.keys import summarized
+    from legalbuild.hashing import digest_json
+
+    return {
+        name: digest_json(summarized(part)) for name, part in silo_keys(recipe, recipe_path).items()
+    }
+
+
 def run(ctx: StageContext, callbacks: Sequence[Any] = ()) -> dict[str, Any]:
     """Train the adapter. `callbacks` are extra TrainerCallbacks for one process (tests use one to
     simulate a crash)."""
+    if why := reproducibility(ctx.recipe):  # recorded in the manifest and the lock
+        ctx.facts["not_bit_reproducible"] = why
+    if ctx.recipe.federated is not None:
+        from legalbuild.federated.run import run as federated_run
+
+        data_keys = silo_data_keys(ctx.recipe, ctx.recipe_path)
+        return federated_run(
+            ctx.recipe, ctx.recipe_dir, Path(ctx.inputs["base"]), ctx.out_dir, ctx.work_dir,
+            data_keys, ctx.log,
+        )  # fmt: skip
     from legalbuild.hardware import accelerator_kind
     from legalbuild.training.distributed import check_host, multi_process
     from legalbuild.training.job import TrainJob
 
     resume_from = resume_point(ctx)
-    if why := reproducibility(ctx.recipe):  # recorded in the manifest and the lock
-        ctx.facts["not_bit_reproducible"] = why
     job = TrainJob(
         key=ctx.key,
         recipe=ctx.recipe,
