@@ -195,16 +195,29 @@ def _death_signal_arm(parent: int) -> Callable[[], None] | None:
     return arm
 
 
-def pump_log(handle: ServerHandle) -> None:
-    """Copy the server's output to its log file, keep a tail for error messages, echo on request."""
-    with handle.log_path.open("ab") as log:
-        for raw in handle.process.stdout:
+def copy_output(
+    stream: Any, log_path: Path, tail: deque, on_line: Callable[[str], None] | None = None
+) -> None:
+    """A child's output, line by line until it closes: its bytes appended to `log_path`, the
+    decoded line kept in `tail` (for error messages) and handed to `on_line`."""
+    with log_path.open("ab") as log:
+        for raw in stream:
             log.write(raw)
             log.flush()
             line = raw.decode("utf-8", "replace").rstrip()
-            handle.tail.append(line)
-            if handle.echo.is_set():
-                print(line, file=sys.stderr, flush=True)
+            tail.append(line)
+            if on_line is not None:
+                on_line(line)
+
+
+def pump_log(handle: ServerHandle) -> None:
+    """Copy the server's output to its log file, keep a tail for error messages, echo on request."""
+
+    def echo(line: str) -> None:
+        if handle.echo.is_set():
+            print(line, file=sys.stderr, flush=True)
+
+    copy_output(handle.process.stdout, handle.log_path, handle.tail, echo)
 
 
 # ------------------------------------------------------------------------------------ signals
@@ -230,6 +243,15 @@ class StopSignals:
         deadline = time.monotonic() + seconds
         while not self.received and time.monotonic() < deadline:
             time.sleep(0.1)
+
+
+def exit_if_stopped(received: list[int]) -> None:
+    """After a foreground child stopped because this process got a stop signal: Ctrl-C goes on as
+    KeyboardInterrupt, any other as the exit status a shell gives that signal (128 + its number)."""
+    if received:
+        if received[0] == signal.SIGINT:
+            raise KeyboardInterrupt
+        raise SystemExit(128 + received[0])
 
 
 _ACTIVE: list[StopSignals] = []

@@ -395,6 +395,17 @@ def test_a_stop_signal_is_recorded_and_becomes_exit_128_plus_signum():
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the previous handler is back
 
 
+def test_a_foreground_child_stopped_by_a_signal_ends_this_process_as_that_signal_would():
+    from legalbuild.processes import exit_if_stopped
+
+    exit_if_stopped([])  # no signal: nothing happens
+    with pytest.raises(KeyboardInterrupt):
+        exit_if_stopped([signal.SIGINT, signal.SIGTERM])
+    with pytest.raises(SystemExit) as info:
+        exit_if_stopped([signal.SIGHUP])
+    assert info.value.code == 129
+
+
 def test_a_sigkilled_parent_takes_the_group_leader_down():
     """spawn_group's leader gets SIGTERM from the kernel when its parent dies, even by SIGKILL,
     which no handler of ours can catch (vLLM then shuts its engine down)."""

@@ -28,7 +28,7 @@ from pathlib import Path
 
 from legalbuild.errors import StageFailedError
 from legalbuild.federated.layout import Layout
-from legalbuild.processes import signal_group, spawn_group, stop_group
+from legalbuild.processes import copy_output, signal_group, spawn_group, stop_group
 
 MARKER = "LEGALBUILD_FEDERATION"
 LOG_MARK = "legalbuild-federated: "  # the ServerApp's lines meant for the stage log
@@ -79,14 +79,7 @@ class Process:
         self.pump.start()
 
     def _pump(self, on_line: Callable[[str], None] | None) -> None:
-        with self.log_path.open("ab") as log:
-            for raw in self.process.stdout:
-                log.write(raw)
-                log.flush()
-                line = raw.decode("utf-8", "replace").rstrip()
-                self.tail.append(line)
-                if on_line is not None:
-                    on_line(line)
+        copy_output(self.process.stdout, self.log_path, self.tail, on_line)
 
     def alive(self) -> bool:
         return self.process.poll() is None

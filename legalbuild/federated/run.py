@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import signal
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -27,7 +26,7 @@ from legalbuild.federated.layout import (
     silo_spec,
     write_json,
 )
-from legalbuild.processes import stop_signals
+from legalbuild.processes import exit_if_stopped, stop_signals
 from legalbuild.recipe import Recipe
 
 
@@ -81,10 +80,7 @@ def federate(layout: Layout, silos: list[str], venv: Path, log: Callable[[str], 
             federation.stop()
             guard.handle = None
         received = list(guard.received)
-    if received:
-        if received[0] == signal.SIGINT:
-            raise KeyboardInterrupt
-        raise SystemExit(128 + received[0])
+    exit_if_stopped(received)
     failure = layout.coordinator / "failure.json"
     if failure.is_file():
         error = read_json(failure)

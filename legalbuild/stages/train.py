@@ -41,8 +41,6 @@ def depends_on(recipe: Recipe) -> tuple[str, ...]:
 
 
 def key_inputs(recipe: Recipe, recipe_path: Path) -> dict[str, Any]:
-    from legalbuild.engine.keys import library_versions
-    from legalbuild.hardware import accelerator_kind
     from legalbuild.recipe import key_settings
     from legalbuild.training.distributed import key_part
 
@@ -59,16 +57,27 @@ def key_inputs(recipe: Recipe, recipe_path: Path) -> dict[str, Any]:
         "train": key_settings(recipe.train),
         # world size, strategy and global batch; nothing for one process (launcher, ports: never)
         **key_part(recipe, recipe_path),
+        **host_part(recipe),
+        # a CPU run's sums follow its thread count: one process pins torch to this many threads
+        **({"cpu_threads": training_threads(recipe.train.cpu_threads)} if _pinned(recipe) else {}),
+    }
+
+
+def host_part(recipe: Recipe) -> dict[str, Any]:
+    """What every train key holds of the prompt and the host: the system prompt, the accelerator,
+    `auto` precision as resolved (bf16 autocast and fp32 train to different adapters), and the
+    versions of the libraries that train."""
+    from legalbuild.engine.keys import library_versions
+    from legalbuild.hardware import accelerator_kind
+
+    return {
         "system_prompt": recipe.data.system_prompt,
         "accelerator": accelerator_kind(),
-        # bf16 autocast and fp32 train to different adapters: `auto` enters the key as resolved
         **(
             {"precision_resolved": auto_precision(accelerator_kind())}
             if recipe.train.precision == "auto"
             else {}
         ),
-        # a CPU run's sums follow its thread count: one process pins torch to this many threads
-        **({"cpu_threads": training_threads(recipe.train.cpu_threads)} if _pinned(recipe) else {}),
         "libraries": library_versions(),
     }
 
@@ -109,9 +118,7 @@ def reproducibility(recipe: Recipe) -> str | None:
 def federated_key(recipe: Recipe, recipe_path: Path) -> dict[str, Any]:
     """[federated] settings, each silo's data as its own curate and normalize keys would hash it
     (names and digests, never rows or paths), the Flower venv's library versions."""
-    from legalbuild.engine.keys import library_versions
     from legalbuild.federated.environment import flower_versions
-    from legalbuild.hardware import accelerator_kind
     from legalbuild.recipe import key_settings
 
     fed = recipe.federated
@@ -125,14 +132,7 @@ def federated_key(recipe: Recipe, recipe_path: Path) -> dict[str, Any]:
         "lora": key_settings(recipe.lora),
         "train": train,
         "model": {"dtype": recipe.model.dtype},
-        "system_prompt": recipe.data.system_prompt,
-        "accelerator": accelerator_kind(),
-        **(
-            {"precision_resolved": auto_precision(accelerator_kind())}
-            if recipe.train.precision == "auto"
-            else {}
-        ),
-        "libraries": library_versions(),
+        **host_part(recipe),
         "flower": flower_versions(),
     }
 

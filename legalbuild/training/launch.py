@@ -33,6 +33,8 @@ from typing import TYPE_CHECKING, Any
 from legalbuild import errors
 from legalbuild.errors import StageFailedError
 from legalbuild.processes import (
+    copy_output,
+    exit_if_stopped,
     group_alive,
     signal_group,
     spawn_group,
@@ -164,10 +166,7 @@ def run(job: TrainJob, resume_from: Path | None) -> dict[str, Any]:
             group.stop()
             guard.handle = None
         received = list(guard.received)
-    if received:
-        if received[0] == signal.SIGINT:
-            raise KeyboardInterrupt
-        raise SystemExit(128 + received[0])
+    exit_if_stopped(received)
     if code != 0:
         raise _failure(group, code, world_size(recipe))
     metrics_path = job.out_dir / "metrics.json"
@@ -187,20 +186,18 @@ def run(job: TrainJob, resume_from: Path | None) -> dict[str, Any]:
 def _pump(group: LaunchedGroup, job: TrainJob) -> None:
     """Launcher output -> launch.log; rank 0's stage lines -> the stage log (and a progress bar)."""
     bar = _Bar(job.console)
-    with (group.folder / "launch.log").open("ab") as log:
-        for raw in group.process.stdout:
-            log.write(raw)
-            log.flush()
-            line = raw.decode("utf-8", "replace").rstrip()
-            group.tail.append(line)
-            prefix = RANK_PREFIX.match(line)
-            if prefix and prefix.group(1) != "0":
-                continue
-            text = line[prefix.end() :] if prefix else line
-            if LOG_MARK in text:
-                message = text.split(LOG_MARK, 1)[1]
-                bar.update(message)
-                job.log(message)
+
+    def stage_line(line: str) -> None:
+        prefix = RANK_PREFIX.match(line)
+        if prefix and prefix.group(1) != "0":
+            return
+        text = line[prefix.end() :] if prefix else line
+        if LOG_MARK in text:
+            message = text.split(LOG_MARK, 1)[1]
+            bar.update(message)
+            job.log(message)
+
+    copy_output(group.process.stdout, group.folder / "launch.log", group.tail, stage_line)
     bar.stop()
 
 
