@@ -176,7 +176,19 @@ def main(argv: list[str]) -> int:
         (spec_path.parent / f"error-rank-{rank()}.json").write_text(json.dumps(error))
         print(f"rank {rank()}: {exc}", file=sys.stderr, flush=True)
         return exc.exit_code
+    finally:
+        close_process_group()
     return 0
+
+
+def close_process_group() -> None:
+    """Tear the rank's process group down before the interpreter exits: left to exit, gloo's
+    threads were at times destroyed while joinable ("terminate called without an active
+    exception", SIGABRT) after a finished training. No barrier: a rank that failed must not wait."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 if __name__ == "__main__":
