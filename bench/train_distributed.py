@@ -61,6 +61,7 @@ def run_stage(root: Path, model: Path, args: argparse.Namespace, nproc: int) -> 
     from legalbuild.engine.context import StageContext
     from legalbuild.recipe import Recipe
     from legalbuild.stages import train
+    from legalbuild.training.outputs import TIMINGS
 
     global_batch = args.micro_batch * args.nproc
     settings = {
@@ -96,6 +97,10 @@ def run_stage(root: Path, model: Path, args: argparse.Namespace, nproc: int) -> 
     )
     started = time.perf_counter()
     metrics = train.run(ctx)
+    # several processes: the stage returns metrics.json, whose run rates live in logs/timings.json
+    timings = ctx.logs_dir / TIMINGS
+    if "tokens_per_second" not in metrics and timings.is_file():
+        metrics = {**metrics, **json.loads(timings.read_text())["metrics"]}
     return {
         "processes": nproc,
         "tokens_per_second": metrics["tokens_per_second"],
