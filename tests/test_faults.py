@@ -108,9 +108,10 @@ def test_samples_keep_whole_lines_up_to_the_resumed_step(tmp_path):
 # ------------------------------------------------------------------------ kills, end to end
 @pytest.fixture(scope="module")
 def project(tmp_path_factory, tiny_model_dir) -> tuple[Path, Path]:
-    """The tests' tiny recipe with checkpoints every 2 of 8 steps, and its own cache."""
+    """The tests' tiny recipe with checkpoints every 2 of 8 steps, and its own cache. Every step
+    prints its `train step N/8` line (logging_steps 1): the kills anchored on a step need it."""
     root = tmp_path_factory.mktemp("faults")
-    train = 'max_steps = 8\nsave_steps = 2\neval_steps = 2\nbatch_size = 2\nreport_to = ["none"]'
+    train = 'max_steps = 8\nsave_steps = 2\neval_steps = 2\nbatch_size = 2\nlogging_steps = 1\nreport_to = ["none"]'
     more = '[train.samples]\ncount = 1\nmax_new_tokens = 8\n[eval]\nmax_rows = 4\nmax_new_tokens = 16\nengine = "transformers"\n'
     return write_project(root, tiny_model_dir, train, more), root / "cache"
 
