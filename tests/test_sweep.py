@@ -185,6 +185,7 @@ def test_two_params_four_trials_two_jobs_share_the_cache(tmp_path, tiny_model_di
     best = summary["best"]["trial"]
     copy = tmp_path / f"recipe.trial-{best}.toml"
     assert "cache hit of the trial: train, merge" in applied.stdout
+    assert "cpu_threads = " in copy.read_text()  # the threads the trial trained with (its key)
     plan = legalbuild("plan", copy.name, "--cache-dir", "cache", "--json", cwd=tmp_path)
     stages = {s["stage"]: s for s in json.loads(plan.stdout)["stages"]}
     assert all(s["cached"] for s in stages.values()), stages  # eval too: the winner's test build

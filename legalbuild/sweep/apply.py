@@ -20,7 +20,7 @@ from legalbuild.errors import LegalbuildError, RecipeError
 from legalbuild.files import check_output_file, display_path, write_replacing
 from legalbuild.sweep.overrides import recipe_with
 from legalbuild.sweep.spec import Sweep
-from legalbuild.sweep.study import load_study
+from legalbuild.sweep.study import CPU_THREADS, load_study
 
 
 @dataclass
@@ -69,7 +69,7 @@ def apply_trial(
 
     trial = chosen_trial(load_study(sweep, storage_url(storage or sweep.settings.storage)), number)
     values = {p.key: trial.params[p.key] for p in sweep.params}
-    overrides = sweep.applied_overrides(values)
+    overrides = sweep.applied_overrides(values, trial.user_attrs.get(CPU_THREADS))
     text, recipe = recipe_with(sweep.recipe_text, sweep.recipe, overrides, f"trial {trial.number}")
     header = (
         f"# values of trial {trial.number} of sweep {sweep.study_name} (legalbuild sweep apply)\n"

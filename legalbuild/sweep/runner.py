@@ -120,14 +120,18 @@ class Loop:
         values = {p.key: trial.params[p.key] for p in params}
         slot = len(self.running)
         gpu = slot if self.jobs > 1 and self.gpus >= self.jobs else None
+        threads = threads_per_job(self.jobs)
+        trial.set_user_attr(
+            studies.CPU_THREADS, threads
+        )  # apply and the winner's build train with them
         handle = start(
             self.sweep,
             trial.number,
             values,
-            self.sweep.trial_overrides(values),
+            self.sweep.trial_overrides(values, threads),
             self.sweep.study_dir / "trials" / f"{trial.number:04d}",
             self.store.root,
-            trial_env(threads_per_job(self.jobs), gpu),
+            trial_env(threads, gpu),
             self.events,
         )
         handle.trial = trial
@@ -287,11 +291,12 @@ def score_winner(loop: Loop, guard: Any) -> dict[str, Any] | None:
     if recorded and recorded.get("trial") == best["trial"]:
         return recorded
     values = best["values"]
+    threads = study.trials[best["trial"]].user_attrs.get(studies.CPU_THREADS)
     handle = start(
         sweep,
         -1,
         values,
-        sweep.applied_overrides(values),
+        sweep.applied_overrides(values, threads),
         sweep.study_dir / "winner",
         loop.store.root,
         trial_env(usable_cores(), None),

@@ -194,18 +194,30 @@ class Sweep:
     def study_name(self) -> str:
         return self.settings.study or self.path.stem
 
-    def trial_overrides(self, values: dict[str, Any]) -> dict[str, Any]:
-        """What a trial sets in the base recipe: [fixed], its values, and its validation scoring."""
-        return {**self.applied_overrides(values), **self.settings.validation, "eval.split": "val"}
+    def trial_overrides(self, values: dict[str, Any], threads: int | None = None) -> dict[str, Any]:
+        """What a trial sets in the base recipe: [fixed], its values, its CPU threads, and its
+        validation scoring."""
+        applied = self.applied_overrides(values, threads)
+        return {**applied, **self.settings.validation, "eval.split": "val"}
 
-    def applied_overrides(self, values: dict[str, Any]) -> dict[str, Any]:
-        """What `sweep apply` and the winner's test build set: [fixed] and the trial's values."""
-        return {**self.settings.fixed, **values}
+    def applied_overrides(
+        self, values: dict[str, Any], threads: int | None = None
+    ) -> dict[str, Any]:
+        """What `sweep apply` and the winner's test build set: [fixed], the trial's values, and
+        `train.cpu_threads = threads`, the CPU threads the trial trained with (a CPU training's
+        bytes, so its train key, depend on them; --jobs divides the cores), unless [fixed] or the
+        space names that key."""
+        named = THREADS_KEY in self.settings.fixed or THREADS_KEY in values
+        pinned = {} if threads is None or named else {THREADS_KEY: threads}
+        return {**self.settings.fixed, **pinned, **values}
 
     @property
     def study_dir(self) -> Path:
         """Journal, trial folders, the winner's build and the report: beside the sweep file."""
         return self.path.with_name(f"{self.path.stem}-study")
+
+
+THREADS_KEY = "train.cpu_threads"
 
 
 def load_sweep(path: str | Path) -> Sweep:

@@ -24,6 +24,7 @@ MARKER = (
     "legalbuild-study.json"  # marks a study folder as legalbuild's (its trial folders are replaced)
 )
 OWNER = "owner"  # user attr of a running trial: the sweep process that runs it
+CPU_THREADS = "cpu_threads"  # user attr: the CPU threads the trial trained with
 HEARTBEAT_S = 60  # PostgreSQL: a trial whose sweep sent no heartbeat for GRACE_S is failed
 GRACE_S = 300
 
