@@ -782,44 +782,69 @@ class Measured:
         return self.code is None
 
 
+# Runs the command as its grandchild and reports its rusage: a child forked from this (large)
+# pytest process would count this process's resident pages in its own peak RSS (ru_maxrss keeps
+# the pre-exec high-water mark), so the launcher, small once exec'd, does the forking.
+_LAUNCHER = """
+import json, os, resource, sys
+limit, report, argv = int(sys.argv[1]), sys.argv[2], sys.argv[3:]
+resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+pid = os.fork()
+if pid == 0:
+    try:
+        os.execvp(argv[0], argv)
+    finally:
+        os._exit(127)
+_, status, usage = os.wait4(pid, 0)
+with open(report, "w") as out:
+    json.dump({"code": os.waitstatus_to_exitcode(status), "cpu": usage.ru_utime + usage.ru_stime,
+               "maxrss_kib": usage.ru_maxrss}, out)
+"""
+
+
 def run_measured(
     args: list[str], *, stdin: Any = None, timeout: float = 60, memory_gib: float = 2,
     env: dict[str, str] | None = None, cwd: Path | None = None,
 ) -> Measured:  # fmt: skip
-    """A process run to its end (killed at `timeout`) with its own peak RSS and CPU time (wait4),
-    its address space capped at `memory_gib` so that a memory blow-up fails inside it, not here."""
-    import resource
+    """A process run to its end (killed at `timeout`) with its own peak RSS and CPU time (wait4,
+    in a small launcher process), its address space capped at `memory_gib` so that a memory
+    blow-up fails inside it, not here."""
+    import json
+    import signal
     import subprocess
+    import sys
     import tempfile
     import threading
     import time
 
     limit = int(memory_gib * 2**30)
+    with tempfile.TemporaryDirectory() as folder:
+        report, out_path, err_path = (Path(folder) / n for n in ("report.json", "out", "err"))
+        with out_path.open("wb") as out, err_path.open("wb") as err:
+            started = time.perf_counter()
+            proc = subprocess.Popen(
+                [sys.executable, "-c", _LAUNCHER, str(limit), str(report), *args],
+                stdin=stdin if stdin is not None else subprocess.DEVNULL, stdout=out, stderr=err,
+                env=env, cwd=cwd, start_new_session=True,
+            )  # fmt: skip
+            killed = threading.Event()
 
-    def cap() -> None:
-        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+            def kill() -> None:
+                killed.set()
+                os.killpg(proc.pid, signal.SIGKILL)  # the launcher and the command
 
-    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
-        started = time.perf_counter()
-        proc = subprocess.Popen(
-            args, stdin=stdin if stdin is not None else subprocess.DEVNULL, stdout=out,
-            stderr=err, env=env, cwd=cwd, preexec_fn=cap,
-        )  # fmt: skip
-        killed = threading.Event()
-        timer = threading.Timer(timeout, lambda: (killed.set(), proc.kill()))
-        timer.start()
-        try:
-            _, status, usage = os.wait4(proc.pid, 0)
-        finally:
-            timer.cancel()
-        proc.returncode = os.waitstatus_to_exitcode(status)  # reaped here: Popen must not wait
-        seconds = time.perf_counter() - started
-        out.seek(0)
-        err.seek(0)
-        text = [f.read().decode("utf-8", "replace") for f in (out, err)]
-    code = None if killed.is_set() else proc.returncode
-    cpu = usage.ru_utime + usage.ru_stime
-    return Measured(code, *text, seconds, cpu, usage.ru_maxrss / 1024)
+            timer = threading.Timer(timeout, kill)
+            timer.start()
+            try:
+                proc.wait()
+            finally:
+                timer.cancel()
+            seconds = time.perf_counter() - started
+        text = [f.read_bytes().decode("utf-8", "replace") for f in (out_path, err_path)]
+        usage = json.loads(report.read_text()) if report.is_file() else None
+    if killed.is_set() or usage is None:
+        return Measured(None, *text, seconds, 0.0, 0.0)
+    return Measured(usage["code"], *text, seconds, usage["cpu"], usage["maxrss_kib"] / 1024)
 
 
 def legalbuild_tree() -> Path:

@@ -1146,3 +1146,18 @@ def test_recipes_that_run_code_or_start_the_impossible_are_refused(ws, tmp_path,
         )
         (tmp_path / "RAN").unlink(missing_ok=True)
     tally.check()
+
+
+def test_the_measured_peak_is_the_commands_not_this_processs():
+    """A child forked from a large pytest process used to report that process's pages as its own
+    peak RSS (16 of 16 hostile documents at 778 MiB late in the full suite): the launcher forks."""
+    ballast = bytearray(600 * 2**20)
+    for i in range(0, len(ballast), 4096):
+        ballast[i] = 1
+    small = run_measured([sys.executable, "-c", "pass"])
+    big = run_measured(
+        [sys.executable, "-c", "b = bytearray(300 * 2**20)\nb[::4096] = b'x' * len(b[::4096])"]
+    )
+    assert small.code == 0 and small.peak_mib < 100, small
+    assert big.code == 0 and 300 < big.peak_mib < 500, big
+    del ballast
