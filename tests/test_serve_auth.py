@@ -265,17 +265,17 @@ def test_refusals_match_vllms_own_parser(vllm_probe):
 @pytest.mark.parametrize(
     "args",
     [
-        ["--tool-parser-plugin", "/tmp/plugin.py"],
+        ["--tool-parser-plugin", "plugins/tool_parser.py"],
         [
-            "--tool_parser_plug=/tmp/plugin.py"
+            "--tool_parser_plug=plugins/tool_parser.py"
         ],  # underscores and an abbreviation, as vLLM reads them
         ["--logits-processors", "pkg.Processor"],
         ["--worker-extension-cls", "pkg.Ext"],
         ["--worker-cls=pkg.Worker"],
         ["--scheduler-cls", "pkg.Scheduler"],
-        ["--reasoning-parser-plugin", "/tmp/r.py"],
+        ["--reasoning-parser-plugin", "plugins/reasoning.py"],
         ["--model-class-overrides", '{"LlamaForCausalLM": "pkg:Model"}'],
-        ["--log-config-file", "/tmp/logging.json"],
+        ["--log-config-file", "logging.json"],
         ["--distributed-executor-backend", "pkg.Executor"],
         ["-cc", '{"inductor_passes": {"p": "pkg.fn"}}'],
         ["-cc.inductor_passes.p", "pkg.fn"],  # vLLM's dotted form
@@ -285,8 +285,8 @@ def test_refusals_match_vllms_own_parser(vllm_probe):
         ["--kv-transfer-config", '{"kv_connector_extra_config": {"spec_module_path": "pkg"}}'],
         ["--kv-transfer-config", "not json"],  # cannot be checked: refused
         ["--ec-manager-config", '{"encoder_cache_manager_cls": "pkg.M"}'],
-        ["--logging-config.pylogging_config_file", "/tmp/l.json"],
-        ["--structured-outputs-config", '{"reasoning_parser_plugin": "/tmp/r.py"}'],
+        ["--logging-config.pylogging_config_file", "logging.json"],
+        ["--structured-outputs-config", '{"reasoning_parser_plugin": "plugins/reasoning.py"}'],
         ["-sc", '{"model": "pkg.Proposer", "num_speculative_tokens": 2}'],
         ["--spec-method", "custom_class"],
         ["--spec-model", "pkg.Proposer"],
