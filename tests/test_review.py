@@ -59,9 +59,10 @@ class Page:
             **os.environ,
             "PYTHONPATH": str(REPO),
             "PYTHONUNBUFFERED": "1",
+            # the test's own cache, not the caller's (.ci/run exports LEGALBUILD_CACHE)
+            "LEGALBUILD_CACHE": str(reviews.parent / "cache"),
             **(env or {}),
         }
-        environment.setdefault("LEGALBUILD_CACHE", str(reviews.parent / "cache"))
         with self.log.open("w") as log:
             self.process = subprocess.Popen(
                 argv, stdout=log, stderr=subprocess.STDOUT, env=environment, start_new_session=True
