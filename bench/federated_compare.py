@@ -272,11 +272,11 @@ def main() -> None:
             f"{arm}: built in {wall:.0f} s (train {manifest['timings']['seconds']:.0f} s)",
             flush=True,
         )
-    fed = report["arms"]["federated"]["metrics"]["federated"]
     models = {arm: args.entries[(arm, "merge")] for arm in report["arms"]}
-    models[f"federated ({fed['final_adapter']}, kept)"] = models.pop("federated")
-    for alt in set(fed["final_val_loss"]) - {fed["final_adapter"]}:
-        models[f"federated ({alt})"] = merge_alternative(args, made, alt)
+    if fed := federated_metrics(report):
+        models[f"federated ({fed['final_adapter']}, kept)"] = models.pop("federated")
+        for alt in set(fed["final_val_loss"]) - {fed["final_adapter"]}:
+            models[f"federated ({alt})"] = merge_alternative(args, made, alt)
     if args.eval_arms:  # several processes may share the evaluations (each writes its own file)
         short = {a: "fed-kept" if a.endswith("kept)") else "fed-other" if a.startswith("federated") else a for a in models}  # fmt: skip
         models = {a: p for a, p in models.items() if short[a] in args.eval_arms}
@@ -284,6 +284,17 @@ def main() -> None:
     name = f"compare-{args.tag}.json" if args.tag else "compare.json"
     (args.out / name).write_text(json.dumps(report, indent=1, default=str) + "\n")
     print_table(report)
+
+
+def federated_metrics(report: dict) -> dict | None:
+    """The federated arm's train metrics, when this run built it (`--arms` may leave it out)."""
+    return report["arms"].get("federated", {}).get("metrics", {}).get("federated")
+
+
+def print_federated(fed: dict) -> None:
+    print(f"federated: validation loss over the silos {fed['final_val_loss']}, kept {fed['final_adapter']}; "
+          f"product error of averaging A and B apart {fed['product_error']}")  # fmt: skip
+    print(f"federated: bytes per round {fed['bytes_per_round']}, total {fed['bytes_total']:,}")
 
 
 def print_table(report: dict) -> None:
@@ -301,10 +312,8 @@ def print_table(report: dict) -> None:
             print(f"CUAD dev ({c['clauses']} clauses, plain question) {arm:32} topic macro BA {c['topic_macro_ba']}, "
                   f"clause type macro BA {c['clause_type_macro_ba']}, flags any risk BA {c['flags_any_risk_ba']}, "
                   f"unparseable {c['unparseable_rate']}")  # fmt: skip
-    fed = report["arms"]["federated"]["metrics"]["federated"]
-    print(f"federated: validation loss over the silos {fed['final_val_loss']}, kept {fed['final_adapter']}; "
-          f"product error of averaging A and B apart {fed['product_error']}")  # fmt: skip
-    print(f"federated: bytes per round {fed['bytes_per_round']}, total {fed['bytes_total']:,}")
+    if fed := federated_metrics(report):
+        print_federated(fed)
     if "central" in report["test"] and any(a.endswith("kept)") for a in report["test"]):
         central = report["test"]["central"]["merged_label_accuracy"] or 0
         kept = next(h for a, h in report["test"].items() if a.endswith("kept)"))
