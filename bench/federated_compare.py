@@ -291,12 +291,6 @@ def federated_metrics(report: dict) -> dict | None:
     return report["arms"].get("federated", {}).get("metrics", {}).get("federated")
 
 
-def print_federated(fed: dict) -> None:
-    print(f"federated: validation loss over the silos {fed['final_val_loss']}, kept {fed['final_adapter']}; "
-          f"product error of averaging A and B apart {fed['product_error']}")  # fmt: skip
-    print(f"federated: bytes per round {fed['bytes_per_round']}, total {fed['bytes_total']:,}")
-
-
 def print_table(report: dict) -> None:
     print(f"\npooled test split, {report['steps']} optimizer steps of 4 rows per arm")
     print(
@@ -313,7 +307,9 @@ def print_table(report: dict) -> None:
                   f"clause type macro BA {c['clause_type_macro_ba']}, flags any risk BA {c['flags_any_risk_ba']}, "
                   f"unparseable {c['unparseable_rate']}")  # fmt: skip
     if fed := federated_metrics(report):
-        print_federated(fed)
+        print(f"federated: validation loss over the silos {fed['final_val_loss']}, kept {fed['final_adapter']}; "
+              f"product error of averaging A and B apart {fed['product_error']}")  # fmt: skip
+        print(f"federated: bytes per round {fed['bytes_per_round']}, total {fed['bytes_total']:,}")
     if "central" in report["test"] and any(a.endswith("kept)") for a in report["test"]):
         central = report["test"]["central"]["merged_label_accuracy"] or 0
         kept = next(h for a, h in report["test"].items() if a.endswith("kept)"))
