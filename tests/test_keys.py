@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from helpers import REPO, write_json, write_jsonl, write_recipe
+from helpers import REPO, write_federated_project, write_json, write_jsonl, write_recipe
 
 from legalbuild.engine import pipeline
 from legalbuild.engine.cache import Store
@@ -63,6 +63,18 @@ def test_code_files_follow_every_runtime_import_and_only_those():
         )
 
 
+def test_the_federated_code_is_in_a_federated_recipes_keys_alone(tmp_path, tiny_model_dir):
+    plain = pipeline.Loaded.from_path(_project(tmp_path / "plain", tiny_model_dir)).nodes
+    fed = write_federated_project(tmp_path / "fed", tiny_model_dir, "rounds = 1\n")
+    federated = pipeline.Loaded.from_path(fed).nodes
+    for name, node in plain.items():
+        assert not [f for f in node.files["code"] if "federated" in f], name
+    code = federated["train"].files["code"]
+    assert {"legalbuild/federated/coordinator.py", "legalbuild/federated/silo.py",
+            "legalbuild/recipe/federated.py"} <= code.keys()  # fmt: skip
+    assert "legalbuild/recipe/federated.py" in federated["merge"].files["code"]
+
+
 def _plan_json(pkg_root: Path, recipe: Path, cache: Path) -> dict[str, dict]:
     env = {**os.environ, "PYTHONPATH": str(pkg_root), "LEGALBUILD_CACHE": str(cache)}
     proc = subprocess.run(
@@ -95,8 +107,10 @@ def test_editing_a_module_rebuilds_exactly_the_stages_that_run_it(tmp_path, tiny
     keys = {s: v["key"] for s, v in before.items()}
     assert list(keys) == ["normalize", "base", "train", "merge", "eval"]
 
-    # the report, the sweep, the CLI and its commands run in no stage
-    edited = ("report/__init__.py", "report/model.py", "sweep/runner.py", "sweep/trial.py")
+    # the report, the sweep, the CLI and its commands run in no stage; the federated code runs in
+    # none of a recipe without [federated]
+    edited = ("report/__init__.py", "report/model.py", "sweep/runner.py", "sweep/trial.py",
+              "federated/coordinator.py", "recipe/federated.py")  # fmt: skip
     for module in (*edited, "cli.py", "commands/deploy.py", "commands/sweep.py"):
         path = pkg / "legalbuild" / module
         path.write_text(path.read_text() + "\n\ndef _probe():\n    return 1\n")

@@ -60,16 +60,18 @@ def save_memo() -> None:
     _memo_dirty = False
 
 
-def code_files(module: str) -> dict[str, str]:
+def code_files(module: str, skip: tuple[str, ...] = ()) -> dict[str, str]:
     """{"legalbuild/stages/eval.py": digest, ...} for `module` and every legalbuild module it
-    runs; names are relative to the package's parent folder, so they are the same on every machine."""
+    runs; names are relative to the package's parent folder, so they are the same on every machine.
+    Modules named in `skip` (and their submodules) are neither listed nor followed: code the caller
+    knows cannot change this result (the graph skips federated code for a recipe without it)."""
     found: dict[str, str] = {}
     seen: set[str] = set()
     todo = [module]
     while todo:
         name = todo.pop()
         for mod in (*_parents(name), name):
-            if mod in seen or (path := module_file(mod)) is None:
+            if mod in seen or _skipped(mod, skip) or (path := module_file(mod)) is None:
                 continue
             seen.add(mod)
             digest, imports = _parse(mod, path)
@@ -77,6 +79,10 @@ def code_files(module: str) -> dict[str, str]:
             todo.extend(imports)
     save_memo()
     return dict(sorted(found.items()))
+
+
+def _skipped(module: str, skip: tuple[str, ...]) -> bool:
+    return any(module == s or module.startswith(s + ".") for s in skip)
 
 
 def code_version(module: str) -> str:

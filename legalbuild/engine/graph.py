@@ -10,7 +10,8 @@ Each stage module `legalbuild/stages/<name>.py` declares, beside `run`:
   no normalize output).
 
 A key hashes the stage's name, its upstream keys, the digest of the legalbuild code it runs
-(`legalbuild.engine.code_digest`) and its `key_inputs`. Keys chain: one changed byte in one data file
+(`legalbuild.engine.code_digest`; the federated code only for a recipe with [federated]) and its
+`key_inputs`. Keys chain: one changed byte in one data file
 changes normalize's key and with it every key downstream. Nothing here imports torch & co.:
 computing a plan must stay instant.
 """
@@ -34,6 +35,9 @@ STAGES = ("curate", "normalize", "base", "train", "merge", "eval")
 # the upstream entry they were made from (`Store.made_from`).
 DERIVED = ("gguf",)
 STORED = (*STAGES, *DERIVED)
+# The code a recipe without [federated] never runs: its FederatedSection is None, and no stage
+# reaches the Flower apps. Left out of such a recipe's keys, so federated work keeps its locks.
+FEDERATED_CODE = ("legalbuild.federated", "legalbuild.recipe.federated")
 
 
 @dataclass
@@ -67,6 +71,7 @@ def stage_names(recipe: Recipe) -> list[str]:
 def build_graph(recipe: Recipe, recipe_path: Path) -> dict[str, StageNode]:
     """Every stage of the recipe with its key inputs and key, in build order."""
     nodes: dict[str, StageNode] = {}
+    skip = () if recipe.federated is not None else FEDERATED_CODE
     for name in stage_names(recipe):
         module = stage_module(name)
         wanted = module.depends_on(recipe) if hasattr(module, "depends_on") else module.DEPENDS_ON
@@ -76,7 +81,7 @@ def build_graph(recipe: Recipe, recipe_path: Path) -> dict[str, StageNode]:
             {
                 "stage": name,
                 "upstream": {d: nodes[d].key for d in deps},
-                "code": FileSet(code_files(module.__name__)),
+                "code": FileSet(code_files(module.__name__, skip)),
                 **module.key_inputs(recipe, recipe_path),
             }
         )
