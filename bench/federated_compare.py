@@ -11,6 +11,8 @@ default recipe's model and LoRA for the same total number of optimizer steps S o
 - `central`: the three silos' rows pooled in one recipe, S steps;
 - `federated`: [federated] fedavg, R rounds x S/(3R) local steps x 3 silos, `final_adapter = "best"`:
   both the averaged adapter and the exact (rank-concatenated) one are scored;
+- `federated-secure`: the same rounds under SecAgg+ (`secure_aggregation`, the averaged adapter):
+  its cost against `federated` (seconds and bytes per round);
 - `alone-<silo>`: one silo's rows only, S steps.
 Every model is scored by the eval stage's code on the same rows: the pooled test split (documents
 used by no arm for training; the split hashes doc_id, so each silo's test rows are exactly its
@@ -150,12 +152,14 @@ def recipes(args: argparse.Namespace, files: dict[str, Path], base: str) -> dict
         f'[[federated.silos]]\nname = "{n}"\nsources = [{source(n, p)}]\nsplit = {SPLIT}\n'
         for n, p in files.items()
     )
-    made["federated"] = args.out / "federated.toml"
-    made["federated"].write_text(
-        f'[project]\nname = "federated"\n[data]\ntarget_min_pairs = 1\n{common(args, base)}'
-        f'[federated]\nrounds = {args.rounds}\nlocal_steps = {local}\nstrategy = "fedavg"\n'
-        f'final_adapter = "best"\n{silos}'
-    )
+    for arm, final in (("federated", 'final_adapter = "best"\n'),
+                       ("federated-secure", 'final_adapter = "average"\nsecure_aggregation = { enabled = true }\n')):  # fmt: skip
+        made[arm] = args.out / f"{arm}.toml"
+        made[arm].write_text(
+            f'[project]\nname = "{arm}"\n[data]\ntarget_min_pairs = 1\n{common(args, base)}'
+            f'[federated]\nrounds = {args.rounds}\nlocal_steps = {local}\nstrategy = "fedavg"\n'
+            f"{final}{silos}"
+        )
     return made
 
 
@@ -238,7 +242,7 @@ def main() -> None:
                         help="score only these: central, alone-<silo>, fed-kept, fed-other")  # fmt: skip
     parser.add_argument("--tag", default="", help="write compare-TAG.json")
     parser.add_argument("--arms", type=lambda t: t.split(","), default=None,
-                        help="build only these arms (federated, central, alone-<silo>)")  # fmt: skip
+                        help="build only these arms (federated, federated-secure, central, alone-<silo>)")  # fmt: skip
     args = parser.parse_args()
     args.steps = args.steps or (3 if args.smoke else 24)
     args.rounds = args.rounds or (1 if args.smoke else 2)
@@ -260,10 +264,10 @@ def main() -> None:
     print(f"silos (curated pairs): {rows}", flush=True)
     made = recipes(args, files, base)
     report: dict = {"silo_pairs": rows, "steps": args.steps, "rounds": args.rounds, "arms": {}}
-    for arm in args.arms or ("federated", "central", *(f"alone-{n}" for n in files)):
+    for arm in args.arms or ("federated", "federated-secure", "central", *(f"alone-{n}" for n in files)):
         wall = build(made[arm], args.cache)
         for stage in ("normalize", "base", "train", "merge"):  # keys of the code that built them
-            if arm != "federated" or stage != "normalize":
+            if not arm.startswith("federated") or stage != "normalize":
                 args.entries[(arm, stage)] = entry(made[arm], stage, args.cache)[0]
         _, manifest = entry(made[arm], "train", args.cache)
         report["arms"][arm] = {"build_seconds": round(wall, 1), "train_seconds": manifest["timings"]["seconds"],
@@ -310,6 +314,14 @@ def print_table(report: dict) -> None:
         print(f"federated: validation loss over the silos {fed['final_val_loss']}, kept {fed['final_adapter']}; "
               f"product error of averaging A and B apart {fed['product_error']}")  # fmt: skip
         print(f"federated: bytes per round {fed['bytes_per_round']}, total {fed['bytes_total']:,}")
+    secure = report["arms"].get("federated-secure", {}).get("metrics", {}).get("federated")
+    if fed and secure:
+        plain_s, secure_s = sum(fed["round_seconds"]), sum(secure["round_seconds"])
+        print(f"secure aggregation: rounds {secure['round_seconds']} s vs {fed['round_seconds']} s "
+              f"(ratio {secure_s / plain_s:.2f}); bytes per round {secure['bytes_per_round']} vs "
+              f"{fed['bytes_per_round']} (ratio {sum(secure['bytes_per_round']) / sum(fed['bytes_per_round']):.2f}); "
+              f"plain array bytes the coordinator received {secure['array_bytes_received']}; "
+              f"validation loss {secure['final_val_loss']}")  # fmt: skip
     if "central" in report["test"] and any(a.endswith("kept)") for a in report["test"]):
         central = report["test"]["central"]["merged_label_accuracy"] or 0
         kept = next(h for a, h in report["test"].items() if a.endswith("kept)"))

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -36,6 +37,7 @@ needs_flower = pytest.mark.skipif(
     "makes .venv-flower, or set LEGALBUILD_FLOWER_VENV",
 )
 ROUNDS = "rounds = 2\nlocal_steps = 2\n"
+SECURE = 'secure_aggregation = { enabled = true }\nfinal_adapter = "average"\n'
 
 
 # ------------------------------------------------------------------------------------ recipe
@@ -58,6 +60,14 @@ ROUNDS = "rounds = 2\nlocal_steps = 2\n"
          "which differential privacy keeps from the server"),
         (lambda t: t + "[train.distributed]\nnproc_per_node = 2\n",
          "[federated] and [train.distributed] exclude each other"),
+        (lambda t: t.replace("rounds = 2", f'rounds = 2\n{SECURE}strategy = "fedadam"'),
+         'secure_aggregation composes with strategy = "fedavg" or "fedprox"'),
+        (lambda t: t.replace("rounds = 2", "rounds = 2\nsecure_aggregation = { enabled = true }"),
+         "which secure aggregation hides from the server"),
+        (lambda t: t.replace("rounds = 2", f'rounds = 2\n{SECURE}dp = {{ mode = "client-fixed" }}'),
+         'dp.mode = "client-fixed" with secure_aggregation'),
+        (lambda t: t.replace("rounds = 2", "rounds = 2\nsecure_aggregation = { reconstruction_threshold = 0 }"),
+         "[federated.secure_aggregation.reconstruction_threshold] Input should be greater than 0"),
     ],
 )  # fmt: skip
 def test_bad_federated_recipes_are_refused_naming_the_key(tmp_path, edit, message):
@@ -338,4 +348,62 @@ def test_with_on_silo_failure_continue_the_rounds_complete_without_the_dead_silo
     assert "round 1: left out silo c: Error: Node Unavailable" in text, text
     fed_metrics = store.manifest("train", key)["metrics"]["federated"]
     assert fed_metrics["left_out"]["1"] == ["c"] and fed_metrics["strategy"] == "fedprox"
+    assert _processes_naming(str(tmp_path)) == []
+
+
+@needs_flower
+@pytest.mark.slow
+@pytest.mark.timeout(1200)
+def test_secure_aggregation_unmasks_only_the_weighted_mean(tmp_path, tiny_model_dir):
+    """SecAgg+ (Flower's workflow and mod) over loopback, FedProx, 3 silos x 2 rounds: each round's
+    global adapter is the example-weighted mean of what the silos trained, to the protocol's
+    quantization; no plain array reached the coordinator; no row either; no process is left."""
+    recipe = write_federated_project(tmp_path, tiny_model_dir, ROUNDS + SECURE + 'strategy = "fedprox"')
+    cache = tmp_path / "cache"
+    env = {**os.environ, "LEGALBUILD_CACHE": str(cache), "LEGALBUILD_FLOWER_VENV": str(FLOWER)}
+    argv = [sys.executable, "-m", "legalbuild", "build", str(recipe), "--until", "train"]
+    store, key = Store(cache), pipeline.Loaded.from_path(recipe).nodes["train"].key
+    work, seen = store.work_dir("train", key), tmp_path / "seen"
+    log = tmp_path / "build.log"
+    with log.open("w") as out:
+        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=env)
+    try:  # what the silos sent and the coordinator holds, copied before the entry's commit
+        deadline = time.monotonic() + 900  # removes the work folder
+        while not (work / "coordinator" / "rounds" / "round-2.json").exists():
+            assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
+            time.sleep(0.02)
+        shutil.copytree(work / "coordinator", seen / "coordinator")
+        for name in "abc":
+            shutil.copytree(work / "silos" / name / "sent", seen / name)
+        code = proc.wait(timeout=600)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    text = log.read_text()
+    assert code == 0, text[-4000:]
+    assert text.count("(SecAgg+)") == 2, text
+    from safetensors.numpy import load_file
+
+    bound = 3 * 2 * 8.0 / 2**22  # secure.max_error(clipping_range 8, 3 silos): 1.1e-5
+    for rnd in (1, 2):
+        sent = {n: load_file(str(seen / n / f"round-{rnd}.safetensors")) for n in "abc"}
+        counts = {n: json.loads((seen / n / f"round-{rnd}.json").read_text())["num-examples"] for n in "abc"}  # fmt: skip
+        total = sum(counts.values())
+        global_r = load_file(str(seen / "coordinator" / "rounds" / f"round-{rnd}.safetensors"))
+        assert global_r.keys() == sent["a"].keys()
+        worst = 0.0
+        for name, value in global_r.items():
+            by_hand = sum(counts[n] * sent[n][name].astype(np.float64) for n in "abc") / total
+            worst = max(worst, float(np.abs(value - by_hand).max()))
+            assert not np.allclose(sent["a"][name], by_hand, atol=1e-4) or "lora_A" in name
+        assert worst <= bound, (rnd, worst, bound)
+        record = json.loads((seen / "coordinator" / "rounds" / f"round-{rnd}.json").read_text())
+        assert record["secure"] is True and record["array_bytes_received"] == 0
+        assert record["bytes_received"] > 0 and set(record["silos"]) == {"a", "b", "c"}
+    assert not (seen / "coordinator" / "last").exists()  # no silo's own adapter is kept
+    fed = store.manifest("train", key)["metrics"]["federated"]
+    assert fed["secure_aggregation"]["enabled"] and fed["array_bytes_received"] == [0, 0]
+    markers = [f"Qz{n}x{i}Wv".encode() for n, k in (("a", 24), ("b", 16), ("c", 8)) for i in range(k)]  # fmt: skip
+    assert _files_containing(seen / "coordinator", markers) == [] and not any(m in text.encode() for m in markers)  # fmt: skip
+    assert _files_containing(store.entry_dir("train", key), markers) == []
     assert _processes_naming(str(tmp_path)) == []

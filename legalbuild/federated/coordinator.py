@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
 
-from legalbuild.federated import combine
+from legalbuild.federated import combine, secure
 from legalbuild.federated.deploy import LOG_MARK
 from legalbuild.federated.layout import read_json, write_json
 
@@ -166,13 +166,23 @@ class Coordinator:
     # ------------------------------------------------------------------------------ rounds
     def round(self, rnd: int, arrays: combine.Arrays) -> combine.Arrays:
         spec, started = self.spec, time.perf_counter()
-        config = ConfigRecord({"lr": round_lr(spec, rnd), "local-steps": spec["local_steps"],
-                               "seed": spec["seed"] + rnd, "server-round": rnd})  # fmt: skip
-        messages = list(self.strategy.configure_train(rnd, to_record(arrays), config, self.grid))
+        config = {"lr": round_lr(spec, rnd), "local-steps": spec["local_steps"],
+                  "seed": spec["seed"] + rnd, "server-round": rnd}  # fmt: skip
+        if spec["secure_aggregation"]["enabled"]:
+            new, silos, traffic = self.secure_round(rnd, arrays, config)
+        else:
+            new, silos, traffic = self.plain_round(rnd, arrays, config)
+        record = self.round_record(rnd, silos, traffic, time.perf_counter() - started)
+        self.checkpoint(rnd, new, record)
+        return new
+
+    def plain_round(self, rnd: int, arrays: combine.Arrays, config: dict[str, Any]) -> tuple:
+        """The strategy's messages and aggregation: (new adapter, {silo: metrics}, bytes)."""
+        spec = self.spec
+        messages = list(self.strategy.configure_train(rnd, to_record(arrays), ConfigRecord(config), self.grid))  # fmt: skip
         sent = sum(record_bytes(m.content) for m in messages)
         replies = list(self.grid.send_and_receive(messages, timeout=spec["round_timeout_s"]))
         ok = [r for r in replies if not r.has_error()]
-        answered = {str(r.content["silo"]["name"]) for r in ok}
         node_of = {
             m.metadata.message_id: m.metadata.dst_node_id for m in messages
         }  # set by the push
@@ -180,28 +190,51 @@ class Coordinator:
         for reply in (r for r in replies if r.has_error()):  # the SuperLink answers for a dead node
             node = node_of.get(reply.metadata.reply_to_message_id, reply.metadata.src_node_id)
             failed[self.names.get(node, f"node {node}")] = reply.error.reason
-        for name in set(self.counts) - answered - set(failed):
-            failed[name] = "no reply before the round's timeout"
-        if failed:
-            what = "; ".join(f"silo {n}: {why}" for n, why in sorted(failed.items()))
-            if spec["on_silo_failure"] == "fail" or len(ok) < spec["min_silos"]:
-                raise RunFailed(
-                    f"round {rnd} of {spec['rounds']} failed ({what})",
-                    f"the next build resumes after round {rnd - 1}; "
-                    'on_silo_failure = "continue" aggregates the silos that answer',
-                )
-            say(f"round {rnd}: left out {what}; aggregating {len(ok)} silos")
+        self.left_out(rnd, {str(r.content["silo"]["name"]) for r in ok}, failed)
         new, _ = self.strategy.aggregate_train(rnd, ok)
         if new is None:
             raise RunFailed(f"round {rnd}: the strategy aggregated nothing", "read flwr-run.log")
         if rnd == spec["rounds"]:
             self.keep_last(ok)
-        record = self.round_record(rnd, ok, sorted(failed), sent, time.perf_counter() - started)
-        self.checkpoint(rnd, from_record(new), record)
-        return from_record(new)
-
-    def round_record(self, rnd: int, ok: list[Message], failed: list[str], sent: int, seconds: float) -> dict[str, Any]:  # fmt: skip
         silos = {str(r.content["silo"]["name"]): dict(r.content["metrics"]) for r in ok}
+        received = sum(record_bytes(r.content) for r in ok)
+        return from_record(new), silos, {"sent": sent, "received": received, "arrays_received": received}
+
+    def secure_round(self, rnd: int, arrays: combine.Arrays, config: dict[str, Any]) -> tuple:
+        """Flower's SecAgg+ workflow: only the weighted mean is ever unmasked here."""
+        if self.spec["strategy"] == "fedprox":
+            config["proximal-mu"] = self.spec["proximal_mu"]  # what FedProx's configure_train sends
+        total = sum(c["num-examples"] for c in self.counts.values())
+        mean, silos, traffic = secure.aggregate(
+            self.grid, self.spec, rnd, arrays, config, list(self.names), float(total)
+        )
+        dropped = {n: "dropped out of the SecAgg+ round" for n in set(self.counts) - set(silos)}
+        self.left_out(rnd, set(silos), dropped)
+        if mean is None:
+            raise RunFailed(
+                f"round {rnd}: secure aggregation halted (fewer silos answered than its "
+                "reconstruction threshold needs)",
+                f"the next build resumes after round {rnd - 1}; read flwr-run.log",
+            )
+        return mean, silos, traffic
+
+    def left_out(self, rnd: int, answered: set[str], failed: dict[str, str]) -> None:
+        """The silos missing from a round: fail the run, or go on without them (the recipe's policy)."""
+        spec = self.spec
+        for name in set(self.counts) - answered - set(failed):
+            failed[name] = "no reply before the round's timeout"
+        if not failed:
+            return
+        what = "; ".join(f"silo {n}: {why}" for n, why in sorted(failed.items()))
+        if spec["on_silo_failure"] == "fail" or len(answered) < spec["min_silos"]:
+            raise RunFailed(
+                f"round {rnd} of {spec['rounds']} failed ({what})",
+                f"the next build resumes after round {rnd - 1}; "
+                'on_silo_failure = "continue" aggregates the silos that answer',
+            )
+        say(f"round {rnd}: left out {what}; aggregating {len(answered)} silos")
+
+    def round_record(self, rnd: int, silos: dict[str, dict[str, Any]], traffic: dict[str, int], seconds: float) -> dict[str, Any]:  # fmt: skip
         weights = {n: m["num-examples"] for n, m in silos.items()}
         total = sum(weights.values())
 
@@ -209,16 +242,19 @@ class Coordinator:
             values = [(m[key], weights[n]) for n, m in silos.items() if key in m]
             return sum(v * w for v, w in values) / total if values and total else None
 
-        received = sum(record_bytes(r.content) for r in ok)
-        record = {"round": rnd, "silos": silos, "left_out": failed, "seconds": round(seconds, 2),
+        record = {"round": rnd, "silos": silos, "left_out": sorted(set(self.counts) - set(silos)),
+                  "seconds": round(seconds, 2), "secure": self.spec["secure_aggregation"]["enabled"],
                   "train_loss": mean("train-loss"), "val_loss_local": mean("val-loss"),
                   "val_loss_global_before": mean("val-loss-before"), "lr": round_lr(self.spec, rnd),
-                  "bytes_sent": sent, "bytes_received": received}  # fmt: skip
+                  "bytes_sent": traffic["sent"], "bytes_received": traffic["received"],
+                  "array_bytes_received": traffic["arrays_received"]}  # fmt: skip
+        sent, received = traffic["sent"], traffic["received"]
         say(
             f"round {rnd}/{self.spec['rounds']}: {len(silos)} silos, train loss {_fmt(record['train_loss'])}, "
             f"silo val loss {_fmt(record['val_loss_local'])} (global model before the round "
             f"{_fmt(record['val_loss_global_before'])}), {sent / 1e6:.2f} MB sent, "
             f"{received / 1e6:.2f} MB received, {seconds:.1f} s"
+            + (" (SecAgg+)" if record["secure"] else "")
         )
         return record
 

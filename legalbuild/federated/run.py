@@ -177,9 +177,12 @@ def summary(recipe: Recipe, result: dict[str, Any], parameters: int) -> dict[str
             "final_val_loss": val,
             "product_error": result["product_error"],
             "dp": fed.dp.model_dump(),
+            "secure_aggregation": fed.secure_aggregation.model_dump(),
             "silo_rows": result["silos"],
             "left_out": {r["round"]: r["left_out"] for r in rounds if r["left_out"]},
             "bytes_per_round": per_round,
+            # what reached the coordinator as plain arrays: none under secure aggregation
+            "array_bytes_received": [r["array_bytes_received"] for r in rounds],
             "bytes_total": total,
             "round_seconds": [r["seconds"] for r in rounds],
         },  # fmt: skip

@@ -71,6 +71,31 @@ class DpSettings(Strict):
     )
 
 
+class SecureAggregation(Strict):
+    """Flower's SecAgg+ (off by default): the coordinator learns only the example-weighted mean of
+    the silos' adapters, never one silo's adapter."""
+
+    enabled: bool = Field(
+        False,
+        description="Run every round under SecAgg+ (SecAggPlusWorkflow + secaggplus_mod): each "
+        "silo sends its adapter masked; the masks cancel only in the sum. Composes with fedavg "
+        "and fedprox, final_adapter = \"average\", dp off.",
+    )
+    reconstruction_threshold: float = Field(
+        0.67,
+        gt=0,
+        le=1,
+        description="Share of the silos whose key shares unmask a round (at least 2 silos): higher "
+        "resists more colluding silos, lower lets more silos drop out mid-round.",
+    )
+    clipping_range: float = Field(
+        8.0,
+        gt=0,
+        description="Adapter values are clipped to +-this, then quantized to 2**22 levels: the "
+        "mean is exact to about silos x 2 x clipping_range / 2**22 per value.",
+    )
+
+
 class FederatedSection(Strict):
     """Train the adapter across silos with Flower instead of on one pooled dataset."""
 
@@ -105,6 +130,9 @@ class FederatedSection(Strict):
         2, ge=1, description="With on_silo_failure = continue: fewest silos a round may aggregate."
     )
     dp: DpSettings = Field(default_factory=DpSettings, description="Differential-privacy clipping.")
+    secure_aggregation: SecureAggregation = Field(
+        default_factory=SecureAggregation, description="Secure aggregation (SecAgg+)."
+    )
     round_timeout_s: float = Field(
         3600, gt=0, description="Longest wait for one round's replies.", json_schema_extra=NO_KEY
     )
@@ -127,9 +155,30 @@ class FederatedSection(Strict):
                 f'final_adapter = "{self.final_adapter}" needs a strategy that averages (fedavg, '
                 'fedprox); FedAdam\'s last step is an Adam update: use final_adapter = "average"'
             )
+        if self.secure_aggregation.enabled:
+            self._secure_composes()
         if self.final_adapter != "average" and self.dp.mode != "off":
             raise ValueError(
                 f'final_adapter = "{self.final_adapter}" combines the silos\' own adapters, which '
                 'differential privacy keeps from the server: use final_adapter = "average" with dp'
             )
         return self
+
+    def _secure_composes(self) -> None:
+        """SecAgg+ hands the server one weighted sum: what needs more is refused, named."""
+        if self.strategy == "fedadam":
+            raise ValueError(
+                'secure_aggregation composes with strategy = "fedavg" or "fedprox" (a weighted '
+                'mean of the silos\' adapters); "fedadam" is not wired to it'
+            )
+        if self.final_adapter != "average":
+            raise ValueError(
+                f'final_adapter = "{self.final_adapter}" needs each silo\'s own adapter, which '
+                'secure aggregation hides from the server: use final_adapter = "average"'
+            )
+        if self.dp.mode != "off":
+            raise ValueError(
+                f'dp.mode = "{self.dp.mode}" with secure_aggregation: Flower\'s DP wrappers act on '
+                "the plain replies that SecAgg+ replaces, and legalbuild does not wire the two "
+                "together; choose one of the two"
+            )
