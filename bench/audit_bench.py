@@ -90,7 +90,8 @@ def main() -> None:
 
             url = stack.enter_context(OpenAIStub(model, delay=lambda _clause: 0.02)).url
         if args.model_dir:
-            from legalbuild.serve.server import free_port, running_server
+            from legalbuild.processes import free_port
+            from legalbuild.serve.server import running_server
 
             settings = ServeSection(dtype=args.dtype, startup_timeout_s=900)
             url, model = (

@@ -264,7 +264,12 @@ def main() -> None:
     print(f"silos (curated pairs): {rows}", flush=True)
     made = recipes(args, files, base)
     report: dict = {"silo_pairs": rows, "steps": args.steps, "rounds": args.rounds, "arms": {}}
-    for arm in args.arms or ("federated", "federated-secure", "central", *(f"alone-{n}" for n in files)):
+    for arm in args.arms or (
+        "federated",
+        "federated-secure",
+        "central",
+        *(f"alone-{n}" for n in files),
+    ):
         wall = build(made[arm], args.cache)
         for stage in ("normalize", "base", "train", "merge"):  # keys of the code that built them
             if not arm.startswith("federated") or stage != "normalize":

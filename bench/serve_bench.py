@@ -133,7 +133,8 @@ def bench_transformers(
 def bench_vllm(model_dir: Path, messages: list, new_tokens: int, dtype: str) -> dict:
     from openai import OpenAI
 
-    from legalbuild.serve.server import free_port, running_server
+    from legalbuild.processes import free_port
+    from legalbuild.serve.server import running_server
 
     settings = ServeSection(dtype=dtype, max_model_len=1024, startup_timeout_s=600)
     started = time.perf_counter()

@@ -16,6 +16,7 @@ import contextlib
 import ctypes
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -75,6 +76,13 @@ class ServerHandle:
         code = stop_group(self.process, grace_s)
         _LIVE.discard(self)
         return code
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port nothing listens on right now (the process given it binds it a moment later)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind((host, 0))
+        return probe.getsockname()[1]
 
 
 def signal_group(pgid: int, signum: int) -> None:

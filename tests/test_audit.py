@@ -12,8 +12,8 @@ from legalbuild.contract.document import read_document
 from legalbuild.contract.record import clause_row, comment_text, render_markdown
 from legalbuild.contract.split import ContractClause, document_clauses
 from legalbuild.errors import DataError, ServeError
+from legalbuild.processes import free_port
 from legalbuild.prompting import AUDIT_INSTRUCTION, PLAYBOOK_SUFFIX
-from legalbuild.serve.server import free_port
 
 CLAUSES_TEXT = """The Supplier's liability under this Agreement is unlimited.
 

@@ -45,7 +45,7 @@ from legalbuild.contract.record import SCHEMA_PATH
 from legalbuild.contract.split import document_clauses, read_clauses
 from legalbuild.curation.clauses import document_paragraphs
 from legalbuild.errors import DataError, LegalbuildError
-from legalbuild.serve.server import free_port
+from legalbuild.processes import free_port
 
 CLAUSES = contract_clauses()
 HEADINGS = [h.split(". ", 1)[1] for h, clauses in CONTRACT for _ in clauses]

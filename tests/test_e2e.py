@@ -118,7 +118,7 @@ def test_serve_the_merged_model_and_audit_through_the_cli(built, tmp_path):
     query it; Ctrl-C (SIGINT) stops it and leaves no vLLM process behind."""
     from openai import OpenAI
 
-    from legalbuild.serve.server import free_port
+    from legalbuild.processes import free_port
 
     port = free_port()
     env = {**os.environ, "LEGALBUILD_CACHE": str(built["cache"]), "PYTHONUNBUFFERED": "1"}

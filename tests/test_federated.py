@@ -358,7 +358,9 @@ def test_secure_aggregation_unmasks_only_the_weighted_mean(tmp_path, tiny_model_
     """SecAgg+ (Flower's workflow and mod) over loopback, FedProx, 3 silos x 2 rounds: each round's
     global adapter is the example-weighted mean of what the silos trained, to the protocol's
     quantization; no plain array reached the coordinator; no row either; no process is left."""
-    recipe = write_federated_project(tmp_path, tiny_model_dir, ROUNDS + SECURE + 'strategy = "fedprox"')
+    recipe = write_federated_project(
+        tmp_path, tiny_model_dir, ROUNDS + SECURE + 'strategy = "fedprox"'
+    )
     cache = tmp_path / "cache"
     env = {**os.environ, "LEGALBUILD_CACHE": str(cache), "LEGALBUILD_FLOWER_VENV": str(FLOWER)}
     argv = [sys.executable, "-m", "legalbuild", "build", str(recipe), "--until", "train"]

@@ -35,7 +35,7 @@ from helpers import (
 )
 
 from legalbuild.contract.record import SCHEMA_PATH
-from legalbuild.serve.server import free_port
+from legalbuild.processes import free_port
 
 BROWSER_FLAGS = [
     "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",

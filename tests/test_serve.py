@@ -25,13 +25,12 @@ from legalbuild.errors import ServeError
 from legalbuild.hardware import host_kind
 from legalbuild.merging.checks import raise_on_failed_checks
 from legalbuild.merging.merge import merge_adapter
-from legalbuild.processes import ServerHandle, group_alive, spawn_group, stop_signals
+from legalbuild.processes import ServerHandle, free_port, group_alive, spawn_group, stop_signals
 from legalbuild.recipe import DEFAULT_SYSTEM_PROMPT, MergeSection, ServeSection
 from legalbuild.serve.preflight import check_vllm_installed
 from legalbuild.serve.server import (
     SERVER_MARKER_ENV,
     curl_example,
-    free_port,
     running_server,
     server_command,
     server_environment,

@@ -305,7 +305,8 @@ def serving(
     stopped (the whole process group; `legalbuild serve`'s machinery). Yields the base URL."""
     from legalbuild.engine import pipeline
     from legalbuild.engine.cache import Store
-    from legalbuild.serve.server import free_port, running_server
+    from legalbuild.processes import free_port
+    from legalbuild.serve.server import running_server
 
     store = Store.open(cache_dir)
     loaded = pipeline.Loaded.from_path(recipe_path)

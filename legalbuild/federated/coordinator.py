@@ -198,7 +198,11 @@ class Coordinator:
             self.keep_last(ok)
         silos = {str(r.content["silo"]["name"]): dict(r.content["metrics"]) for r in ok}
         received = sum(record_bytes(r.content) for r in ok)
-        return from_record(new), silos, {"sent": sent, "received": received, "arrays_received": received}
+        return (
+            from_record(new),
+            silos,
+            {"sent": sent, "received": received, "arrays_received": received},
+        )
 
     def secure_round(self, rnd: int, arrays: combine.Arrays, config: dict[str, Any]) -> tuple:
         """Flower's SecAgg+ workflow: only the weighted mean is ever unmasked here."""

@@ -28,7 +28,7 @@ from pathlib import Path
 
 from legalbuild.errors import StageFailedError
 from legalbuild.federated.layout import Layout
-from legalbuild.processes import copy_output, signal_group, spawn_group, stop_group
+from legalbuild.processes import copy_output, free_port, signal_group, spawn_group, stop_group
 
 MARKER = "LEGALBUILD_FEDERATION"
 LOG_MARK = "legalbuild-federated: "  # the ServerApp's lines meant for the stage log
@@ -58,12 +58,6 @@ clientapp = "legalbuild.federated.client_app:app"
 [tool.flwr.app.config]
 spec = ""
 """
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Process:

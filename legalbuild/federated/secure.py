@@ -111,8 +111,12 @@ def aggregate(grid: Any, spec: dict[str, Any], rnd: int, arrays: dict[str, np.nd
     context = LegacyContext(Context(0, 0, {}, RecordDict(), {}), strategy=strategy,  # type: ignore[arg-type]
                             client_manager=SimpleClientManager())  # fmt: skip
     parameters = ndarrays_to_parameters([np.ascontiguousarray(arrays[k]) for k in names])
-    context.state.config_records[MAIN_CONFIGS_RECORD] = ConfigRecord({WorkflowKey.CURRENT_ROUND: rnd})
-    context.state.array_records[MAIN_PARAMS_RECORD] = compat.parameters_to_arrayrecord(parameters, True)
+    context.state.config_records[MAIN_CONFIGS_RECORD] = ConfigRecord(
+        {WorkflowKey.CURRENT_ROUND: rnd}
+    )
+    context.state.array_records[MAIN_PARAMS_RECORD] = compat.parameters_to_arrayrecord(
+        parameters, True
+    )
     counting = _Counting(grid)
     workflow = SecAggPlusWorkflow(
         num_shares=1.0,  # every silo holds a share of every other's secrets

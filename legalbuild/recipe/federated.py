@@ -79,7 +79,7 @@ class SecureAggregation(Strict):
         False,
         description="Run every round under SecAgg+ (SecAggPlusWorkflow + secaggplus_mod): each "
         "silo sends its adapter masked; the masks cancel only in the sum. Composes with fedavg "
-        "and fedprox, final_adapter = \"average\", dp off.",
+        'and fedprox, final_adapter = "average", dp off.',
     )
     reconstruction_threshold: float = Field(
         0.67,

@@ -28,7 +28,6 @@ import functools
 import json
 import os
 import shlex
-import socket
 import sys
 import tempfile
 import threading
@@ -83,13 +82,6 @@ KNOWN_FAILURES = {
     "No module named 'legalbuild'": "vLLM's Python cannot import legalbuild's API-key middleware: "
     "install legalbuild into the environment that runs vLLM (pip install -e .)",
 }
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """A port nothing listens on right now (for tests and benchmarks)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind((host, 0))
-        return probe.getsockname()[1]
 
 
 def client_host(host: str) -> str:

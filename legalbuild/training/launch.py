@@ -21,7 +21,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -35,6 +34,7 @@ from legalbuild.errors import StageFailedError
 from legalbuild.processes import (
     copy_output,
     exit_if_stopped,
+    free_port,
     group_alive,
     signal_group,
     spawn_group,
@@ -91,12 +91,6 @@ def command(recipe: Recipe, spec: Path, log_dir: Path) -> list[str]:
     argv += [f"--machine_rank={dist.node_rank}", f"--main_process_ip={host}"]
     argv += [f"--main_process_port={port}", "--max_restarts=0", f"--log_dir={log_dir}", "--tee=3"]
     return [*argv, "--num_cpu_threads_per_process=1", "--dynamo_backend=no", *worker]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @dataclass(eq=False)
