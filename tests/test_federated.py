@@ -397,6 +397,7 @@ def test_secure_aggregation_unmasks_only_the_weighted_mean(tmp_path, tiny_model_
         for name, value in global_r.items():
             by_hand = sum(counts[n] * sent[n][name].astype(np.float64) for n in "abc") / total
             worst = max(worst, float(np.abs(value - by_hand).max()))
+            assert value.dtype == sent["a"][name].dtype  # float32, as sent: not Flower's float64
             assert not np.allclose(sent["a"][name], by_hand, atol=1e-4) or "lora_A" in name
         assert worst <= bound, (rnd, worst, bound)
         record = json.loads((seen / "coordinator" / "rounds" / f"round-{rnd}.json").read_text())

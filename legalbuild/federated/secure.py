@@ -129,7 +129,9 @@ def aggregate(grid: Any, spec: dict[str, Any], rnd: int, arrays: dict[str, np.nd
     workflow(counting, context)
     silos = {str(res.metrics["silo"]): {k: v for k, v in res.metrics.items() if k != "silo"}
              for _, res in strategy.results}  # fmt: skip
-    mean = None if strategy.mean is None else dict(zip(names, strategy.mean, strict=True))
+    mean = None  # Flower dequantizes to float64: back to the adapter's own dtype
+    if strategy.mean is not None:
+        mean = {k: v.astype(arrays[k].dtype) for k, v in zip(names, strategy.mean, strict=True)}
     traffic = {"sent": counting.sent, "received": counting.received,
                "arrays_received": counting.arrays_received}  # fmt: skip
     return mean, silos, traffic
