@@ -386,7 +386,7 @@ def test_secure_aggregation_unmasks_only_the_weighted_mean(tmp_path, tiny_model_
     assert text.count("(SecAgg+)") == 2, text
     from safetensors.numpy import load_file
 
-    bound = 3 * 2 * 8.0 / 2**22  # secure.max_error(clipping_range 8, 3 silos): 1.1e-5
+    bound = 3 * 2 * 8.0 / 2**22  # silos x 2 x clipping_range / 2**22 levels: 1.1e-5 per value
     for rnd in (1, 2):
         sent = {n: load_file(str(seen / n / f"round-{rnd}.safetensors")) for n in "abc"}
         counts = {n: json.loads((seen / n / f"round-{rnd}.json").read_text())["num-examples"] for n in "abc"}  # fmt: skip

@@ -13,7 +13,7 @@ legacy fit instructions (`fit_ins`) and answers a legacy fit result (`fit_res`),
 the mod replaces by the masked vector before anything leaves the silo.
 
 Adapter values are clipped to +-clipping_range and quantized to 2**22 levels (Flower's default), so
-the mean is exact to ~clipping_range * 2**-21 per value, not to the last float bit.
+the mean is exact to silos x 2 x clipping_range / 2**22 per value, not to the last float bit.
 """
 
 from __future__ import annotations
@@ -135,12 +135,6 @@ def aggregate(grid: Any, spec: dict[str, Any], rnd: int, arrays: dict[str, np.nd
     traffic = {"sent": counting.sent, "received": counting.received,
                "arrays_received": counting.arrays_received}  # fmt: skip
     return mean, silos, traffic
-
-
-def max_error(clipping_range: float, silos: int) -> float:
-    """The largest deviation from the exact mean that quantization causes (stochastic rounding:
-    up to one level per silo, on values scaled by weights that sum to one)."""
-    return silos * 2 * clipping_range / LEVELS
 
 
 # ------------------------------------------------------------------------------ silo side
