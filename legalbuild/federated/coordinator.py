@@ -50,10 +50,6 @@ def from_record(record: ArrayRecord) -> combine.Arrays:
     return {k: v.numpy() for k, v in record.items()}
 
 
-def record_bytes(content: RecordDict) -> int:
-    return sum(len(a.data) for rec in content.array_records.values() for a in rec.values())
-
-
 def save_arrays(path: Path, arrays: combine.Arrays) -> None:
     from safetensors.numpy import save_file
 
@@ -180,7 +176,7 @@ class Coordinator:
         """The strategy's messages and aggregation: (new adapter, {silo: metrics}, bytes)."""
         spec = self.spec
         messages = list(self.strategy.configure_train(rnd, to_record(arrays), ConfigRecord(config), self.grid))  # fmt: skip
-        sent = sum(record_bytes(m.content) for m in messages)
+        sent = sum(secure.array_bytes(m.content) for m in messages)
         replies = list(self.grid.send_and_receive(messages, timeout=spec["round_timeout_s"]))
         ok = [r for r in replies if not r.has_error()]
         node_of = {
@@ -197,7 +193,7 @@ class Coordinator:
         if rnd == spec["rounds"]:
             self.keep_last(ok)
         silos = {str(r.content["silo"]["name"]): dict(r.content["metrics"]) for r in ok}
-        received = sum(record_bytes(r.content) for r in ok)
+        received = sum(secure.array_bytes(r.content) for r in ok)
         return (
             from_record(new),
             silos,
@@ -322,7 +318,7 @@ class Coordinator:
         content = {n: to_record(c[0]) for n, c in candidates.items()}
         messages = [Message(RecordDict({**content, "config": ConfigRecord(config)}), dst_node_id=node,
                             message_type=MessageType.EVALUATE) for node in self.names]  # fmt: skip
-        sent = sum(record_bytes(m.content) for m in messages)
+        sent = sum(secure.array_bytes(m.content) for m in messages)
         replies = [r for r in self.grid.send_and_receive(messages, timeout=self.spec["round_timeout_s"]) if not r.has_error()]  # fmt: skip
         if not replies:
             raise RunFailed("no silo evaluated the final adapter", "read the silos' supernode.log")

@@ -87,6 +87,7 @@ class _Counting:
 
 
 def array_bytes(content: RecordDict) -> int:
+    """Bytes of the arrays a message carries (the weights; what a plain round sends each way)."""
     return sum(len(a.data) for rec in content.array_records.values() for a in rec.values())
 
 
