@@ -34,6 +34,7 @@ from legalbuild.commands.common import (
     open_recipe,
     store_of,
 )
+from legalbuild.commands.evaluate import evaluate
 from legalbuild.commands.review import review
 from legalbuild.errors import LegalbuildError
 
@@ -317,6 +318,7 @@ def curate(
 # ------------------------------------------------------ serving, audit, review, export, report
 for _command in (deploy.serve, deploy.audit, deploy.export, deploy.report, review):
     app.command()(_command)
+app.command("eval")(evaluate)
 
 # ------------------------------------------------------------------------------- sweeps
 app.add_typer(sweep_commands.app, name="sweep")

@@ -18,6 +18,8 @@ import os
 import random
 import shutil
 import struct
+import subprocess
+import sys
 import zipfile
 import zlib
 from pathlib import Path
@@ -976,3 +978,10 @@ enabled = false
 {silos}"""
     )
     return recipe
+
+
+def legalbuild_cli(cache: Path, *args: str, timeout: float = 1200) -> subprocess.CompletedProcess:
+    """`python -m legalbuild ARGS` with LEGALBUILD_CACHE at `cache`: the command as a user runs it."""
+    env = {**os.environ, "LEGALBUILD_CACHE": str(cache)}
+    cmd = [sys.executable, "-m", "legalbuild", *args]
+    return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout)
