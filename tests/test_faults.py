@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 from helpers import flip_byte_keeping_mtime, write_project
+from helpers import legalbuild_cli as cli
 
 from legalbuild.engine import maintenance, pipeline
 from legalbuild.engine.cache import Store
@@ -114,12 +115,6 @@ def project(tmp_path_factory, tiny_model_dir) -> tuple[Path, Path]:
     train = 'max_steps = 8\nsave_steps = 2\neval_steps = 2\nbatch_size = 2\nlogging_steps = 1\nreport_to = ["none"]'
     more = '[train.samples]\ncount = 1\nmax_new_tokens = 8\n[eval]\nmax_rows = 4\nmax_new_tokens = 16\nengine = "transformers"\n'
     return write_project(root, tiny_model_dir, train, more), root / "cache"
-
-
-def cli(cache: Path, *args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "LEGALBUILD_CACHE": str(cache)}
-    cmd = [sys.executable, "-m", "legalbuild", *args]
-    return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=1200)
 
 
 def start_build(cache: Path, log: Path, *args: str) -> subprocess.Popen:
