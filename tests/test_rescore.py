@@ -106,6 +106,7 @@ def test_another_recipes_model_on_this_recipes_rows(project, other_recipe, tmp_p
     assert not list((cache / "tmp").glob("rescore-*"))
 
 
+@pytest.mark.slow  # a merge with its parity checks, and the base model answering too
 def test_an_adapter_is_merged_into_the_recipes_base(project, tiny_model_dir, tmp_path):
     recipe, cache = project
     adapter = random_adapter(tiny_model_dir, tmp_path / "checkpoint-2")
