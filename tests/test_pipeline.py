@@ -149,6 +149,7 @@ def test_light_commands_never_import_heavy_libraries(project, tmp_path):
         ["schema"],
         ["sweep", "--help"],
         ["sweep", "report", "--help"],
+        ["eval", "--help"],
     ):
         proc = _cli(*args, env_cache=cache)
         assert proc.returncode == 0, (args, proc.stderr[-2000:])
