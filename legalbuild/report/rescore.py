@@ -101,7 +101,9 @@ def rescore(
     work = store.root / "tmp" / f"rescore-{owner_tag()}-{secrets.token_hex(4)}"
     (work / "out").mkdir(parents=True)
     try:
-        inputs["merge"] = _model_entry(model, kind, recipe, store, inputs.get("base"), work, log)
+        inputs["merge"] = _model_entry(
+            model, kind, loaded, recipe, store, inputs.get("base"), work, log
+        )
         log(f"model: {display_path(inputs['merge'] / 'model')} ({kind})")
         from legalbuild.stages import eval as eval_stage
 
@@ -139,13 +141,15 @@ def _recipe_inputs(loaded: Any, store: Any, need_base: bool) -> dict[str, Path]:
 def _model_entry(
     model: Path,
     kind: str,
+    loaded: Any,
     recipe: Any,
     store: Any,
     base: Path | None,
     work: Path,
     log: Callable[[str], None],
 ) -> Path:
-    """A folder holding the model to score as `model/`, as the eval stage reads a merge entry."""
+    """A folder holding the model to score as `model/`, as the eval stage reads a merge entry. An
+    adapter is merged by the merge stage's own `run` (its base check, merge and parity checks)."""
     if kind == "recipe":
         other = pipeline.Loaded.from_path(model)
         return pipeline.locate_output(other, store, "merge", verify=True)
@@ -154,23 +158,23 @@ def _model_entry(
     if kind == "merged":
         (entry / "model").symlink_to(model.resolve(), target_is_directory=True)
         return entry
-    from legalbuild.merging.checks import raise_on_failed_checks
-    from legalbuild.merging.merge import merge_adapter
-    from legalbuild.training.adapter import check_adapter_base
+    from legalbuild.stages import merge as merge_stage
 
     assert base is not None  # _recipe_inputs was asked for it
-    check_adapter_base(model, base)
-    report = merge_adapter(
-        base / "model",
-        model,
-        entry / "model",
-        recipe.merge,
-        system_prompt=recipe.data.system_prompt,
-        trained_quantization=recipe.model.quantization,
-        trust_remote_code=recipe.model.trust_remote_code,
-        log=lambda m: log(f"merge      {m}"),
+    (work / "train").mkdir()
+    (work / "train" / "adapter").symlink_to(model.resolve(), target_is_directory=True)
+    merge_stage.run(
+        StageContext(
+            name="merge",
+            key="rescore",
+            recipe=recipe,
+            recipe_path=loaded.recipe_path,
+            out_dir=entry,
+            work_dir=work / "merge-work",
+            inputs={"base": base, "train": work / "train"},
+            log_fn=lambda m: log(f"merge      {m}"),
+        )
     )
-    raise_on_failed_checks(report)
     return entry
 
 
