@@ -357,10 +357,11 @@ class OpenAIStub:
 
 
 def recipe_with_merged_model(
-    merged_dir: Path, root: Path, base_dir: Path, model_name: str
+    merged_dir: Path, root: Path, base_dir: Path, model_name: str, cache: Path | None = None
 ) -> tuple[Path, Path]:
-    """A recipe whose merge stage is already in a fresh cache (committed with the cache's own
-    API) and holds `merged_dir`: `legalbuild serve` on it launches vLLM at once, no build."""
+    """A recipe whose merge stage is already in a cache (`cache`, default a fresh root/cache;
+    committed with the cache's own API) and holds `merged_dir`: `legalbuild serve` on it launches
+    vLLM at once, no build."""
     from legalbuild.engine.cache import Store
     from legalbuild.engine.pipeline import Loaded
 
@@ -373,7 +374,7 @@ def recipe_with_merged_model(
         f'[serve]\nserved_model_name = "{model_name}"\ndtype = "float32"\nmax_model_len = 512\n'
         "enforce_eager = true\nstartup_timeout_s = 600\n"
     )
-    store = Store(root / "cache")
+    store = Store(cache or root / "cache")
     key = Loaded.from_path(recipe).nodes["merge"].key
     tmp = store.new_tmp("merge", key)
     shutil.copytree(merged_dir, tmp / "out" / "model")

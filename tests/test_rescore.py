@@ -69,11 +69,7 @@ def other_recipe(project, tiny_model_dir, tmp_path_factory) -> Path:
         steps=120,
     )
     root = tmp_path_factory.mktemp("other")
-    recipe, _ = recipe_with_merged_model(taught, root, tiny_model_dir, "taught")
-    # recipe_with_merged_model commits into root/cache: the rescore reads the project's cache
-    (cache / "entries" / "merge").mkdir(parents=True, exist_ok=True)
-    for entry in (root / "cache" / "entries" / "merge").iterdir():
-        os.rename(entry, cache / "entries" / "merge" / entry.name)
+    recipe, _ = recipe_with_merged_model(taught, root, tiny_model_dir, "taught", cache=cache)
     return recipe
 
 
